@@ -1,0 +1,207 @@
+package v1alpha1
+
+import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+// NodePolicy is the compiled policy for the endpoints of one node, named after the node. The operator
+// writes its spec; the node's agent converges the kernel to it and writes its status. It is a system
+// object: never author it in Git.
+//
+// The spec is normalized and human-readable (identities, port ranges, L7 rules as normalized strings),
+// holds no list of peer addresses (those are in the IP-cache objects), and changes only when the
+// compiled content changes.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=npol,categories=portcullis
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Endpoints",type=integer,JSONPath=`.status.endpoints`
+// +kubebuilder:printcolumn:name="Entries",type=integer,JSONPath=`.status.entries`
+// +kubebuilder:printcolumn:name="Repairs",type=integer,JSONPath=`.status.driftRepairs`,description="Kernel state repaired by the agent since it started"
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type NodePolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is the compiled policy, written by the operator.
+	// +optional
+	Spec NodePolicySpec `json:"spec,omitzero"`
+
+	// Status is written by the node's agent.
+	// +optional
+	Status NodePolicyStatus `json:"status,omitzero"`
+}
+
+// NodePolicySpec is the compiled policy of one node.
+type NodePolicySpec struct {
+	// NodeName is the node this policy is for.
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	NodeName string `json:"nodeName"`
+
+	// ContentHash is a hash of the rest of the spec; the operator writes only when it changes.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	ContentHash string `json:"contentHash,omitempty"`
+
+	// Policies are the policy generations compiled into this spec.
+	// +listType=atomic
+	// +optional
+	Policies []PolicyReference `json:"policies,omitempty"`
+
+	// Endpoints are the node's local pods and the rule set that applies to each.
+	// +listType=atomic
+	// +optional
+	Endpoints []NodeEndpoint `json:"endpoints,omitempty"`
+
+	// RuleSets are the distinct compiled rule sets; endpoints with the same security identity share one.
+	// +listType=atomic
+	// +optional
+	RuleSets []RuleSet `json:"ruleSets,omitempty"`
+}
+
+// NodeEndpoint is a local pod whose traffic the agent enforces.
+type NodeEndpoint struct {
+	// Namespace of the pod.
+	// +required
+	Namespace string `json:"namespace"`
+
+	// Pod is the name of the pod.
+	// +required
+	Pod string `json:"pod"`
+
+	// IPs are the pod's addresses.
+	// +listType=atomic
+	// +optional
+	IPs []string `json:"ips,omitempty"`
+
+	// Identity is the pod's security identity.
+	// +required
+	Identity uint32 `json:"identity"`
+
+	// RuleSet names the entry of ruleSets that applies to this pod.
+	// +required
+	RuleSet string `json:"ruleSet"`
+}
+
+// RuleSet is the compiled policy of one identity on this node.
+type RuleSet struct {
+	// Name identifies the rule set within the NodePolicy.
+	// +required
+	Name string `json:"name"`
+
+	// Ingress is the policy for traffic into the endpoints.
+	// +optional
+	Ingress DirectionPolicy `json:"ingress,omitzero"`
+
+	// Egress is the policy for traffic out of the endpoints.
+	// +optional
+	Egress DirectionPolicy `json:"egress,omitzero"`
+}
+
+// DirectionPolicy is the compiled policy of one direction.
+type DirectionPolicy struct {
+	// Enforced is true when the direction is in default-deny: only what an entry allows passes.
+	// +optional
+	Enforced bool `json:"enforced,omitempty"`
+
+	// Entries are keyed by peer, protocol and port range; deny wins over allow.
+	// +listType=atomic
+	// +optional
+	Entries []PolicyEntry `json:"entries,omitempty"`
+}
+
+// PolicyEntry is one compiled decision.
+type PolicyEntry struct {
+	// Peer is "identity:N", "cidr:PREFIX", "entity:NAME" or "any".
+	// +required
+	Peer string `json:"peer"`
+
+	// Protocol is TCP, UDP, SCTP or ANY.
+	// +required
+	Protocol string `json:"protocol"`
+
+	// Ports is a single port, a range "LOW-HIGH", or "*" for every port.
+	// +required
+	Ports string `json:"ports"`
+
+	// Action is Allow or Deny.
+	// +kubebuilder:validation:Enum=Allow;Deny
+	// +required
+	Action string `json:"action"`
+
+	// Audit is true when every policy behind this entry is in Audit mode.
+	// +optional
+	Audit bool `json:"audit,omitempty"`
+
+	// HTTP lists the normalized HTTP rules that further restrict an Allow; empty means L4 only.
+	// +listType=atomic
+	// +optional
+	HTTP []string `json:"http,omitempty"`
+
+	// Origins are the policies that produced this entry, as Kind/namespace/name.
+	// +listType=atomic
+	// +optional
+	Origins []string `json:"origins,omitempty"`
+}
+
+// NodePolicyStatus is written by the node's agent.
+type NodePolicyStatus struct {
+	// ObservedGeneration is the generation of the spec the agent last converged to.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions are Ready (kernel converged), Reconciling, Stalled and Degraded.
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	// +kubebuilder:validation:MaxItems=8
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// EnforcedPolicies are the policy generations the kernel enforces now.
+	// +listType=atomic
+	// +optional
+	EnforcedPolicies []PolicyReference `json:"enforcedPolicies,omitempty"`
+
+	// Endpoints is the number of local endpoints with programs attached.
+	// +optional
+	Endpoints int32 `json:"endpoints,omitempty"`
+
+	// Entries is the number of policy map entries in the kernel.
+	// +optional
+	Entries int32 `json:"entries,omitempty"`
+
+	// DriftRepairs counts kernel state the agent found changed behind its back and repaired.
+	// +optional
+	DriftRepairs int64 `json:"driftRepairs,omitempty"`
+
+	// LastDriftRepair says when and what the agent last repaired.
+	// +optional
+	LastDriftRepair *DriftRepair `json:"lastDriftRepair,omitempty"`
+}
+
+// DriftRepair describes one repair of kernel state.
+type DriftRepair struct {
+	// Time of the repair.
+	// +required
+	Time metav1.Time `json:"time"`
+
+	// What was repaired, for example "map policy: 3 entries restored".
+	// +required
+	What string `json:"what"`
+}
+
+// NodePolicyList is a list of NodePolicy.
+//
+// +kubebuilder:object:root=true
+type NodePolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []NodePolicy `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&NodePolicy{}, &NodePolicyList{})
+}
