@@ -6,7 +6,8 @@ package operator
 //
 // +kubebuilder:rbac:groups=portcullis.dev,resources=accesspolicies;clusteraccesspolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=portcullis.dev,resources=accesspolicies/status;clusteraccesspolicies/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=portcullis.dev,resources=nodepolicies,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=portcullis.dev,resources=nodepolicies;securityidentities;ipcacheshards,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=portcullis.dev,resources=securityidentities/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=portcullis.dev,resources=nodepolicies/status,verbs=get
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=pods;namespaces;nodes,verbs=get;list;watch
