@@ -9,7 +9,6 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-
 func TestYAMLRoundTripKeepsMeaning(t *testing.T) {
 	manifests := map[string][]byte{}
 	seeds, err := filepath.Glob(filepath.Join("..", "..", "examples", "*", "*.yaml"))
