@@ -26,6 +26,8 @@ manifests: ## Generate CRDs (config/crd/bases) and the operator and agent Cluste
 	$(CONTROLLER_GEN) rbac:roleName=portcullis-operator paths=./controllers/operator/... output:rbac:artifacts:config=config/rbac/operator
 	$(CONTROLLER_GEN) rbac:roleName=portcullis-agent paths=./controllers/agent/... output:rbac:artifacts:config=config/rbac/agent
 	cp config/crd/bases/*.yaml charts/portcullis/crds/
+	cp config/rbac/operator/role.yaml charts/portcullis/templates/rbac-operator.yaml
+	cp config/rbac/agent/role.yaml charts/portcullis/templates/rbac-agent.yaml
 
 .PHONY: fmt
 fmt: ## Format the Go code.
