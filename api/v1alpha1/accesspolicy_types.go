@@ -73,6 +73,18 @@ type ClusterAccessPolicyList struct {
 	Items           []ClusterAccessPolicy `json:"items"`
 }
 
+// PolicySpec returns the spec; it lets code handle both policy kinds alike.
+func (p *AccessPolicy) PolicySpec() *PolicySpec { return &p.Spec }
+
+// PolicyStatus returns the status; it lets code handle both policy kinds alike.
+func (p *AccessPolicy) PolicyStatus() *PolicyStatus { return &p.Status }
+
+// PolicySpec returns the spec; it lets code handle both policy kinds alike.
+func (p *ClusterAccessPolicy) PolicySpec() *PolicySpec { return &p.Spec }
+
+// PolicyStatus returns the status; it lets code handle both policy kinds alike.
+func (p *ClusterAccessPolicy) PolicyStatus() *PolicyStatus { return &p.Status }
+
 func init() {
 	SchemeBuilder.Register(&AccessPolicy{}, &AccessPolicyList{}, &ClusterAccessPolicy{}, &ClusterAccessPolicyList{})
 }

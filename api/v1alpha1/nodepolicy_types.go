@@ -58,6 +58,31 @@ type NodePolicySpec struct {
 	// +listType=atomic
 	// +optional
 	RuleSets []RuleSet `json:"ruleSets,omitempty"`
+
+	// PeerGroups are the identity sets that entries name as "group:NAME": one per distinct peer
+	// selector (scoped to its namespace), shared by every entry and rule set that uses it.
+	// +listType=atomic
+	// +optional
+	PeerGroups []PeerGroup `json:"peerGroups,omitempty"`
+}
+
+// PeerGroup is the set of security identities a peer selector matches.
+type PeerGroup struct {
+	// Name identifies the group within the NodePolicy; entries refer to it as "group:NAME".
+	// +kubebuilder:validation:MaxLength=63
+	// +required
+	Name string `json:"name"`
+
+	// Selector is the canonical text of the label selector, with the namespace scope the policy
+	// gave it, for example "app=web,io.kubernetes.pod.namespace=prod".
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Selector string `json:"selector,omitempty"`
+
+	// Identities are the security identities the selector matches now, sorted.
+	// +listType=atomic
+	// +optional
+	Identities []uint32 `json:"identities,omitempty"`
 }
 
 // NodeEndpoint is a local pod whose traffic the agent enforces.
@@ -105,6 +130,18 @@ type DirectionPolicy struct {
 	// +optional
 	Enforced bool `json:"enforced,omitempty"`
 
+	// EnforcedBy are the Enforce-mode policies that put the direction in default-deny, as
+	// Kind/namespace/name. When Enforced is true and this list is empty, only Audit-mode policies
+	// enable default-deny: what they alone would drop is forwarded and reported as audited.
+	// +listType=atomic
+	// +optional
+	EnforcedBy []string `json:"enforcedBy,omitempty"`
+
+	// AuditEnforcedBy are the Audit-mode policies that enable default-deny for the direction.
+	// +listType=atomic
+	// +optional
+	AuditEnforcedBy []string `json:"auditEnforcedBy,omitempty"`
+
 	// Entries are keyed by peer, protocol and port range; deny wins over allow.
 	// +listType=atomic
 	// +optional
@@ -113,7 +150,8 @@ type DirectionPolicy struct {
 
 // PolicyEntry is one compiled decision.
 type PolicyEntry struct {
-	// Peer is "identity:N", "cidr:PREFIX", "entity:NAME" or "any".
+	// Peer is "group:NAME" (an entry of peerGroups), "identity:N", "cidr:PREFIX" (addresses outside
+	// the cluster only), "entity:NAME", "fqdn:NAME" (a normalized DNS name or pattern) or "any".
 	// +required
 	Peer string `json:"peer"`
 
@@ -134,10 +172,19 @@ type PolicyEntry struct {
 	// +optional
 	Audit bool `json:"audit,omitempty"`
 
-	// HTTP lists the normalized HTTP rules that further restrict an Allow; empty means L4 only.
+	// HTTP lists the normalized HTTP rules that further restrict an Allow; empty means L4 only. A
+	// request is allowed when it matches one of them. Each is written as key="value" tokens
+	// (method, path, host, header, logHeader), for example
+	// method="GET" path="/v1/invoices/[0-9]+"; "any" matches every request.
 	// +listType=atomic
 	// +optional
 	HTTP []string `json:"http,omitempty"`
+
+	// DNS lists the normalized DNS names and patterns (lower case, trailing dot, * within a label)
+	// the endpoint may look up through this entry; empty means no DNS filtering.
+	// +listType=atomic
+	// +optional
+	DNS []string `json:"dns,omitempty"`
 
 	// Origins are the policies that produced this entry, as Kind/namespace/name.
 	// +listType=atomic

@@ -1,6 +1,9 @@
 package v1alpha1
 
-import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
 
 // Condition types used on every Portcullis kind. They follow kstatus, so that kubectl wait, Argo CD and
 // Flux read them without custom code: Ready is the summary, Reconciling and Stalled are abnormal-true.
@@ -41,6 +44,19 @@ type PolicyStatus struct {
 	// NodesEnforcing is the number of those nodes whose agent enforces the current generation.
 	// +optional
 	NodesEnforcing int32 `json:"nodesEnforcing,omitempty"`
+
+	// AcceptedGeneration is the last generation that passed validation; its rules are the ones compiled.
+	// +optional
+	AcceptedGeneration int64 `json:"acceptedGeneration,omitempty"`
+
+	// AcceptedSpec is the spec of acceptedGeneration, kept only while the current generation is invalid
+	// (Stalled): the last good rules stay in force, also across operator restarts, until the policy is
+	// fixed or deleted.
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Type=object
+	// +optional
+	AcceptedSpec *runtime.RawExtension `json:"acceptedSpec,omitempty"`
 }
 
 // PolicyReference names one generation of a policy.

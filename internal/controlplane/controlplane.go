@@ -13,12 +13,11 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	portcullisv1alpha1 "github.com/portcullis-dev/portcullis/api/v1alpha1"
+	"github.com/portcullis-dev/portcullis/internal/kube"
 )
 
 // modulePath is the first line of the project's go.mod, used to find the repository root.
@@ -44,18 +43,6 @@ type ControlPlane struct {
 	Scheme *runtime.Scheme
 
 	env *envtest.Environment
-}
-
-// Scheme returns a scheme with the Kubernetes core kinds and the Portcullis kinds.
-func Scheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		return nil, fmt.Errorf("register core kinds: %w", err)
-	}
-	if err := portcullisv1alpha1.AddToScheme(s); err != nil {
-		return nil, fmt.Errorf("register portcullis kinds: %w", err)
-	}
-	return s, nil
 }
 
 // RepoRoot returns the repository root, found by walking up from the working directory to the go.mod
@@ -112,7 +99,7 @@ func Start(opts Options) (*ControlPlane, error) {
 			return nil, fmt.Errorf("control plane binary %s missing in %s: run `make controlplane` (it builds it from the Go module): %w", name, opts.BinDir, err)
 		}
 	}
-	s, err := Scheme()
+	s, err := kube.NewScheme()
 	if err != nil {
 		return nil, err
 	}
