@@ -29,6 +29,10 @@ manifests: ## Generate CRDs (config/crd/bases) and the operator and agent Cluste
 	cp config/rbac/operator/role.yaml charts/portcullis/templates/rbac-operator.yaml
 	cp config/rbac/agent/role.yaml charts/portcullis/templates/rbac-agent.yaml
 
+.PHONY: bpf
+bpf: ## Rebuild the BPF objects (clang-14, pinned) and their Go bindings in internal/datapath.
+	go generate ./internal/datapath/...
+
 .PHONY: fmt
 fmt: ## Format the Go code.
 	gofmt -s -w $$(git ls-files '*.go')
@@ -38,10 +42,10 @@ vet: ## Run go vet.
 	go vet ./...
 
 .PHONY: verify
-verify: generate manifests ## Fail when regenerating code or manifests changes anything, or code is not formatted.
+verify: generate manifests bpf ## Fail when regenerating code, BPF objects or manifests changes anything, or code is not formatted.
 	@test -z "$$(gofmt -s -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -s -l $$(git ls-files '*.go'); exit 1; }
-	@git diff --exit-code -- api config charts || { echo "generated files are stale: run make generate manifests and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- api config charts)" || { git status --porcelain -- api config charts; echo "untracked generated files"; exit 1; }
+	@git diff --exit-code -- api config charts internal/datapath || { echo "generated files are stale: run make generate manifests bpf and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api config charts internal/datapath)" || { git status --porcelain -- api config charts internal/datapath; echo "untracked generated files"; exit 1; }
 
 ##@ Build
 
