@@ -131,8 +131,10 @@ type DirectionPolicy struct {
 	Enforced bool `json:"enforced,omitempty"`
 
 	// EnforcedBy are the Enforce-mode policies that put the direction in default-deny, as
-	// Kind/namespace/name. When Enforced is true and this list is empty, only Audit-mode policies
-	// enable default-deny: what they alone would drop is forwarded and reported as audited.
+	// Kind/namespace/name. When this list is empty and AuditEnforcedBy is not, only Audit-mode
+	// policies enable default-deny: what they alone would drop is forwarded and reported as
+	// audited. Enforced with both lists empty is a default-deny of the compiler's own (an endpoint
+	// whose identity is not known yet).
 	// +listType=atomic
 	// +optional
 	EnforcedBy []string `json:"enforcedBy,omitempty"`

@@ -1,0 +1,97 @@
+package evaluator
+
+import (
+	"errors"
+	"net/http"
+	"net/netip"
+	"testing"
+
+	"github.com/portcullis-dev/portcullis/api/v1alpha1"
+	"github.com/portcullis-dev/portcullis/internal/identity"
+)
+
+func testSpec() *v1alpha1.NodePolicySpec {
+	return &v1alpha1.NodePolicySpec{
+		NodeName: "n",
+		Endpoints: []v1alpha1.NodeEndpoint{
+			{Namespace: "prod", Pod: "web", IPs: []string{"10.0.0.1"}, Identity: 300, RuleSet: "rs-web"},
+			{Namespace: "prod", Pod: "audited", IPs: []string{"10.0.0.2"}, Identity: 301, RuleSet: "rs-audit"},
+		},
+		RuleSets: []v1alpha1.RuleSet{
+			{Name: "rs-web", Ingress: v1alpha1.DirectionPolicy{Enforced: true, EnforcedBy: []string{"AccessPolicy/prod/web"}, Entries: []v1alpha1.PolicyEntry{
+				{Peer: "group:g-clients", Protocol: "TCP", Ports: "8000-8080", Action: "Allow", Origins: []string{"AccessPolicy/prod/web"},
+					HTTP: []string{`method="GET" path="/v1/.*" header="X-Token" logHeader="X-Trace: 1"`}},
+				{Peer: "identity:302", Protocol: "ANY", Ports: "*", Action: "Deny", Origins: []string{"AccessPolicy/prod/deny"}},
+				{Peer: "cidr:203.0.113.0/24", Protocol: "UDP", Ports: "53", Action: "Allow", Origins: []string{"AccessPolicy/prod/web"}},
+			}}},
+			{Name: "rs-audit", Ingress: v1alpha1.DirectionPolicy{Enforced: true, AuditEnforcedBy: []string{"AccessPolicy/prod/trial"}}},
+		},
+		PeerGroups: []v1alpha1.PeerGroup{{Name: "g-clients", Identities: []uint32{303}}},
+	}
+}
+
+func TestEvaluate(t *testing.T) {
+	ipc := MapIPCache{
+		netip.MustParseAddr("10.0.0.3"): 302,
+		netip.MustParseAddr("10.0.0.4"): 303,
+	}
+	ev, err := New(testSpec(), ipc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	web, audited := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	client, denied := netip.MustParseAddr("10.0.0.4"), netip.MustParseAddr("10.0.0.3")
+	get := func(path string, hdr ...string) *HTTPRequest {
+		h := http.Header{}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			h.Add(hdr[i], hdr[i+1])
+		}
+		return &HTTPRequest{Method: "GET", Path: path, Headers: h}
+	}
+	cases := []struct {
+		name string
+		f    Flow
+		want Verdict
+	}{
+		{"group member with a matching request", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/x", "x-token", "t")}, Allow},
+		{"header required", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/x")}, Deny},
+		{"path anchored", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/x/v1/x", "X-Token", "t")}, Deny},
+		{"port range", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8081}, Deny},
+		{"connection before requests", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8000}, Allow},
+		{"deny entry", Flow{Direction: Ingress, Source: denied, Destination: web, Protocol: "TCP", Port: 8080}, Deny},
+		{"cidr matches world", Flow{Direction: Ingress, Source: netip.MustParseAddr("203.0.113.9"), Destination: web, Protocol: "UDP", Port: 53}, Allow},
+		{"audit-only default deny", Flow{Direction: Ingress, Source: client, Destination: audited, Protocol: "TCP", Port: 1}, Audit},
+		{"egress not enforced", Flow{Direction: Egress, Source: web, Destination: client, Protocol: "TCP", Port: 1}, Allow},
+	}
+	for _, tc := range cases {
+		res, err := ev.Evaluate(tc.f)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if res.Verdict != tc.want {
+			t.Errorf("%s: %s (%s), want %s", tc.name, res.Verdict, res.Reason, tc.want)
+		}
+	}
+	res, _ := ev.Evaluate(Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/x", "X-Token", "t", "X-Trace", "2")})
+	if res.Verdict != Allow || res.Origins[0] != "AccessPolicy/prod/web" || res.PeerIdentity != identity.ID(303) {
+		t.Errorf("logged header mismatch: %+v", res)
+	}
+	if _, err := ev.Evaluate(Flow{Direction: Ingress, Source: client, Destination: client}); !errors.Is(err, ErrNoEndpoint) {
+		t.Errorf("flow to a non-local address: %v", err)
+	}
+}
+
+func TestNewRejectsBrokenSpecs(t *testing.T) {
+	for name, mutate := range map[string]func(*v1alpha1.NodePolicySpec){
+		"unknown group":    func(s *v1alpha1.NodePolicySpec) { s.PeerGroups = nil },
+		"unknown rule set": func(s *v1alpha1.NodePolicySpec) { s.Endpoints[0].RuleSet = "nope" },
+		"bad http rule":    func(s *v1alpha1.NodePolicySpec) { s.RuleSets[0].Ingress.Entries[0].HTTP = []string{`path="(`} },
+		"bad peer":         func(s *v1alpha1.NodePolicySpec) { s.RuleSets[0].Ingress.Entries[1].Peer = "pod:x" },
+	} {
+		s := testSpec()
+		mutate(s)
+		if _, err := New(s, nil); err == nil {
+			t.Errorf("%s: New accepted a broken spec", name)
+		}
+	}
+}

@@ -1,0 +1,362 @@
+// Package lowering turns a node's compiled policy (a NodePolicySpec) and the cluster's IP cache into
+// the kernel encodings of the dataplane: endpoint, IP cache and policy map entries. It is pure Go:
+// the agent feeds it what it read from the API and what it found on the node, and converges the
+// kernel to the result.
+package lowering
+
+import (
+	"cmp"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	v1alpha1 "github.com/portcullis-dev/portcullis/api/v1alpha1"
+	"github.com/portcullis-dev/portcullis/internal/datapath"
+	"github.com/portcullis-dev/portcullis/internal/identity"
+)
+
+// cidrIdentityBase is the first local identity given to a CIDR peer. Local identities live above the
+// 16-bit cluster range, as Cilium's do (its local scope starts at bit 24), so they never collide with
+// an allocated identity.
+const cidrIdentityBase = 1 << 24
+
+// Input is what the agent knows.
+type Input struct {
+	// Node is the agent's node; its addresses in the IP cache become host.
+	Node string
+	// Spec is the node's compiled policy.
+	Spec *v1alpha1.NodePolicySpec
+	// IPCache holds the entries of every IPCacheShard.
+	IPCache []v1alpha1.IPCacheEntry
+	// Interfaces maps "namespace/pod" to the ifindex of the pod's host-side interface; endpoints
+	// without one are reported in Result.Missing and not enforced yet.
+	Interfaces map[string]int
+}
+
+// Result is the desired kernel state and what could not be lowered.
+type Result struct {
+	// State is what datapath.Converge should make the maps equal to.
+	State datapath.State
+	// Missing lists endpoints ("namespace/pod") whose host-side interface was not found.
+	Missing []string
+	// Unsupported lists entries the dataplane cannot enforce yet, with the reason; they enforce
+	// nothing (a missing allow is a deny), which is the safe side.
+	Unsupported []string
+	// Policies maps the policy ids in the kernel to the policies (Kind/namespace/name) they stand for,
+	// to attribute counters and flow events.
+	Policies map[uint32]string
+}
+
+// PolicyID is the stable number that attributes kernel entries to a policy origin.
+func PolicyID(origin string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(origin))
+	if id := h.Sum32(); id != 0 {
+		return id
+	}
+	return 1
+}
+
+// Lower computes the desired kernel state. It never fails as a whole: what cannot be lowered is
+// reported and left out, so that the rest is enforced.
+func Lower(in Input) Result {
+	r := Result{
+		State: datapath.State{
+			Endpoints: map[int]datapath.Endpoint{},
+			IPCache:   map[netip.Prefix]datapath.Identity{},
+			Policy:    map[datapath.PolicyKey]datapath.PolicyEntry{},
+		},
+		Policies: map[uint32]string{},
+	}
+	l := &lowerer{in: in, r: &r, groups: map[string][]datapath.Identity{}, cidrs: map[netip.Prefix]datapath.Identity{}}
+	l.ipcache()
+	l.cidrIdentities()
+	if in.Spec == nil {
+		return r
+	}
+	for _, g := range in.Spec.PeerGroups {
+		ids := make([]datapath.Identity, 0, len(g.Identities))
+		for _, id := range g.Identities {
+			ids = append(ids, datapath.Identity(id))
+		}
+		l.groups[g.Name] = ids
+	}
+	ruleSets := map[string]*v1alpha1.RuleSet{}
+	for i := range in.Spec.RuleSets {
+		ruleSets[in.Spec.RuleSets[i].Name] = &in.Spec.RuleSets[i]
+	}
+	for _, ep := range in.Spec.Endpoints {
+		name := ep.Namespace + "/" + ep.Pod
+		ifindex, ok := in.Interfaces[name]
+		if !ok || ifindex <= 0 {
+			r.Missing = append(r.Missing, name)
+			continue
+		}
+		rs := ruleSets[ep.RuleSet]
+		dep := datapath.Endpoint{ID: uint32(ifindex), Identity: datapath.Identity(ep.Identity)}
+		if rs == nil {
+			// A rule set the spec does not define: deny everything rather than guess.
+			dep.IngressEnforced, dep.EgressEnforced = true, true
+			r.Unsupported = append(r.Unsupported, fmt.Sprintf("%s: rule set %q missing from the spec; denying all", name, ep.RuleSet))
+			r.State.Endpoints[ifindex] = dep
+			continue
+		}
+		dep.IngressEnforced, dep.IngressAudit = rs.Ingress.Enforced, rs.Ingress.Enforced && len(rs.Ingress.EnforcedBy) == 0
+		dep.EgressEnforced, dep.EgressAudit = rs.Egress.Enforced, rs.Egress.Enforced && len(rs.Egress.EnforcedBy) == 0
+		r.State.Endpoints[ifindex] = dep
+		l.direction(uint32(ifindex), datapath.Ingress, rs.Ingress.Entries, name)
+		l.direction(uint32(ifindex), datapath.Egress, rs.Egress.Entries, name)
+	}
+	slices.Sort(r.Missing)
+	slices.Sort(r.Unsupported)
+	return r
+}
+
+type lowerer struct {
+	in     Input
+	r      *Result
+	groups map[string][]datapath.Identity
+	cidrs  map[netip.Prefix]datapath.Identity
+	// podIDs are the identities of the cluster's pods, for the cluster entity.
+	podIDs []datapath.Identity
+}
+
+func (l *lowerer) ipcache() {
+	seen := map[datapath.Identity]bool{}
+	for _, e := range l.in.IPCache {
+		ip, err := netip.ParseAddr(e.IP)
+		if err != nil {
+			continue
+		}
+		ip = ip.Unmap()
+		id := datapath.Identity(e.Identity)
+		if identity.ID(e.Identity) == identity.RemoteNode && e.Node == l.in.Node {
+			id = datapath.IdentityHost
+		}
+		l.r.State.IPCache[netip.PrefixFrom(ip, ip.BitLen())] = id
+		if !identity.ID(e.Identity).IsReserved() && !seen[id] {
+			seen[id] = true
+			l.podIDs = append(l.podIDs, id)
+		}
+	}
+	slices.Sort(l.podIDs)
+}
+
+// cidrIdentities gives every CIDR a policy names its own local identity, in sorted order so that the
+// numbers are stable while the set of CIDRs is.
+func (l *lowerer) cidrIdentities() {
+	if l.in.Spec == nil {
+		return
+	}
+	var prefixes []netip.Prefix
+	for _, rs := range l.in.Spec.RuleSets {
+		for _, d := range []v1alpha1.DirectionPolicy{rs.Ingress, rs.Egress} {
+			for _, e := range d.Entries {
+				if p, ok := strings.CutPrefix(e.Peer, "cidr:"); ok {
+					if pfx, err := netip.ParsePrefix(p); err == nil {
+						prefixes = append(prefixes, pfx.Masked())
+					}
+				}
+			}
+		}
+	}
+	slices.SortFunc(prefixes, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	prefixes = slices.Compact(prefixes)
+	for i, p := range prefixes {
+		id := datapath.Identity(cidrIdentityBase + i)
+		l.cidrs[p] = id
+		// A pod or node address inside the prefix keeps its own, longer, entry: CIDR rules match only
+		// addresses outside the cluster.
+		if _, taken := l.r.State.IPCache[p]; !taken {
+			l.r.State.IPCache[p] = id
+		}
+	}
+}
+
+// peers returns the identities an entry's peer stands for; nil with a reason when it cannot be lowered.
+func (l *lowerer) peers(peer string) ([]datapath.Identity, string) {
+	kind, val, _ := strings.Cut(peer, ":")
+	switch kind {
+	case "any":
+		return []datapath.Identity{datapath.IdentityAny}, ""
+	case "group":
+		ids, ok := l.groups[val]
+		if !ok {
+			return nil, "peer group " + val + " missing from the spec"
+		}
+		return ids, ""
+	case "identity":
+		n, err := strconv.ParseUint(val, 10, 32)
+		if err != nil {
+			return nil, "bad identity " + val
+		}
+		return []datapath.Identity{datapath.Identity(n)}, ""
+	case "cidr":
+		p, err := netip.ParsePrefix(val)
+		if err != nil {
+			return nil, "bad prefix " + val
+		}
+		// The prefix's own identity and those of the longer prefixes inside it: the IP cache gives an
+		// address the identity of its longest prefix.
+		var ids []datapath.Identity
+		for q, id := range l.cidrs {
+			if q.Bits() >= p.Bits() && p.Contains(q.Addr()) {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		return ids, ""
+	case "entity":
+		return l.entity(val)
+	case "fqdn":
+		return nil, "toFQDNs peers are not resolved by the agent yet"
+	}
+	return nil, "unknown peer kind " + kind
+}
+
+func (l *lowerer) entity(name string) ([]datapath.Identity, string) {
+	world := func(bits int) []datapath.Identity {
+		ids := []datapath.Identity{datapath.IdentityWorld}
+		for p, id := range l.cidrs {
+			if bits == 0 || p.Addr().BitLen() == bits {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	switch v1alpha1.Entity(name) {
+	case v1alpha1.EntityAll:
+		return []datapath.Identity{datapath.IdentityAny}, ""
+	case v1alpha1.EntityNone:
+		return nil, ""
+	case v1alpha1.EntityWorld:
+		return world(0), ""
+	case v1alpha1.EntityWorldIPv4:
+		return world(32), ""
+	case v1alpha1.EntityWorldIPv6:
+		return world(128), ""
+	case v1alpha1.EntityCluster:
+		ids := slices.Clone(l.podIDs)
+		for _, r := range []identity.ID{identity.Host, identity.RemoteNode, identity.Init, identity.Health, identity.Unmanaged, identity.KubeAPIServer, identity.Ingress} {
+			ids = append(ids, datapath.Identity(r))
+		}
+		slices.Sort(ids)
+		return ids, ""
+	}
+	if id, ok := identity.ReservedByName(name); ok {
+		return []datapath.Identity{datapath.Identity(id)}, ""
+	}
+	return nil, "unknown entity " + name
+}
+
+func protocols(p string) ([]datapath.Protocol, bool) {
+	switch p {
+	case "TCP":
+		return []datapath.Protocol{datapath.ProtocolTCP}, true
+	case "UDP":
+		return []datapath.Protocol{datapath.ProtocolUDP}, true
+	case "SCTP":
+		return []datapath.Protocol{datapath.Protocol(132)}, true
+	case "ANY", "":
+		return []datapath.Protocol{datapath.ProtocolAny}, true
+	}
+	return nil, false
+}
+
+func portRange(s string) (uint16, uint16, error) {
+	if s == "*" || s == "" || s == "0" {
+		return 0, 0, nil
+	}
+	lo, hi, isRange := strings.Cut(s, "-")
+	a, err := strconv.ParseUint(lo, 10, 16)
+	if err != nil {
+		return 0, 0, fmt.Errorf("bad port %q", s)
+	}
+	if !isRange {
+		return uint16(a), uint16(a), nil
+	}
+	b, err := strconv.ParseUint(hi, 10, 16)
+	if err != nil || b < a {
+		return 0, 0, fmt.Errorf("bad port range %q", s)
+	}
+	return uint16(a), uint16(b), nil
+}
+
+func (l *lowerer) direction(epID uint32, dir datapath.Direction, entries []v1alpha1.PolicyEntry, ep string) {
+	for _, e := range entries {
+		ids, why := l.peers(e.Peer)
+		if why != "" {
+			l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s %s %s %s/%s: %s", ep, dir, e.Action, e.Protocol, e.Ports, why))
+			continue
+		}
+		protos, ok := protocols(e.Protocol)
+		if !ok {
+			l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s %s: unknown protocol %q", ep, dir, e.Protocol))
+			continue
+		}
+		lo, hi, err := portRange(e.Ports)
+		if err != nil {
+			l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s %s: %v", ep, dir, err))
+			continue
+		}
+		if lo != 0 && protos[0] == datapath.ProtocolAny {
+			// A port with protocol ANY means that port over every protocol that has ports.
+			protos = []datapath.Protocol{datapath.ProtocolTCP, datapath.ProtocolUDP}
+		}
+		origin := ""
+		if len(e.Origins) > 0 {
+			origin = slices.Min(e.Origins)
+		}
+		pid := PolicyID(origin)
+		l.r.Policies[pid] = origin
+		val := datapath.PolicyEntry{Action: datapath.Allow, Audit: e.Audit, L7: len(e.HTTP) > 0, PolicyID: pid}
+		if e.Action == "Deny" {
+			val.Action = datapath.Deny
+		}
+		for _, proto := range protos {
+			if lo != 0 && !proto.HasPorts() {
+				l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s %s: ports on protocol %d are not matched by the dataplane", ep, dir, proto))
+				continue
+			}
+			for _, id := range ids {
+				keys, err := datapath.ExpandPorts(datapath.PolicyKey{EndpointID: epID, Direction: dir, PeerIdentity: id, Protocol: proto}, lo, hi)
+				if err != nil {
+					l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s %s: %v", ep, dir, err))
+					continue
+				}
+				for _, k := range keys {
+					l.r.State.Policy[k] = merge(l.r.State.Policy[k], val)
+				}
+			}
+		}
+	}
+}
+
+// merge combines two entries for one key: a deny beats an allow (and an enforced deny an audited
+// one), and an L4-only allow beats an L7 allow, as the compiler's semantics say.
+func merge(old, add datapath.PolicyEntry) datapath.PolicyEntry {
+	if old.Action == 0 {
+		return add
+	}
+	switch {
+	case old.Action == datapath.Deny && add.Action == datapath.Deny:
+		if !add.Audit {
+			old.Audit, old.PolicyID = false, add.PolicyID
+		}
+		return old
+	case old.Action == datapath.Deny:
+		return old
+	case add.Action == datapath.Deny:
+		return add
+	}
+	if !add.L7 && old.L7 {
+		return add
+	}
+	return old
+}
