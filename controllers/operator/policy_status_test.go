@@ -71,4 +71,3 @@ func TestPolicyStatusFollowsKstatus(t *testing.T) {
 		})
 	}
 }
-
