@@ -77,7 +77,8 @@ type builder struct {
 // ((?:\pL?){500}\pL{500}) would otherwise take seconds before they reach the state limit.
 const workPerState = 2048
 
-// determinize builds the complete DFA of prog, failing once it needs more than limit states.
+// determinize builds the complete DFA of prog, failing once it needs more than limit states or
+// more than workPerState*limit work.
 func determinize(prog *syntax.Prog, limit int) (*automaton, error) {
 	b := &builder{
 		prog:  prog,
@@ -118,6 +119,7 @@ func determinize(prog *syntax.Prog, limit int) (*automaton, error) {
 	return a, nil
 }
 
+// isRuneInst reports whether op consumes a rune.
 func isRuneInst(op syntax.InstOp) bool {
 	switch op {
 	case syntax.InstRune, syntax.InstRune1, syntax.InstRuneAny, syntax.InstRuneAnyNotNL:

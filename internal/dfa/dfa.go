@@ -33,7 +33,9 @@ const MaxTableStates = 1 << 16
 const DeadState = 0
 
 // ErrTooManyStates is wrapped by the error Compile returns when the minimal DFA of a pattern needs
-// more states than Options.MaxStates allows.
+// more states than Options.MaxStates allows, or when building it would take more than a fixed
+// multiple of that budget in intermediate states or work (so that a hostile pattern costs the
+// operator a bounded, small amount of memory and time).
 var ErrTooManyStates = errors.New("too many DFA states")
 
 // ErrUnsupported is wrapped by the error Compile returns when a pattern uses syntax that the DFA

@@ -153,6 +153,7 @@ func TestCompileAgreesWithRegexpOnGeneratedPatterns(t *testing.T) {
 		re := regexp.MustCompile("^(?:" + pattern + ")$")
 		differential(t, rng, pattern, d, re, 40, false)
 	}
+	t.Logf("%d of %d generated patterns exceeded the state budget", tooBig, n)
 	if tooBig > n/10 {
 		t.Errorf("%d of %d generated patterns exceeded the state budget; the grammar should stay small", tooBig, n)
 	}

@@ -90,3 +90,16 @@ func TestSyntaxErrorIsReportedWithThePattern(t *testing.T) {
 		}
 	}
 }
+
+func TestPatternTooCostlyToDeterminizeIsRejected(t *testing.T) {
+	// Every state of this pattern carries about a thousand threads, each with a residual of a
+	// large class: it reaches the work bound long before the state bound.
+	const pattern = `(?:\pL?){500}\pL{500}`
+	_, err := Compile(pattern, Options{})
+	if !errors.Is(err, ErrTooManyStates) {
+		t.Fatalf("Compile(%q) = %v, want ErrTooManyStates", pattern, err)
+	}
+	if !strings.Contains(err.Error(), "too complex") {
+		t.Errorf("error %q does not say the pattern is too complex", err)
+	}
+}
