@@ -114,6 +114,12 @@ type IPCacheEntry struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	Node string `json:"node,omitempty"`
+
+	// Pod is "namespace/name" of the pod with this address (empty for a node address), so that
+	// agents can name both ends of a flow.
+	// +kubebuilder:validation:MaxLength=317
+	// +optional
+	Pod string `json:"pod,omitempty"`
 }
 
 // IPCacheShardList is a list of IPCacheShard.

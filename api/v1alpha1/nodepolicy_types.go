@@ -49,12 +49,13 @@ type NodePolicySpec struct {
 	// +optional
 	Policies []PolicyReference `json:"policies,omitempty"`
 
-	// Endpoints are the node's local pods and the rule set that applies to each.
+	// Endpoints are the node's local pods and the rule sets that apply to each.
 	// +listType=atomic
 	// +optional
 	Endpoints []NodeEndpoint `json:"endpoints,omitempty"`
 
-	// RuleSets are the distinct compiled rule sets; endpoints with the same security identity share one.
+	// RuleSets are the distinct compiled rule sets, each of one direction; endpoints share them by
+	// name (endpoints with the same security identity share both of theirs).
 	// +listType=atomic
 	// +optional
 	RuleSets []RuleSet `json:"ruleSets,omitempty"`
@@ -104,24 +105,29 @@ type NodeEndpoint struct {
 	// +required
 	Identity uint32 `json:"identity"`
 
-	// RuleSet names the entry of ruleSets that applies to this pod.
+	// IngressRuleSet names the entry of ruleSets that decides traffic into this pod.
+	// +kubebuilder:validation:MaxLength=63
 	// +required
-	RuleSet string `json:"ruleSet"`
+	IngressRuleSet string `json:"ingressRuleSet"`
+
+	// EgressRuleSet names the entry of ruleSets that decides traffic out of this pod.
+	// +kubebuilder:validation:MaxLength=63
+	// +required
+	EgressRuleSet string `json:"egressRuleSet"`
 }
 
-// RuleSet is the compiled policy of one identity on this node.
+// RuleSet is the compiled policy of one direction, shared by every endpoint of the node whose
+// identity is selected by the same policies in that direction. The compiler names ingress rule sets
+// "in-HASH" and egress rule sets "eg-HASH"; "identity-pending" (default-deny, no entries) serves both
+// directions of an endpoint whose identity is not known yet.
 type RuleSet struct {
 	// Name identifies the rule set within the NodePolicy.
+	// +kubebuilder:validation:MaxLength=63
 	// +required
 	Name string `json:"name"`
 
-	// Ingress is the policy for traffic into the endpoints.
-	// +optional
-	Ingress DirectionPolicy `json:"ingress,omitzero"`
-
-	// Egress is the policy for traffic out of the endpoints.
-	// +optional
-	Egress DirectionPolicy `json:"egress,omitzero"`
+	// DirectionPolicy is the compiled policy of the direction the rule set is used for.
+	DirectionPolicy `json:",inline"`
 }
 
 // DirectionPolicy is the compiled policy of one direction.
@@ -130,8 +136,8 @@ type DirectionPolicy struct {
 	// +optional
 	Enforced bool `json:"enforced,omitempty"`
 
-	// EnforcedBy are the Enforce-mode policies that put the direction in default-deny, as
-	// Kind/namespace/name. When this list is empty and AuditEnforcedBy is not, only Audit-mode
+	// EnforcedBy are the Enforce-mode policies that put the direction in default-deny, named as in
+	// PolicyEntry.Origins. When this list is empty and AuditEnforcedBy is not, only Audit-mode
 	// policies enable default-deny: what they alone would drop is forwarded and reported as
 	// audited. Enforced with both lists empty is a default-deny of the compiler's own (an endpoint
 	// whose identity is not known yet).
@@ -139,7 +145,8 @@ type DirectionPolicy struct {
 	// +optional
 	EnforcedBy []string `json:"enforcedBy,omitempty"`
 
-	// AuditEnforcedBy are the Audit-mode policies that enable default-deny for the direction.
+	// AuditEnforcedBy are the Audit-mode policies that enable default-deny for the direction, named
+	// as in PolicyEntry.Origins.
 	// +listType=atomic
 	// +optional
 	AuditEnforcedBy []string `json:"auditEnforcedBy,omitempty"`
@@ -188,7 +195,9 @@ type PolicyEntry struct {
 	// +optional
 	DNS []string `json:"dns,omitempty"`
 
-	// Origins are the policies that produced this entry, as Kind/namespace/name.
+	// Origins are the policies that produced this entry, sorted, each as its kubectl short kind and
+	// name: "ap/NAMESPACE/NAME" (AccessPolicy), "cap/NAME" (ClusterAccessPolicy) or
+	// "netpol/NAMESPACE/NAME" (NetworkPolicy).
 	// +listType=atomic
 	// +optional
 	Origins []string `json:"origins,omitempty"`

@@ -135,6 +135,9 @@ func (o *Operator) setPodLocked(ctx context.Context, p *corev1.Pod, nsLabels map
 	ips := podIPs(p)
 	old, had := o.endpoints[key]
 	if had && old.identity == id && old.node == p.Spec.NodeName && slices.Equal(old.ips, ips) {
+		for _, ip := range ips {
+			o.ipc.Set(ipcache.Entry{IP: ip, Identity: uint32(id), Node: p.Spec.NodeName, Pod: key.String()})
+		}
 		// Named ports may still have changed; the compiler ignores an identical endpoint.
 		o.comp.SetEndpoint(compiler.Endpoint{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName,
 			IPs: ips, Identity: id, NamedPorts: namedPorts(p)})
@@ -151,7 +154,7 @@ func (o *Operator) setPodLocked(ctx context.Context, p *corev1.Pod, nsLabels map
 	o.ids.use(id, +1)
 	o.endpoints[key] = endpointState{identity: id, node: p.Spec.NodeName, ips: ips}
 	for _, ip := range ips {
-		o.ipc.Set(ipcache.Entry{IP: ip, Identity: uint32(id), Node: p.Spec.NodeName})
+		o.ipc.Set(ipcache.Entry{IP: ip, Identity: uint32(id), Node: p.Spec.NodeName, Pod: key.String()})
 	}
 	o.comp.SetEndpoint(compiler.Endpoint{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName,
 		IPs: ips, Identity: id, NamedPorts: namedPorts(p)})

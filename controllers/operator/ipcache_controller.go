@@ -42,7 +42,7 @@ func (r *IPCacheReconciler) SetupWithManager(mgr ctrl.Manager) error {
 func toShard(es []ipcache.Entry) []v1alpha1.IPCacheEntry {
 	out := make([]v1alpha1.IPCacheEntry, 0, len(es))
 	for _, e := range es {
-		out = append(out, v1alpha1.IPCacheEntry{IP: e.IP.String(), Identity: e.Identity, Node: e.Node})
+		out = append(out, v1alpha1.IPCacheEntry{IP: e.IP.String(), Identity: e.Identity, Node: e.Node, Pod: e.Pod})
 	}
 	return out
 }
@@ -54,7 +54,7 @@ func fromShard(es []v1alpha1.IPCacheEntry) []ipcache.Entry {
 		if err != nil {
 			continue
 		}
-		out = append(out, ipcache.Entry{IP: ip, Identity: e.Identity, Node: e.Node})
+		out = append(out, ipcache.Entry{IP: ip, Identity: e.Identity, Node: e.Node, Pod: e.Pod})
 	}
 	return out
 }

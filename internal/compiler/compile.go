@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"hash"
 	"maps"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/portcullis-dev/portcullis/api/v1alpha1"
+	"github.com/portcullis-dev/portcullis/internal/identity"
 	"github.com/portcullis-dev/portcullis/internal/policy"
 )
 
@@ -44,27 +44,64 @@ type entryAcc struct {
 	origins []string
 }
 
-// compileRuleSet merges the rules of the selecting policies into one rule set.
-func (c *Compiler) compileRuleSet(pols []*cpolicy, named map[string]NamedPort) *ruleSetEntry {
-	e := &ruleSetEntry{policies: pols}
-	groups := map[*selEntry]struct{}{}
-	e.rs.Ingress = c.compileDir(pols, false, named, groups)
-	e.rs.Egress = c.compileDir(pols, true, named, groups)
-	e.groups = slices.SortedFunc(maps.Keys(groups), func(a, b *selEntry) int { return strings.Compare(a.name, b.name) })
-	js, _ := json.Marshal(e.rs)
-	sum := sha256.Sum256(js)
-	e.hash = hex.EncodeToString(sum[:])
-	e.rs.Name = "rs-" + e.hash[:12]
-	return e
+// fragment is one policy's contribution to one direction: its entries, with named ports resolved,
+// in the order of its rules, peers and ports, and the peer groups they name.
+type fragment struct {
+	items  []fragItem
+	groups []*selEntry
 }
 
-func (c *Compiler) compileDir(pols []*cpolicy, egress bool, named map[string]NamedPort, groups map[*selEntry]struct{}) v1alpha1.DirectionPolicy {
-	var d v1alpha1.DirectionPolicy
+type fragItem struct {
+	key entryKey
+	l7  *policy.L7
+}
+
+// fragmentOf returns p's contribution to a direction, cached on p unless it depends on the
+// endpoint's named ports.
+func (c *Compiler) fragmentOf(p *cpolicy, egress bool, named map[string]NamedPort) *fragment {
+	switch {
+	case egress && p.egFrag != nil:
+		return p.egFrag
+	case !egress && p.inFrag != nil:
+		return p.inFrag
+	}
+	tmpls := p.ingress
+	if egress {
+		tmpls = p.egress
+	}
+	f := &fragment{}
+	for _, t := range tmpls {
+		ports := c.resolvePorts(t.ports, egress, named)
+		for _, pr := range t.peers {
+			if pr.group != nil && !slices.Contains(f.groups, pr.group) {
+				f.groups = append(f.groups, pr.group)
+			}
+			for _, rp := range ports {
+				k := entryKey{peer: pr.text, proto: rp.proto, lo: rp.lo, hi: rp.hi, deny: t.deny, audit: p.norm.Audit}
+				f.items = append(f.items, fragItem{key: k, l7: rp.l7})
+			}
+		}
+	}
+	switch {
+	case egress:
+		p.egFrag = f
+	case !p.usesIngressNamed:
+		p.inFrag = f
+	}
+	return f
+}
+
+// compileDir merges the contributions of the policies to one direction into a rule set. The
+// policies are sorted by origin, so that the result does not depend on the order of changes.
+func (c *Compiler) compileDir(pols []*cpolicy, egress bool, named map[string]NamedPort) *dirSet {
+	e := &dirSet{policies: pols}
+	d := &e.rs.DirectionPolicy
 	accs := map[entryKey]*entryAcc{}
+	var groups []*selEntry
 	for _, p := range pols {
-		dd, tmpls := p.norm.DefaultDenyIngress, p.ingress
+		dd := p.norm.DefaultDenyIngress
 		if egress {
-			dd, tmpls = p.norm.DefaultDenyEgress, p.egress
+			dd = p.norm.DefaultDenyEgress
 		}
 		if dd {
 			d.Enforced = true
@@ -74,31 +111,26 @@ func (c *Compiler) compileDir(pols []*cpolicy, egress bool, named map[string]Nam
 				d.EnforcedBy = append(d.EnforcedBy, p.origin)
 			}
 		}
-		for _, t := range tmpls {
-			ports := c.resolvePorts(t.ports, egress, named)
-			for _, pr := range t.peers {
-				if pr.group != nil {
-					groups[pr.group] = struct{}{}
-				}
-				for _, rp := range ports {
-					k := entryKey{peer: pr.text, proto: rp.proto, lo: rp.lo, hi: rp.hi, deny: t.deny, audit: p.norm.Audit}
-					a := accs[k]
-					if a == nil {
-						a = &entryAcc{l7: rp.l7}
-						accs[k] = a
-					} else if !t.deny {
-						a.l7 = policy.MergeL7(a.l7, rp.l7)
-					}
-					a.origins = append(a.origins, p.origin)
-				}
+		f := c.fragmentOf(p, egress, named)
+		groups = append(groups, f.groups...)
+		for _, it := range f.items {
+			a := accs[it.key]
+			if a == nil {
+				a = &entryAcc{l7: it.l7}
+				accs[it.key] = a
+			} else if !it.key.deny {
+				a.l7 = policy.MergeL7(a.l7, it.l7)
 			}
+			a.origins = append(a.origins, p.origin)
 		}
 	}
 	keys := slices.SortedFunc(maps.Keys(accs), func(a, b entryKey) int {
 		return cmp.Or(strings.Compare(a.peer, b.peer), strings.Compare(a.proto, b.proto),
 			cmp.Compare(a.lo, b.lo), cmp.Compare(a.hi, b.hi), boolCmp(a.deny, b.deny), boolCmp(a.audit, b.audit))
 	})
-	d.Entries = make([]v1alpha1.PolicyEntry, 0, len(keys))
+	if len(keys) > 0 {
+		d.Entries = make([]v1alpha1.PolicyEntry, 0, len(keys))
+	}
 	for _, k := range keys {
 		a := accs[k]
 		pe := v1alpha1.PolicyEntry{Peer: k.peer, Protocol: k.proto, Ports: portsText(k.lo, k.hi), Action: "Allow", Audit: k.audit}
@@ -111,10 +143,69 @@ func (c *Compiler) compileDir(pols []*cpolicy, egress bool, named map[string]Nam
 		pe.Origins = slices.Compact(a.origins)
 		d.Entries = append(d.Entries, pe)
 	}
-	if len(d.Entries) == 0 {
-		d.Entries = nil
+	slices.SortFunc(groups, func(a, b *selEntry) int { return strings.Compare(a.name, b.name) })
+	e.groups = slices.Compact(groups)
+	e.hash = c.directionHash(d)
+	prefix := "in-"
+	if egress {
+		prefix = "eg-"
 	}
-	return d
+	e.rs.Name = prefix + e.hash[:12]
+	return e
+}
+
+// directionHash hashes the content of a direction, name excluded.
+func (c *Compiler) directionHash(d *v1alpha1.DirectionPolicy) string {
+	w := hashInput{b: c.hashBuf[:0]}
+	defer func() { c.hashBuf = w.b }()
+	w.flag(d.Enforced)
+	w.list(d.EnforcedBy)
+	w.list(d.AuditEnforcedBy)
+	w.count(len(d.Entries))
+	for i := range d.Entries {
+		pe := &d.Entries[i]
+		w.str(pe.Peer)
+		w.str(pe.Protocol)
+		w.str(pe.Ports)
+		w.str(pe.Action)
+		w.flag(pe.Audit)
+		w.list(pe.HTTP)
+		w.list(pe.DNS)
+		w.list(pe.Origins)
+	}
+	return w.sum()
+}
+
+// hashInput serializes content for hashing without reflection: every string and list is prefixed
+// with its length, so that distinct contents give distinct inputs.
+type hashInput struct{ b []byte }
+
+func (w *hashInput) count(n int) { w.b = binary.BigEndian.AppendUint64(w.b, uint64(n)) }
+
+func (w *hashInput) str(s string) {
+	w.count(len(s))
+	w.b = append(w.b, s...)
+}
+
+func (w *hashInput) list(ss []string) {
+	w.count(len(ss))
+	for _, s := range ss {
+		w.str(s)
+	}
+}
+
+func (w *hashInput) flag(v bool) {
+	if v {
+		w.b = append(w.b, 1)
+	} else {
+		w.b = append(w.b, 0)
+	}
+}
+
+// sum returns the hex SHA-256 of the input.
+func (w *hashInput) sum() string {
+	s := sha256.Sum256(w.b)
+	return hex.EncodeToString(s[:])
 }
 
 func boolCmp(a, b bool) int {
@@ -197,7 +288,7 @@ func (c *Compiler) NodePolicy(node string) *v1alpha1.NodePolicySpec {
 	n := c.nodes[node]
 	if n == nil {
 		spec := &v1alpha1.NodePolicySpec{NodeName: node}
-		_, spec.ContentHash = groupsAndHash(baseHash(spec, nil), nil)
+		_, spec.ContentHash = groupsAndHash(c.baseHash(node, nil, c.endpointsHash(nil), nil, nil), nil)
 		return spec
 	}
 	if n.spec != nil && !n.stale {
@@ -209,41 +300,61 @@ func (c *Compiler) NodePolicy(node string) *v1alpha1.NodePolicySpec {
 		return n.spec
 	}
 	spec := &v1alpha1.NodePolicySpec{NodeName: node}
-	eps := slices.SortedFunc(maps.Values(n.endpoints), func(a, b *Endpoint) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
-	rsByName := map[string]*ruleSetEntry{}
+	if n.sorted == nil {
+		n.sorted = slices.SortedFunc(maps.Values(n.endpoints), func(a, b *cendpoint) int {
+			return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+		})
+		n.epsHash = c.endpointsHash(n.sorted)
+	}
+	sets := map[*dirSet]struct{}{}
 	groups := map[*selEntry]struct{}{}
-	pols := map[*cpolicy]struct{}{}
-	spec.Endpoints = make([]v1alpha1.NodeEndpoint, 0, len(eps))
-	for _, ep := range eps {
-		rs := c.ruleSetFor(ep)
-		if rsByName[rs.rs.Name] == nil {
-			rsByName[rs.rs.Name] = rs
-			for _, g := range rs.groups {
+	c.rank()
+	polMarks := make([]bool, len(c.byRank)) // by rank
+	seenIDs := map[identity.ID]struct{}{}
+	addSet := func(e *dirSet) {
+		if _, ok := sets[e]; !ok {
+			sets[e] = struct{}{}
+			for _, g := range e.groups {
 				groups[g] = struct{}{}
 			}
-			for _, p := range rs.policies {
-				pols[p] = struct{}{}
+		}
+	}
+	spec.Endpoints = make([]v1alpha1.NodeEndpoint, 0, len(n.sorted))
+	for _, ep := range n.sorted {
+		in, eg, ps := c.ruleSetsFor(ep)
+		addSet(in)
+		addSet(eg)
+		if _, seen := seenIDs[ep.Identity]; !seen {
+			seenIDs[ep.Identity] = struct{}{}
+			for _, p := range ps {
+				polMarks[p.rank] = true
 			}
 		}
-		ips := make([]string, len(ep.IPs))
-		for i, ip := range ep.IPs {
-			ips[i] = ip.String()
+		spec.Endpoints = append(spec.Endpoints, v1alpha1.NodeEndpoint{Namespace: ep.Namespace, Pod: ep.Name, IPs: ep.ips,
+			Identity: uint32(ep.Identity), IngressRuleSet: in.rs.Name, EgressRuleSet: eg.rs.Name})
+	}
+	// Rule sets compiled from different policies may have the same content, and then the same name.
+	setList := slices.SortedFunc(maps.Keys(sets), func(a, b *dirSet) int { return strings.Compare(a.rs.Name, b.rs.Name) })
+	setList = slices.CompactFunc(setList, func(a, b *dirSet) bool { return a.rs.Name == b.rs.Name })
+	spec.RuleSets = make([]v1alpha1.RuleSet, 0, len(setList))
+	rsHashes := make([]string, 0, len(setList))
+	for _, e := range setList {
+		spec.RuleSets = append(spec.RuleSets, e.rs)
+		rsHashes = append(rsHashes, e.hash)
+	}
+	var pols []*cpolicy
+	for rank, marked := range polMarks {
+		if marked {
+			pols = append(pols, c.byRank[rank])
 		}
-		slices.Sort(ips)
-		spec.Endpoints = append(spec.Endpoints, v1alpha1.NodeEndpoint{Namespace: ep.Namespace, Pod: ep.Name, IPs: ips, Identity: uint32(ep.Identity), RuleSet: rs.rs.Name})
 	}
-	rsNames := slices.Sorted(maps.Keys(rsByName))
-	rsHashes := make([]string, 0, len(rsNames))
-	for _, name := range rsNames {
-		spec.RuleSets = append(spec.RuleSets, rsByName[name].rs)
-		rsHashes = append(rsHashes, rsByName[name].hash)
+	if len(pols) > 0 {
+		spec.Policies = make([]v1alpha1.PolicyReference, 0, len(pols))
 	}
-	for _, p := range slices.SortedFunc(maps.Keys(pols), func(a, b *cpolicy) int { return strings.Compare(a.origin, b.origin) }) {
+	for _, p := range pols {
 		spec.Policies = append(spec.Policies, p.ref)
 	}
-	n.baseHash = baseHash(spec, rsHashes)
+	n.baseHash = c.baseHash(node, pols, n.epsHash, spec.Endpoints, rsHashes)
 	n.groupList = slices.SortedFunc(maps.Keys(groups), func(a, b *selEntry) int { return strings.Compare(a.name, b.name) })
 	spec.PeerGroups, spec.ContentHash = groupsAndHash(n.baseHash, n.groupList)
 	// Record which groups this node uses, so that a change of their members marks it.
@@ -277,36 +388,42 @@ func groupsAndHash(base string, groups []*selEntry) ([]v1alpha1.PeerGroup, strin
 	return out, hex.EncodeToString(h.Sum(nil))
 }
 
-// baseHash hashes everything in spec except ContentHash and the peer groups; groupsAndHash
-// completes it with the groups. Rule sets and peer groups enter through their own content hashes,
+// baseHash hashes everything in a node's spec except ContentHash and the peer groups: the node
+// name, the references of the policies (in the spec's order), the endpoints and the rule sets;
+// groupsAndHash completes it with the groups. Endpoints enter through epsHash (see endpointsHash)
+// and the rule sets they name, rule sets and peer groups through their own content hashes,
 // computed once per change, so that a node is hashed without serializing it.
-func baseHash(spec *v1alpha1.NodePolicySpec, rsHashes []string) string {
-	h := sha256.New()
-	w := func(s string) {
-		writeLen(h, len(s))
-		h.Write([]byte(s))
+func (c *Compiler) baseHash(node string, pols []*cpolicy, epsHash string, eps []v1alpha1.NodeEndpoint, rsHashes []string) string {
+	w := hashInput{b: c.hashBuf[:0]}
+	defer func() { c.hashBuf = w.b }()
+	w.str(node)
+	w.count(len(pols))
+	for _, p := range pols {
+		w.b = append(w.b, p.refText...)
 	}
-	w(spec.NodeName)
-	writeLen(h, len(spec.Policies))
-	for _, p := range spec.Policies {
-		w(p.Kind)
-		w(p.Namespace)
-		w(p.Name)
-		w(strconv.FormatInt(p.Generation, 10))
+	w.str(epsHash)
+	w.count(len(eps))
+	for _, ep := range eps {
+		w.str(ep.IngressRuleSet)
+		w.str(ep.EgressRuleSet)
 	}
-	writeLen(h, len(spec.Endpoints))
-	for _, ep := range spec.Endpoints {
-		w(ep.Namespace)
-		w(ep.Pod)
-		w(strings.Join(ep.IPs, ","))
-		w(strconv.FormatUint(uint64(ep.Identity), 10))
-		w(ep.RuleSet)
+	w.list(rsHashes)
+	return w.sum()
+}
+
+// endpointsHash hashes what a node's spec says of its endpoints, in order, except the rule sets
+// they name; it changes only when the endpoints do.
+func (c *Compiler) endpointsHash(eps []*cendpoint) string {
+	w := hashInput{b: c.hashBuf[:0]}
+	defer func() { c.hashBuf = w.b }()
+	w.count(len(eps))
+	for _, ep := range eps {
+		w.str(ep.Namespace)
+		w.str(ep.Name)
+		w.list(ep.ips)
+		w.count(int(ep.Identity))
 	}
-	writeLen(h, len(rsHashes))
-	for _, s := range rsHashes {
-		w(s)
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	return w.sum()
 }
 
 func writeLen(h hash.Hash, n int) {
@@ -322,6 +439,9 @@ func (c *Compiler) DirtyNodes() []string {
 	defer c.mu.Unlock()
 	out := slices.Sorted(maps.Keys(c.dirty))
 	clear(c.dirty)
+	for _, n := range c.nodes {
+		n.listed = false
+	}
 	return out
 }
 

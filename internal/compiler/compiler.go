@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -28,6 +29,10 @@ type Compiler struct {
 
 	policies map[policyKey]*cpolicy
 	nextID   int
+	// byRank are the policies in the order of origins (each policy's rank is its index); valid when
+	// ranked.
+	byRank []*cpolicy
+	ranked bool
 
 	idents     map[identity.ID]*cident
 	identsByNS map[string]map[identity.ID]*cident
@@ -36,8 +41,8 @@ type Compiler struct {
 	selsByNS map[string]map[*selEntry]struct{}
 	selsAll  map[*selEntry]struct{} // selectors not limited to listed namespaces
 
-	endpoints map[epKey]*Endpoint
-	epsByID   map[identity.ID]map[epKey]*Endpoint
+	endpoints map[epKey]*cendpoint
+	epsByID   map[identity.ID]map[epKey]*cendpoint
 	nodes     map[string]*cnode
 	dirty     map[string]struct{}
 
@@ -46,7 +51,12 @@ type Compiler struct {
 	// egressNamedUsers are the policies whose egress rules use a named port, by name.
 	egressNamedUsers map[string]map[*cpolicy]struct{}
 
-	ruleSets map[string]*ruleSetEntry
+	// ruleSets are the compiled rule sets of one direction, by direction, selecting policies and
+	// (for ingress rules with named ports) the endpoint's named ports.
+	ruleSets map[string]*dirSet
+
+	// hashBuf is scratch space for the content hashes, kept to spare allocations.
+	hashBuf []byte
 }
 
 type policyKey struct{ kind, namespace, name string }
@@ -62,13 +72,13 @@ func New(_ Options) *Compiler {
 		sels:             map[string]*selEntry{},
 		selsByNS:         map[string]map[*selEntry]struct{}{},
 		selsAll:          map[*selEntry]struct{}{},
-		endpoints:        map[epKey]*Endpoint{},
-		epsByID:          map[identity.ID]map[epKey]*Endpoint{},
+		endpoints:        map[epKey]*cendpoint{},
+		epsByID:          map[identity.ID]map[epKey]*cendpoint{},
 		nodes:            map[string]*cnode{},
 		dirty:            map[string]struct{}{},
 		egressPorts:      map[string]map[NamedPort]int{},
 		egressNamedUsers: map[string]map[*cpolicy]struct{}{},
-		ruleSets:         map[string]*ruleSetEntry{},
+		ruleSets:         map[string]*dirSet{},
 	}
 }
 
@@ -78,8 +88,11 @@ type cpolicy struct {
 	ref    v1alpha1.PolicyReference
 	origin string
 	id     int
-	norm   policy.NormalizedPolicy
-	normJS string
+	rank   int // position in the order of origins; valid when the compiler is ranked
+	// refText is ref serialized for the content hash of NodePolicies.
+	refText []byte
+	norm    policy.NormalizedPolicy
+	normJS  string
 
 	epSel    *selEntry
 	peerSels []*selEntry
@@ -87,6 +100,13 @@ type cpolicy struct {
 	ingress, egress  []tmpl
 	usesIngressNamed bool
 	egressNamed      []string
+	// hasIngress and hasEgress say whether the policy contributes to the direction at all (a
+	// default-deny or a rule); a rule set of a direction is compiled from the policies that do.
+	hasIngress, hasEgress bool
+	// inFrag and egFrag are the policy's compiled contributions to each direction; nil when not
+	// computed yet. inFrag stays nil when ingress rules use named ports (they depend on the
+	// endpoint); egFrag is dropped when the cluster's named ports it resolves change.
+	inFrag, egFrag *fragment
 
 	cacheKeys map[string]struct{}
 }
@@ -126,14 +146,35 @@ type cident struct {
 	ns       string
 	memberOf map[*selEntry]struct{}
 
-	pols      []*cpolicy // selecting policies, sorted by origin; valid when polsValid
-	polsKey   string
-	polsValid bool
+	// The selecting policies, sorted by origin, all of them and those that contribute to each
+	// direction, with the rule set cache keys of the directions; valid when polsValid.
+	pols           []*cpolicy
+	inPols, egPols []*cpolicy
+	inKey, egKey   string
+	inNamed        bool // an ingress policy uses named ports: the key needs the endpoint's
+	polsValid      bool
+	// inSet and egSet are the rule sets of the keys, once looked up; inSet stays nil when inNamed.
+	// They are valid with the policies: a rule set leaves the cache only when one of its policies
+	// changes, which invalidates the policies of every identity it selects.
+	inSet, egSet *dirSet
+}
+
+// cendpoint is an Endpoint with what the NodePolicy needs of it precomputed.
+type cendpoint struct {
+	Endpoint
+	node     *cnode
+	ips      []string // sorted text of IPs
+	namedKey string   // canonical text of NamedPorts
+	// inKey is the ingress rule set cache key of the endpoint when its identity's ingress
+	// policies use named ports (inKeyOf, the identity's key, followed by namedKey).
+	inKey, inKeyOf string
 }
 
 type cnode struct {
 	name      string
-	endpoints map[epKey]*Endpoint
+	endpoints map[epKey]*cendpoint
+	sorted    []*cendpoint // endpoints by namespace and name; nil when endpoints changed
+	epsHash   string       // hash of the sorted endpoints, rule sets excluded
 	spec      *v1alpha1.NodePolicySpec
 	stale     bool // endpoints, rule sets or policies may have changed: rebuild
 	// groupsStale says only the members of some peer groups changed: refresh the groups alone.
@@ -141,16 +182,19 @@ type cnode struct {
 	groups      map[*selEntry]struct{}
 	groupList   []*selEntry // groups, sorted by name
 	baseHash    string      // hash of everything but the groups
+	listed      bool        // in the compiler's dirty set
 }
 
-type ruleSetEntry struct {
+// dirSet is a compiled rule set of one direction.
+type dirSet struct {
 	rs       v1alpha1.RuleSet
-	hash     string
+	hash     string // of the content, name excluded
 	groups   []*selEntry
-	policies []*cpolicy
+	policies []*cpolicy // the policies it was compiled from
 }
 
-func originOf(ref v1alpha1.PolicyReference) string {
+// refString names a policy in error messages.
+func refString(ref v1alpha1.PolicyReference) string {
 	if ref.Namespace == "" {
 		return ref.Kind + "/" + ref.Name
 	}
@@ -169,12 +213,12 @@ func (c *Compiler) SetPolicy(p Policy) error {
 		return fmt.Errorf("%w: ClusterAccessPolicy %s must not have a namespace", ErrInvalidPolicy, p.Ref.Name)
 	}
 	if errs := policy.Validate(p.Ref.Kind, p.Spec); len(errs) > 0 {
-		return fmt.Errorf("%w %s: %w", ErrInvalidPolicy, originOf(p.Ref), errs.ToAggregate())
+		return fmt.Errorf("%w %s: %w", ErrInvalidPolicy, refString(p.Ref), errs.ToAggregate())
 	}
 	norm := policy.Normalize(p.Spec)
 	js, err := json.Marshal(norm)
 	if err != nil {
-		return fmt.Errorf("encode normalized policy %s: %w", originOf(p.Ref), err)
+		return fmt.Errorf("encode normalized policy %s: %w", refString(p.Ref), err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -188,6 +232,7 @@ func (c *Compiler) SetPolicy(p Policy) error {
 		c.removePolicy(old)
 	}
 	c.policies[key] = np
+	c.ranked = false
 	c.policySelectionChanged(np)
 	return nil
 }
@@ -204,7 +249,7 @@ func (c *Compiler) DeletePolicy(ref v1alpha1.PolicyReference) {
 // buildPolicy resolves a normalized policy's selectors and rule templates.
 func (c *Compiler) buildPolicy(key policyKey, ref v1alpha1.PolicyReference, norm policy.NormalizedPolicy, js string) *cpolicy {
 	c.nextID++
-	p := &cpolicy{key: key, ref: ref, origin: originOf(ref), id: c.nextID, norm: norm, normJS: js, cacheKeys: map[string]struct{}{}}
+	p := &cpolicy{key: key, ref: ref, origin: policy.Origin(ref.Kind, ref.Namespace, ref.Name), id: c.nextID, norm: norm, normJS: js, cacheKeys: map[string]struct{}{}}
 	namespaced := ref.Kind == policy.KindAccessPolicy
 	epSel := norm.EndpointSelector
 	if namespaced {
@@ -233,6 +278,14 @@ func (c *Compiler) buildPolicy(key policyKey, ref v1alpha1.PolicyReference, norm
 	}
 	p.ingress = append(build(norm.Ingress, false, false), build(norm.IngressDeny, true, false)...)
 	p.egress = append(build(norm.Egress, false, true), build(norm.EgressDeny, true, true)...)
+	p.hasIngress = norm.DefaultDenyIngress || len(p.ingress) > 0
+	p.hasEgress = norm.DefaultDenyEgress || len(p.egress) > 0
+	var w hashInput
+	w.str(ref.Kind)
+	w.str(ref.Namespace)
+	w.str(ref.Name)
+	w.count(int(ref.Generation))
+	p.refText = w.b
 	slices.Sort(p.egressNamed)
 	p.egressNamed = slices.Compact(p.egressNamed)
 	for _, n := range p.egressNamed {
@@ -294,6 +347,7 @@ func (c *Compiler) removePolicy(p *cpolicy) {
 	c.policySelectionChanged(p)
 	c.purgeCache(p)
 	delete(c.policies, p.key)
+	c.ranked = false
 	delete(p.epSel.epPolicies, p)
 	c.releaseSel(p.epSel)
 	for _, e := range p.peerSels {
@@ -334,14 +388,16 @@ func (c *Compiler) purgeCache(p *cpolicy) {
 
 func (c *Compiler) touchIdentity(ci *cident) {
 	for _, ep := range c.epsByID[ci.id] {
-		c.touch(ep.Node)
+		if !ep.node.stale || !ep.node.listed {
+			c.touch(ep.Node)
+		}
 	}
 }
 
 func (c *Compiler) touch(node string) {
 	c.dirty[node] = struct{}{}
 	if n := c.nodes[node]; n != nil {
-		n.stale = true
+		n.stale, n.listed = true, true
 	}
 }
 
@@ -416,7 +472,7 @@ func (c *Compiler) groupChanged(e *selEntry, ci *cident) {
 	for name := range e.nodes {
 		c.dirty[name] = struct{}{}
 		if n := c.nodes[name]; n != nil {
-			n.groupsStale = true
+			n.groupsStale, n.listed = true, true
 		}
 	}
 	if len(e.epPolicies) > 0 {
@@ -482,18 +538,25 @@ func (c *Compiler) removeIdentity(ci *cident) {
 
 // SetEndpoint adds or replaces an endpoint (a pod on a node).
 func (c *Compiler) SetEndpoint(ep Endpoint) {
-	ep.IPs = slices.Clone(ep.IPs)
-	ep.NamedPorts = maps.Clone(ep.NamedPorts)
+	ce := &cendpoint{Endpoint: ep}
+	ce.IPs = slices.Clone(ep.IPs)
+	ce.NamedPorts = maps.Clone(ep.NamedPorts)
+	ce.ips = make([]string, len(ep.IPs))
+	for i, ip := range ep.IPs {
+		ce.ips[i] = ip.String()
+	}
+	slices.Sort(ce.ips)
+	ce.namedKey = namedPortsKey(ep.NamedPorts)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := epKey{ep.Namespace, ep.Name}
 	if old := c.endpoints[k]; old != nil {
-		if endpointEqual(old, &ep) {
+		if endpointEqual(&old.Endpoint, &ce.Endpoint) {
 			return
 		}
 		c.removeEndpoint(old)
 	}
-	c.addEndpoint(&ep)
+	c.addEndpoint(ce)
 }
 
 // DeleteEndpoint removes an endpoint; it does nothing when the endpoint is unknown.
@@ -509,24 +572,26 @@ func endpointEqual(a, b *Endpoint) bool {
 	return a.Node == b.Node && a.Identity == b.Identity && slices.Equal(a.IPs, b.IPs) && maps.Equal(a.NamedPorts, b.NamedPorts)
 }
 
-func (c *Compiler) addEndpoint(ep *Endpoint) {
+func (c *Compiler) addEndpoint(ep *cendpoint) {
 	k := epKey{ep.Namespace, ep.Name}
 	c.endpoints[k] = ep
 	if c.epsByID[ep.Identity] == nil {
-		c.epsByID[ep.Identity] = map[epKey]*Endpoint{}
+		c.epsByID[ep.Identity] = map[epKey]*cendpoint{}
 	}
 	c.epsByID[ep.Identity][k] = ep
 	n := c.nodes[ep.Node]
 	if n == nil {
-		n = &cnode{name: ep.Node, endpoints: map[epKey]*Endpoint{}, groups: map[*selEntry]struct{}{}}
+		n = &cnode{name: ep.Node, endpoints: map[epKey]*cendpoint{}, groups: map[*selEntry]struct{}{}}
 		c.nodes[ep.Node] = n
 	}
 	n.endpoints[k] = ep
+	n.sorted = nil
+	ep.node = n
 	c.touch(ep.Node)
 	c.indexNamedPorts(ep, 1)
 }
 
-func (c *Compiler) removeEndpoint(ep *Endpoint) {
+func (c *Compiler) removeEndpoint(ep *cendpoint) {
 	k := epKey{ep.Namespace, ep.Name}
 	delete(c.endpoints, k)
 	delete(c.epsByID[ep.Identity], k)
@@ -536,6 +601,7 @@ func (c *Compiler) removeEndpoint(ep *Endpoint) {
 	c.touch(ep.Node)
 	if n := c.nodes[ep.Node]; n != nil {
 		delete(n.endpoints, k)
+		n.sorted = nil
 		if len(n.endpoints) == 0 {
 			for e := range n.groups {
 				delete(e.nodes, n.name)
@@ -548,7 +614,7 @@ func (c *Compiler) removeEndpoint(ep *Endpoint) {
 
 // indexNamedPorts maintains the cluster-wide named port index that egress rules resolve against,
 // and invalidates the rule sets of policies whose egress named ports gain or lose a number.
-func (c *Compiler) indexNamedPorts(ep *Endpoint, delta int) {
+func (c *Compiler) indexNamedPorts(ep *cendpoint, delta int) {
 	for name, np := range ep.NamedPorts {
 		m := c.egressPorts[name]
 		if m == nil {
@@ -566,6 +632,7 @@ func (c *Compiler) indexNamedPorts(ep *Endpoint, delta int) {
 		}
 		if (before == 0) != (m[np] == 0) {
 			for p := range c.egressNamedUsers[name] {
+				p.egFrag = nil
 				c.purgeCache(p)
 				c.policySelectionChanged(p)
 			}
@@ -581,52 +648,89 @@ func canonicalNamedPort(np NamedPort) NamedPort {
 	return np
 }
 
-// selectingPolicies returns the policies that select an identity, sorted by origin, and a key
-// naming that set.
-func (c *Compiler) selectingPolicies(ci *cident) ([]*cpolicy, string) {
+// selectingPolicies computes, once per change, the policies that select an identity (sorted by
+// origin), those that contribute to each direction, and the rule set cache keys of the directions.
+func (c *Compiler) selectingPolicies(ci *cident) {
 	if ci.polsValid {
-		return ci.pols, ci.polsKey
+		return
 	}
-	var pols []*cpolicy
+	pols := make([]*cpolicy, 0, len(ci.pols))
 	for e := range ci.memberOf {
 		for p := range e.epPolicies {
 			pols = append(pols, p)
 		}
 	}
-	slices.SortFunc(pols, func(a, b *cpolicy) int { return strings.Compare(a.origin, b.origin) })
-	var b strings.Builder
+	c.sortByOrigin(pols)
+	ci.pols, ci.inPols, ci.egPols, ci.inNamed = pols, make([]*cpolicy, 0, len(pols)), make([]*cpolicy, 0, len(pols)), false
+	in, eg := append(make([]byte, 0, 64), "in:"...), append(make([]byte, 0, 64), "eg:"...)
 	for _, p := range pols {
-		b.WriteString(strconv.Itoa(p.id))
-		b.WriteByte(',')
-	}
-	ci.pols, ci.polsKey, ci.polsValid = pols, b.String(), true
-	return ci.pols, ci.polsKey
-}
-
-var pendingRuleSet = func() *ruleSetEntry {
-	rs := v1alpha1.RuleSet{Name: PendingRuleSet,
-		Ingress: v1alpha1.DirectionPolicy{Enforced: true},
-		Egress:  v1alpha1.DirectionPolicy{Enforced: true}}
-	return &ruleSetEntry{rs: rs, hash: PendingRuleSet}
-}()
-
-// ruleSetFor returns the compiled rule set of an endpoint, from the cache when possible.
-func (c *Compiler) ruleSetFor(ep *Endpoint) *ruleSetEntry {
-	ci := c.idents[ep.Identity]
-	if ci == nil {
-		return pendingRuleSet
-	}
-	pols, key := c.selectingPolicies(ci)
-	for _, p := range pols {
-		if p.usesIngressNamed {
-			key += "|" + namedPortsKey(ep.NamedPorts)
-			break
+		if p.hasIngress {
+			ci.inPols = append(ci.inPols, p)
+			in = strconv.AppendInt(in, int64(p.id), 10)
+			in = append(in, ',')
+			ci.inNamed = ci.inNamed || p.usesIngressNamed
+		}
+		if p.hasEgress {
+			ci.egPols = append(ci.egPols, p)
+			eg = strconv.AppendInt(eg, int64(p.id), 10)
+			eg = append(eg, ',')
 		}
 	}
+	ci.inKey, ci.egKey, ci.polsValid = string(in), string(eg), true
+	ci.inSet, ci.egSet = nil, nil
+}
+
+// sortByOrigin sorts policies by origin, comparing ranks rather than strings: the order of origins
+// is computed once per change of the set of policies, and identities and nodes sort by it often.
+func (c *Compiler) sortByOrigin(pols []*cpolicy) {
+	c.rank()
+	slices.SortFunc(pols, func(a, b *cpolicy) int { return cmp.Compare(a.rank, b.rank) })
+}
+
+// rank orders the policies by origin, when the set of policies changed since the last time.
+func (c *Compiler) rank() {
+	if c.ranked {
+		return
+	}
+	c.byRank = slices.SortedFunc(maps.Values(c.policies), func(a, b *cpolicy) int { return strings.Compare(a.origin, b.origin) })
+	for i, p := range c.byRank {
+		p.rank = i
+	}
+	c.ranked = true
+}
+
+// pendingRuleSet is the rule set of both directions of an endpoint whose identity is not known.
+var pendingRuleSet = &dirSet{rs: v1alpha1.RuleSet{Name: PendingRuleSet, DirectionPolicy: v1alpha1.DirectionPolicy{Enforced: true}}, hash: PendingRuleSet}
+
+// ruleSetsFor returns the compiled ingress and egress rule sets of an endpoint, from the cache when
+// possible, and the policies that select it.
+func (c *Compiler) ruleSetsFor(ep *cendpoint) (in, eg *dirSet, pols []*cpolicy) {
+	ci := c.idents[ep.Identity]
+	if ci == nil {
+		return pendingRuleSet, pendingRuleSet, nil
+	}
+	c.selectingPolicies(ci)
+	if ci.egSet == nil {
+		ci.egSet = c.dirSetFor(ci.egPols, true, ci.egKey, nil)
+	}
+	if !ci.inNamed {
+		if ci.inSet == nil {
+			ci.inSet = c.dirSetFor(ci.inPols, false, ci.inKey, nil)
+		}
+		return ci.inSet, ci.egSet, ci.pols
+	}
+	if ep.inKeyOf != ci.inKey {
+		ep.inKey, ep.inKeyOf = ci.inKey+"|"+ep.namedKey, ci.inKey
+	}
+	return c.dirSetFor(ci.inPols, false, ep.inKey, ep.NamedPorts), ci.egSet, ci.pols
+}
+
+// dirSetFor returns the cached rule set of one direction, compiling it on a miss.
+func (c *Compiler) dirSetFor(pols []*cpolicy, egress bool, key string, named map[string]NamedPort) *dirSet {
 	if e := c.ruleSets[key]; e != nil {
 		return e
 	}
-	e := c.compileRuleSet(pols, ep.NamedPorts)
+	e := c.compileDir(pols, egress, named)
 	c.ruleSets[key] = e
 	for _, p := range pols {
 		p.cacheKeys[key] = struct{}{}

@@ -86,8 +86,8 @@ func TestDirtyNodesAndPolicyStatus(t *testing.T) {
 	}
 	// An endpoint whose identity is unknown is denied, not left open.
 	cl.c.SetEndpoint(compiler.Endpoint{Namespace: "prod", Name: "new-0", Node: "node-5", Identity: 9999, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.9")}})
-	if rs := cl.c.NodePolicy("node-5").Endpoints[0].RuleSet; rs != compiler.PendingRuleSet {
-		t.Errorf("endpoint without identity got rule set %s, want %s", rs, compiler.PendingRuleSet)
+	if ep := cl.c.NodePolicy("node-5").Endpoints[0]; ep.IngressRuleSet != compiler.PendingRuleSet || ep.EgressRuleSet != compiler.PendingRuleSet {
+		t.Errorf("endpoint without identity got rule sets %s and %s, want %s", ep.IngressRuleSet, ep.EgressRuleSet, compiler.PendingRuleSet)
 	}
 }
 

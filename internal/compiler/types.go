@@ -3,8 +3,10 @@
 // operator and the offline CLI share it.
 //
 // The compiler is incremental: it keeps the selector → identity sets, the per-policy rule
-// templates and the compiled rule sets (cached per set of selecting policies), so that a change
-// recompiles only the rule sets and the nodes it touches. DirtyNodes says which nodes to publish.
+// templates and their compiled contributions to each direction, and the compiled rule sets of each
+// direction (cached per set of policies that contribute to that direction), so that a change
+// recompiles only the rule sets and the nodes it touches: a policy with egress rules only never
+// recompiles an ingress rule set. DirtyNodes says which nodes to publish.
 //
 // Semantics follow CiliumNetworkPolicy: default-deny per direction when a selecting policy has a
 // rule in that direction (unless enableDefaultDeny says otherwise), deny wins over allow, an
@@ -55,7 +57,7 @@ type Endpoint struct {
 	NamedPorts map[string]NamedPort
 }
 
-// PendingRuleSet is the name of the rule set of an endpoint whose identity is not known yet (no
-// SetIdentity for it). It denies everything in both directions: an endpoint is never left open
-// because its labels are not resolved.
+// PendingRuleSet is the name of the rule set of both directions of an endpoint whose identity is not
+// known yet (no SetIdentity for it). It denies everything: an endpoint is never left open because
+// its labels are not resolved.
 const PendingRuleSet = "identity-pending"

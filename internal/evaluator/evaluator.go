@@ -3,7 +3,7 @@
 // policies decided, and why. It is the oracle the dataplane tests compare the kernel with, and the
 // core of offline tracing, so it implements the policy semantics from the NodePolicy alone.
 //
-// Semantics, per direction of the local endpoint's rule set:
+// Semantics, per direction, with the rule set the local endpoint names for that direction:
 //   - An entry matches a flow when its peer matches the peer's identity (or, for cidr: and fqdn:
 //     peers, the peer's address outside the cluster), its protocol is ANY or the flow's, and its
 //     port range holds the destination port.
@@ -121,7 +121,8 @@ func (m MapIPCache) Lookup(addr netip.Addr) (identity.ID, bool) {
 type Result struct {
 	// Verdict is Allow, Deny or Audit.
 	Verdict Verdict
-	// Origins are the policies that decided, as Kind/namespace/name; empty when no policy applies.
+	// Origins are the policies that decided, as Kind/namespace/name with the full kind (the
+	// NodePolicy names them by short kind, ap/namespace/name); empty when no policy applies.
 	Origins []string
 	// Reason says in words why.
 	Reason string
@@ -138,13 +139,10 @@ var ErrNoEndpoint = errors.New("no local endpoint")
 type Evaluator struct {
 	ipcache   IPCache
 	endpoints map[netip.Addr]*v1alpha1.NodeEndpoint
-	ruleSets  map[string]*ruleSet
+	ruleSets  map[string]*direction
 }
 
-type ruleSet struct {
-	ingress, egress direction
-}
-
+// direction is a compiled rule set; one serves either direction.
 type direction struct {
 	enforced        bool
 	enforcedBy      []string
@@ -154,6 +152,7 @@ type direction struct {
 
 type entry struct {
 	v1alpha1.PolicyEntry
+	origins []string // Origins with full kinds
 	match   func(p peerInfo) bool
 	lo, hi  uint16
 	http    []httpRule
@@ -183,7 +182,7 @@ func New(spec *v1alpha1.NodePolicySpec, ipcache IPCache) (*Evaluator, error) {
 	if ipcache == nil {
 		ipcache = MapIPCache{}
 	}
-	e := &Evaluator{ipcache: ipcache, endpoints: map[netip.Addr]*v1alpha1.NodeEndpoint{}, ruleSets: map[string]*ruleSet{}}
+	e := &Evaluator{ipcache: ipcache, endpoints: map[netip.Addr]*v1alpha1.NodeEndpoint{}, ruleSets: map[string]*direction{}}
 	groups := map[string]map[identity.ID]struct{}{}
 	for _, g := range spec.PeerGroups {
 		m := make(map[identity.ID]struct{}, len(g.Identities))
@@ -194,20 +193,18 @@ func New(spec *v1alpha1.NodePolicySpec, ipcache IPCache) (*Evaluator, error) {
 	}
 	for i := range spec.RuleSets {
 		rs := &spec.RuleSets[i]
-		in, err := compileDirection(rs.Ingress, groups)
+		d, err := compileDirection(rs.DirectionPolicy, groups)
 		if err != nil {
-			return nil, fmt.Errorf("rule set %s ingress: %w", rs.Name, err)
+			return nil, fmt.Errorf("rule set %s: %w", rs.Name, err)
 		}
-		eg, err := compileDirection(rs.Egress, groups)
-		if err != nil {
-			return nil, fmt.Errorf("rule set %s egress: %w", rs.Name, err)
-		}
-		e.ruleSets[rs.Name] = &ruleSet{ingress: in, egress: eg}
+		e.ruleSets[rs.Name] = &d
 	}
 	for i := range spec.Endpoints {
 		ep := &spec.Endpoints[i]
-		if _, ok := e.ruleSets[ep.RuleSet]; !ok {
-			return nil, fmt.Errorf("endpoint %s/%s names rule set %q, which the spec does not define", ep.Namespace, ep.Pod, ep.RuleSet)
+		for _, name := range []string{ep.IngressRuleSet, ep.EgressRuleSet} {
+			if _, ok := e.ruleSets[name]; !ok {
+				return nil, fmt.Errorf("endpoint %s/%s names rule set %q, which the spec does not define", ep.Namespace, ep.Pod, name)
+			}
 		}
 		for _, s := range ep.IPs {
 			a, err := netip.ParseAddr(s)
@@ -221,10 +218,19 @@ func New(spec *v1alpha1.NodePolicySpec, ipcache IPCache) (*Evaluator, error) {
 }
 
 func compileDirection(d v1alpha1.DirectionPolicy, groups map[string]map[identity.ID]struct{}) (direction, error) {
-	out := direction{enforced: d.Enforced, enforcedBy: d.EnforcedBy, auditEnforcedBy: d.AuditEnforcedBy}
+	out := direction{enforced: d.Enforced}
+	var err error
+	if out.enforcedBy, err = fullOrigins(d.EnforcedBy); err != nil {
+		return out, fmt.Errorf("enforcedBy: %w", err)
+	}
+	if out.auditEnforcedBy, err = fullOrigins(d.AuditEnforcedBy); err != nil {
+		return out, fmt.Errorf("auditEnforcedBy: %w", err)
+	}
 	for _, pe := range d.Entries {
 		en := entry{PolicyEntry: pe}
-		var err error
+		if en.origins, err = fullOrigins(pe.Origins); err != nil {
+			return out, fmt.Errorf("entry %s: %w", pe.Peer, err)
+		}
 		if en.match, err = peerMatcher(pe.Peer, groups); err != nil {
 			return out, err
 		}
@@ -251,6 +257,27 @@ func compileDirection(d v1alpha1.DirectionPolicy, groups map[string]map[identity
 		}
 		out.entries = append(out.entries, en)
 	}
+	return out, nil
+}
+
+// fullOrigins turns origins named by short kind (ap/namespace/name) into Kind/namespace/name.
+func fullOrigins(origins []string) ([]string, error) {
+	if len(origins) == 0 {
+		return nil, nil
+	}
+	out := make([]string, 0, len(origins))
+	for _, o := range origins {
+		kind, ns, name, err := policy.ParseOrigin(o)
+		if err != nil {
+			return nil, err
+		}
+		if ns == "" {
+			out = append(out, kind+"/"+name)
+		} else {
+			out = append(out, kind+"/"+ns+"/"+name)
+		}
+	}
+	slices.Sort(out)
 	return out, nil
 }
 
@@ -378,10 +405,9 @@ func (e *Evaluator) Evaluate(f Flow) (Result, error) {
 		return Result{}, fmt.Errorf("%w with address %s on this node", ErrNoEndpoint, local)
 	}
 	res := Result{Endpoint: ep.Namespace + "/" + ep.Pod}
-	rs := e.ruleSets[ep.RuleSet]
-	d := &rs.ingress
+	d := e.ruleSets[ep.IngressRuleSet]
 	if f.Direction == Egress {
-		d = &rs.egress
+		d = e.ruleSets[ep.EgressRuleSet]
 	}
 	pi := peerInfo{addr: peerAddr}
 	if f.Direction == Egress {
@@ -425,7 +451,7 @@ type outcome struct {
 func originsOf(es []*entry) []string {
 	var out []string
 	for _, e := range es {
-		out = append(out, e.Origins...)
+		out = append(out, e.origins...)
 	}
 	slices.Sort(out)
 	return slices.Compact(out)

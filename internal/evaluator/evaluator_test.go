@@ -14,17 +14,18 @@ func testSpec() *v1alpha1.NodePolicySpec {
 	return &v1alpha1.NodePolicySpec{
 		NodeName: "n",
 		Endpoints: []v1alpha1.NodeEndpoint{
-			{Namespace: "prod", Pod: "web", IPs: []string{"10.0.0.1"}, Identity: 300, RuleSet: "rs-web"},
-			{Namespace: "prod", Pod: "audited", IPs: []string{"10.0.0.2"}, Identity: 301, RuleSet: "rs-audit"},
+			{Namespace: "prod", Pod: "web", IPs: []string{"10.0.0.1"}, Identity: 300, IngressRuleSet: "in-web", EgressRuleSet: "eg-open"},
+			{Namespace: "prod", Pod: "audited", IPs: []string{"10.0.0.2"}, Identity: 301, IngressRuleSet: "in-audit", EgressRuleSet: "eg-open"},
 		},
 		RuleSets: []v1alpha1.RuleSet{
-			{Name: "rs-web", Ingress: v1alpha1.DirectionPolicy{Enforced: true, EnforcedBy: []string{"AccessPolicy/prod/web"}, Entries: []v1alpha1.PolicyEntry{
-				{Peer: "group:g-clients", Protocol: "TCP", Ports: "8000-8080", Action: "Allow", Origins: []string{"AccessPolicy/prod/web"},
+			{Name: "in-web", DirectionPolicy: v1alpha1.DirectionPolicy{Enforced: true, EnforcedBy: []string{"ap/prod/web"}, Entries: []v1alpha1.PolicyEntry{
+				{Peer: "group:g-clients", Protocol: "TCP", Ports: "8000-8080", Action: "Allow", Origins: []string{"ap/prod/web"},
 					HTTP: []string{`method="GET" path="/v1/.*" header="X-Token" logHeader="X-Trace: 1"`}},
-				{Peer: "identity:302", Protocol: "ANY", Ports: "*", Action: "Deny", Origins: []string{"AccessPolicy/prod/deny"}},
-				{Peer: "cidr:203.0.113.0/24", Protocol: "UDP", Ports: "53", Action: "Allow", Origins: []string{"AccessPolicy/prod/web"}},
+				{Peer: "identity:302", Protocol: "ANY", Ports: "*", Action: "Deny", Origins: []string{"cap/deny"}},
+				{Peer: "cidr:203.0.113.0/24", Protocol: "UDP", Ports: "53", Action: "Allow", Origins: []string{"ap/prod/web"}},
 			}}},
-			{Name: "rs-audit", Ingress: v1alpha1.DirectionPolicy{Enforced: true, AuditEnforcedBy: []string{"AccessPolicy/prod/trial"}}},
+			{Name: "in-audit", DirectionPolicy: v1alpha1.DirectionPolicy{Enforced: true, AuditEnforcedBy: []string{"ap/prod/trial"}}},
+			{Name: "eg-open"},
 		},
 		PeerGroups: []v1alpha1.PeerGroup{{Name: "g-clients", Identities: []uint32{303}}},
 	}
@@ -76,6 +77,10 @@ func TestEvaluate(t *testing.T) {
 	if res.Verdict != Allow || res.Origins[0] != "AccessPolicy/prod/web" || res.PeerIdentity != identity.ID(303) {
 		t.Errorf("logged header mismatch: %+v", res)
 	}
+	res, _ = ev.Evaluate(Flow{Direction: Ingress, Source: denied, Destination: web, Protocol: "TCP", Port: 8080})
+	if res.Verdict != Deny || len(res.Origins) != 1 || res.Origins[0] != "ClusterAccessPolicy/deny" {
+		t.Errorf("deny entry of a cluster policy: %+v", res)
+	}
 	if _, err := ev.Evaluate(Flow{Direction: Ingress, Source: client, Destination: client}); !errors.Is(err, ErrNoEndpoint) {
 		t.Errorf("flow to a non-local address: %v", err)
 	}
@@ -83,10 +88,13 @@ func TestEvaluate(t *testing.T) {
 
 func TestNewRejectsBrokenSpecs(t *testing.T) {
 	for name, mutate := range map[string]func(*v1alpha1.NodePolicySpec){
-		"unknown group":    func(s *v1alpha1.NodePolicySpec) { s.PeerGroups = nil },
-		"unknown rule set": func(s *v1alpha1.NodePolicySpec) { s.Endpoints[0].RuleSet = "nope" },
-		"bad http rule":    func(s *v1alpha1.NodePolicySpec) { s.RuleSets[0].Ingress.Entries[0].HTTP = []string{`path="(`} },
-		"bad peer":         func(s *v1alpha1.NodePolicySpec) { s.RuleSets[0].Ingress.Entries[1].Peer = "pod:x" },
+		"unknown group":            func(s *v1alpha1.NodePolicySpec) { s.PeerGroups = nil },
+		"unknown ingress rule set": func(s *v1alpha1.NodePolicySpec) { s.Endpoints[0].IngressRuleSet = "nope" },
+		"unknown egress rule set":  func(s *v1alpha1.NodePolicySpec) { s.Endpoints[1].EgressRuleSet = "" },
+		"bad http rule":            func(s *v1alpha1.NodePolicySpec) { s.RuleSets[0].Entries[0].HTTP = []string{`path="(`} },
+		"bad peer":                 func(s *v1alpha1.NodePolicySpec) { s.RuleSets[0].Entries[1].Peer = "pod:x" },
+		"origin with a long kind":  func(s *v1alpha1.NodePolicySpec) { s.RuleSets[0].Entries[0].Origins = []string{"AccessPolicy/prod/web"} },
+		"origin without namespace": func(s *v1alpha1.NodePolicySpec) { s.RuleSets[1].AuditEnforcedBy = []string{"ap/trial"} },
 	} {
 		s := testSpec()
 		mutate(s)

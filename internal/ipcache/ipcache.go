@@ -16,6 +16,8 @@ type Entry struct {
 	IP       netip.Addr
 	Identity uint32
 	Node     string
+	// Pod is "namespace/name", empty for a node address.
+	Pod string
 }
 
 // ShardPrefix starts the name of every shard object.

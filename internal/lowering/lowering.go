@@ -95,20 +95,24 @@ func Lower(in Input) Result {
 			r.Missing = append(r.Missing, name)
 			continue
 		}
-		rs := ruleSets[ep.RuleSet]
+		inRS, egRS := ruleSets[ep.IngressRuleSet], ruleSets[ep.EgressRuleSet]
 		dep := datapath.Endpoint{ID: uint32(ifindex), Identity: datapath.Identity(ep.Identity)}
-		if rs == nil {
+		if inRS == nil || egRS == nil {
 			// A rule set the spec does not define: deny everything rather than guess.
+			missing := ep.IngressRuleSet
+			if inRS != nil {
+				missing = ep.EgressRuleSet
+			}
 			dep.IngressEnforced, dep.EgressEnforced = true, true
-			r.Unsupported = append(r.Unsupported, fmt.Sprintf("%s: rule set %q missing from the spec; denying all", name, ep.RuleSet))
+			r.Unsupported = append(r.Unsupported, fmt.Sprintf("%s: rule set %q missing from the spec; denying all", name, missing))
 			r.State.Endpoints[ifindex] = dep
 			continue
 		}
-		dep.IngressEnforced, dep.IngressAudit = rs.Ingress.Enforced, rs.Ingress.Enforced && len(rs.Ingress.EnforcedBy) == 0
-		dep.EgressEnforced, dep.EgressAudit = rs.Egress.Enforced, rs.Egress.Enforced && len(rs.Egress.EnforcedBy) == 0
+		dep.IngressEnforced, dep.IngressAudit = inRS.Enforced, inRS.Enforced && len(inRS.EnforcedBy) == 0 && len(inRS.AuditEnforcedBy) > 0
+		dep.EgressEnforced, dep.EgressAudit = egRS.Enforced, egRS.Enforced && len(egRS.EnforcedBy) == 0 && len(egRS.AuditEnforcedBy) > 0
 		r.State.Endpoints[ifindex] = dep
-		l.direction(uint32(ifindex), datapath.Ingress, rs.Ingress.Entries, name)
-		l.direction(uint32(ifindex), datapath.Egress, rs.Egress.Entries, name)
+		l.direction(uint32(ifindex), datapath.Ingress, inRS.Entries, name)
+		l.direction(uint32(ifindex), datapath.Egress, egRS.Entries, name)
 	}
 	slices.Sort(r.Missing)
 	slices.Sort(r.Unsupported)
@@ -153,12 +157,10 @@ func (l *lowerer) cidrIdentities() {
 	}
 	var prefixes []netip.Prefix
 	for _, rs := range l.in.Spec.RuleSets {
-		for _, d := range []v1alpha1.DirectionPolicy{rs.Ingress, rs.Egress} {
-			for _, e := range d.Entries {
-				if p, ok := strings.CutPrefix(e.Peer, "cidr:"); ok {
-					if pfx, err := netip.ParsePrefix(p); err == nil {
-						prefixes = append(prefixes, pfx.Masked())
-					}
+		for _, e := range rs.Entries {
+			if p, ok := strings.CutPrefix(e.Peer, "cidr:"); ok {
+				if pfx, err := netip.ParsePrefix(p); err == nil {
+					prefixes = append(prefixes, pfx.Masked())
 				}
 			}
 		}

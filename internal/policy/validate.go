@@ -241,7 +241,7 @@ func validateRegex(p *field.Path, what, expr string) *field.Error {
 	if _, err := syntax.Parse(expr, syntax.Perl); err != nil {
 		return field.Invalid(p, expr, fmt.Sprintf("not a valid RE2 regular expression for the %s: %v", what, err))
 	}
-	_, err := dfa.Compile(expr, dfa.Options{MaxStates: MaxDFAStates})
+	err := dfaChecks.check(expr)
 	switch {
 	case err == nil:
 		return nil

@@ -208,21 +208,30 @@ func getPolicy(t *testing.T, ns, name string) *v1alpha1.AccessPolicy {
 	return &p
 }
 
-// ruleSetOf returns the rule set of a pod in a NodePolicy.
-func ruleSetOf(np *v1alpha1.NodePolicy, ns, pod string) (*v1alpha1.RuleSet, *v1alpha1.NodeEndpoint, error) {
+// ruleSetOf returns the ingress and egress rule sets of a pod in a NodePolicy.
+func ruleSetOf(np *v1alpha1.NodePolicy, ns, pod string) (in, eg *v1alpha1.RuleSet, _ *v1alpha1.NodeEndpoint, _ error) {
 	for i := range np.Spec.Endpoints {
 		ep := &np.Spec.Endpoints[i]
 		if ep.Namespace != ns || ep.Pod != pod {
 			continue
 		}
 		for j := range np.Spec.RuleSets {
-			if np.Spec.RuleSets[j].Name == ep.RuleSet {
-				return &np.Spec.RuleSets[j], ep, nil
+			switch np.Spec.RuleSets[j].Name {
+			case ep.IngressRuleSet:
+				in = &np.Spec.RuleSets[j]
+			case ep.EgressRuleSet:
+				eg = &np.Spec.RuleSets[j]
 			}
 		}
-		return nil, ep, fmt.Errorf("endpoint %s/%s names rule set %q, which is missing", ns, pod, ep.RuleSet)
+		if ep.IngressRuleSet == ep.EgressRuleSet {
+			eg = in
+		}
+		if in == nil || eg == nil {
+			return nil, nil, ep, fmt.Errorf("endpoint %s/%s names rule sets %q and %q, one of which is missing", ns, pod, ep.IngressRuleSet, ep.EgressRuleSet)
+		}
+		return in, eg, ep, nil
 	}
-	return nil, nil, fmt.Errorf("endpoint %s/%s not in NodePolicy %s", ns, pod, np.Name)
+	return nil, nil, nil, fmt.Errorf("endpoint %s/%s not in NodePolicy %s", ns, pod, np.Name)
 }
 
 // ctrlConfig lets several managers (one per test, and a restarted one) use the same controller names

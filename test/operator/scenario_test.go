@@ -232,28 +232,28 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 		}
 
 		npA, _ := getNodePolicy(t, "node-a")
-		rs, ep, err := ruleSetOf(npA, "production", "user-service")
+		in, eg, ep, err := ruleSetOf(npA, "production", "user-service")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !rs.Ingress.Enforced || rs.Egress.Enforced {
-			t.Errorf("user-service: ingress enforced %v (want true), egress enforced %v (want false)", rs.Ingress.Enforced, rs.Egress.Enforced)
+		if !in.Enforced || eg.Enforced {
+			t.Errorf("user-service: ingress enforced %v (want true), egress enforced %v (want false)", in.Enforced, eg.Enforced)
 		}
 		if len(ep.IPs) != 1 || ep.IPs[0] != "10.0.1.10" {
 			t.Errorf("user-service endpoint IPs %v", ep.IPs)
 		}
 		found := false
-		for _, e := range rs.Ingress.Entries {
+		for _, e := range in.Entries {
 			if e.Ports == "8080" && e.Protocol == "TCP" && e.Action == "Allow" && contains(e.HTTP, `"POST"`) && contains(e.HTTP, `"/v1/users"`) {
 				found = true
 			}
 		}
 		if !found {
-			t.Errorf("user-service ingress lacks the TCP/8080 POST /v1/users entry: %+v", rs.Ingress.Entries)
+			t.Errorf("user-service ingress lacks the TCP/8080 POST /v1/users entry: %+v", in.Entries)
 		}
 		npB, _ := getNodePolicy(t, "node-b")
-		if rs, _, err := ruleSetOf(npB, "production", "auth-service"); err != nil || rs.Ingress.Enforced || rs.Egress.Enforced {
-			t.Errorf("auth-service is selected by no policy, so nothing should be enforced: %+v %v", rs, err)
+		if in, eg, _, err := ruleSetOf(npB, "production", "auth-service"); err != nil || in.Enforced || eg.Enforced {
+			t.Errorf("auth-service is selected by no policy, so nothing should be enforced: %+v %+v %v", in, eg, err)
 		}
 	})
 
@@ -358,7 +358,7 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			_, _, err = ruleSetOf(np, "other", "batch")
+			_, _, _, err = ruleSetOf(np, "other", "batch")
 			return err
 		})
 		time.Sleep(300 * time.Millisecond) // let the IP cache settle
@@ -380,7 +380,7 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			_, ep, err := ruleSetOf(np, "other", "batch")
+			_, _, ep, err := ruleSetOf(np, "other", "batch")
 			if err != nil {
 				return err
 			}
@@ -485,7 +485,7 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if _, _, err := ruleSetOf(np, "production", "late-pod"); err != nil {
+			if _, _, _, err := ruleSetOf(np, "production", "late-pod"); err != nil {
 				return err
 			}
 			return nil

@@ -1,0 +1,127 @@
+// Command portcullis-agent runs on every node: it converges the kernel's BPF maps and programs to the
+// node's NodePolicy and the cluster's IP cache, keeps enforcing through its own restarts (maps and
+// links are pinned in bpffs and adopted on start), repairs drift, and reports in NodePolicy status.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/portcullis-dev/portcullis/controllers/agent"
+	"github.com/portcullis-dev/portcullis/internal/datapath"
+	"github.com/portcullis-dev/portcullis/internal/kube"
+)
+
+type config struct {
+	nodeName    string
+	bpffs       string
+	pinDir      string
+	cgroupRoot  string
+	netns       string
+	interval    time.Duration
+	metricsAddr string
+	probeAddr   string
+}
+
+func main() {
+	var c config
+	zapOpts := zap.Options{TimeEncoder: zapcore.ISO8601TimeEncoder}
+	flag.StringVar(&c.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this agent enforces (default $NODE_NAME, from the downward API)")
+	flag.StringVar(&c.bpffs, "bpffs", "/sys/fs/bpf", "a bpffs mount")
+	flag.StringVar(&c.pinDir, "pin-dir", "", "where maps and links are pinned (default <bpffs>/portcullis)")
+	flag.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the cgroup v2 mount (HTTP rules attach sock_ops there)")
+	flag.StringVar(&c.netns, "netns", "", "work on the interfaces of this network namespace (a path; the lab's nodes) instead of the agent's own")
+	flag.DurationVar(&c.interval, "drift-check-interval", 5*time.Second, "how often the kernel is compared with the desired state and repaired")
+	flag.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
+	flag.StringVar(&c.probeAddr, "health-probe-bind-address", ":9963", "address of /healthz and /readyz (0 disables it)")
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	if err := run(c); err != nil {
+		fmt.Fprintln(os.Stderr, "portcullis-agent:", err)
+		os.Exit(1)
+	}
+}
+
+// checkHost fails early, with a message that says what to fix, when the node lacks what the agent
+// needs.
+func checkHost(c config) error {
+	if c.nodeName == "" {
+		return errors.New("no node name: pass --node-name or set NODE_NAME (fieldRef spec.nodeName)")
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(c.bpffs, &fs); err != nil {
+		return fmt.Errorf("bpffs %s: %w (mount it: mount -t bpf bpf %s)", c.bpffs, err, c.bpffs)
+	}
+	if fs.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s is not a bpffs mount (mount it: mount -t bpf bpf %s); pins elsewhere would not outlive the agent", c.bpffs, c.bpffs)
+	}
+	if err := unix.Statfs(c.cgroupRoot, &fs); err != nil {
+		return fmt.Errorf("cgroup root %s: %w", c.cgroupRoot, err)
+	}
+	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("%s is not a cgroup v2 mount: Portcullis needs the unified hierarchy", c.cgroupRoot)
+	}
+	return nil
+}
+
+func run(c config) error {
+	if err := checkHost(c); err != nil {
+		return err
+	}
+	if c.pinDir == "" {
+		c.pinDir = filepath.Join(c.bpffs, "portcullis")
+	}
+	if err := os.MkdirAll(c.pinDir, 0o700); err != nil {
+		return fmt.Errorf("pin directory: %w", err)
+	}
+	// Existing pins are adopted: enforcement continues across the restart with no empty window.
+	dp, err := datapath.Load(datapath.Options{PinDir: c.pinDir})
+	if err != nil {
+		return fmt.Errorf("load BPF dataplane: %w", err)
+	}
+	defer dp.Close()
+
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	scheme, err := kube.NewScheme()
+	if err != nil {
+		return err
+	}
+	flows := agent.NewFlows(dp, c.nodeName, 4096)
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme: scheme,
+		// /flows serves the most recent flow events next to the metrics.
+		Metrics:                metricsserver.Options{BindAddress: c.metricsAddr, ExtraHandlers: map[string]http.Handler{"/flows": flows}},
+		HealthProbeBindAddress: c.probeAddr,
+		Cache:                  agent.CacheOptions(c.nodeName),
+	})
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	if _, err := agent.Setup(mgr, agent.Options{NodeName: c.nodeName, DriftCheckInterval: c.interval, Datapath: dp, Netns: c.netns, Flows: flows}); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	ctrl.Log.Info("starting portcullis-agent", "node", c.nodeName, "pinDir", c.pinDir)
+	return mgr.Start(ctrl.SetupSignalHandler())
+}
