@@ -277,6 +277,12 @@ func (r *Reconciler) converge(ctx context.Context, np *v1alpha1.NodePolicy, low 
 	out.endpoints = len(want)
 	r.lastDesired = desired
 
+	if pins, err := r.opts.Datapath.RepairPins(); err != nil {
+		log.FromContext(ctx).Error(err, "repair pins")
+	} else if len(pins) > 0 {
+		out.repaired = append(out.repaired, "pins restored: "+strings.Join(pins, ", "))
+		driftRepairs.WithLabelValues("pin").Add(float64(len(pins)))
+	}
 	if len(out.repaired) > 0 {
 		r.repairs += int64(len(out.repaired))
 		what := strings.Join(out.repaired, "; ")

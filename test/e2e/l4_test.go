@@ -1,9 +1,7 @@
 package e2e_test
 
 import (
-	"path/filepath"
 	"testing"
-	"time"
 )
 
 // check is one request and the outcome the policies in force must give it.
@@ -39,9 +37,6 @@ func runChecks(t *testing.T, checks []check) {
 
 func TestPrivilegedSeedPoliciesAtL3L4(t *testing.T) {
 	needLab(t)
-	if err := cluster.Apply(ctxT(t, 10*time.Second), filepath.Join(root, "examples", "seed")); err != nil {
-		t.Fatal(err)
-	}
 	settle(t)
 	const (
 		user      = "production/user-service"

@@ -19,6 +19,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/go-logr/zapr"
 	"go.uber.org/zap"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/portcullis-dev/portcullis/internal/controlplane"
 	"github.com/portcullis-dev/portcullis/internal/lab"
@@ -71,6 +72,7 @@ func run(m *testing.M) int {
 		z, _ := zap.NewDevelopment()
 		log = zapr.NewLogger(z)
 	}
+	ctrl.SetLogger(log)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cluster, err = labcluster.Up(ctx, labcluster.Options{
@@ -85,6 +87,14 @@ func run(m *testing.M) int {
 	if err != nil {
 		setupErr = err
 		return m.Run()
+	}
+	// Every test starts from the seed article's policies, and puts back what it changes.
+	if err := cluster.Apply(ctx, filepath.Join(root, "examples", "seed")); err != nil {
+		setupErr = err
+	} else if err := cluster.WaitReady(ctx); err != nil {
+		setupErr = err
+	} else if err := cluster.WaitNodesConverged(ctx); err != nil {
+		setupErr = err
 	}
 	code := m.Run()
 	if code != 0 {

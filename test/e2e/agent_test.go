@@ -1,0 +1,415 @@
+package e2e_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/portcullis-dev/portcullis/internal/netns"
+	eventsv1 "k8s.io/api/events/v1"
+)
+
+const (
+	billing   = "production/billing-service"
+	reporting = "production/reporting-service"
+	payment   = "production/payment-processor"
+	authSvc   = "production/auth-service"
+)
+
+func TestPrivilegedDenyWinsAndCIDRRules(t *testing.T) {
+	needLab(t)
+	apply(t, `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: world-to-billing, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: billing-service}}
+  ingress:
+  - fromEntities: [world]
+    toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: payment-to-partner-range, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: payment-processor}}
+  egress:
+  - toCIDRSet: [{cidr: 198.51.100.0/24, except: [198.51.100.128/25]}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	t.Cleanup(func() {
+		for _, n := range []string{"world-to-billing", "payment-to-partner-range", "deny-partner"} {
+			deleteYAML(t, "accesspolicy", "production", n)
+		}
+	})
+	runChecks(t, []check{
+		{name: "world entity: the external host reaches billing:9000", from: "stripe", to: billing, port: 9000, method: "GET", path: "/v1/invoices/1", want: allowed},
+		{name: "toCIDRSet: payment-processor reaches the partner range on 80", from: payment, to: "stripe", port: 80, want: allowed},
+		{name: "toCIDRSet: not on 443", from: payment, to: "stripe", port: 443, want: dropped},
+		{name: "CIDR rules do not match pods inside the cluster", from: payment, to: authSvc, port: 5353, udp: true, want: dropped},
+	})
+	apply(t, `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: deny-partner, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: billing-service}}
+  ingressDeny:
+  - fromCIDR: [198.51.100.10/32]
+`)
+	runChecks(t, []check{
+		{name: "ingressDeny from the host's /32 wins over the world allow", from: "stripe", to: billing, port: 9000, method: "GET", path: "/v1/invoices/1", want: dropped},
+		{name: "the deny is only for that peer", from: reporting, to: billing, port: 9000, method: "GET", path: "/v1/invoices/1", want: allowed},
+	})
+}
+
+// keepAlive is an HTTP/1.1 connection opened from inside a pod's network namespace.
+type keepAlive struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialFrom(t *testing.T, from, to string, port int) (*keepAlive, error) {
+	t.Helper()
+	dst, err := cluster.Net.PodIPs(to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conn net.Conn
+	err = cluster.Net.InPod(from, func() error {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		var err error
+		conn, err = d.Dial("tcp", net.JoinHostPort(dst.IPv4.String(), strconv.Itoa(port)))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &keepAlive{conn: conn, r: bufio.NewReader(conn)}, nil
+}
+
+func (k *keepAlive) get(path string) error {
+	_ = k.conn.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := fmt.Fprintf(k.conn, "GET %s HTTP/1.1\r\nHost: lab\r\n\r\n", path); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(k.r, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := bufio.NewReader(resp.Body).WriteTo(discard{}); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+const billingPolicy = `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: billing-service-policy, namespace: production}
+spec:
+  description: reporting-service reads invoices; it cannot create or delete them.
+  endpointSelector: {matchLabels: {app: billing-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: %s}}]
+    toPorts:
+    - ports: [{port: "9000", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/v1/invoices/[^/]+"}]}
+`
+
+func TestPrivilegedPolicyChangeAppliesToNewConnections(t *testing.T) {
+	needLab(t)
+	apply(t, fmt.Sprintf(billingPolicy, "reporting-service"))
+	t.Cleanup(func() { apply(t, fmt.Sprintf(billingPolicy, "reporting-service")) })
+	ka, err := dialFrom(t, reporting, billing, 9000)
+	if err != nil {
+		t.Fatalf("allowed connection: %v", err)
+	}
+	if err := ka.get("/v1/invoices/1"); err != nil {
+		t.Fatalf("request on the allowed connection: %v", err)
+	}
+	// Revoke reporting-service's access.
+	apply(t, fmt.Sprintf(billingPolicy, "nobody"))
+	if got := request(t, reporting, billing, 9000, "GET", "/v1/invoices/2"); got != dropped {
+		t.Errorf("a new connection after the revocation was %s, want dropped", got)
+	}
+	// Established connections keep flowing (connection tracking), as documented in docs/agent.md.
+	if err := ka.get("/v1/invoices/3"); err != nil {
+		t.Errorf("the established connection was cut by the policy change: %v", err)
+	}
+}
+
+// metric reads one counter from an agent's /metrics.
+func metric(t *testing.T, node, name string) float64 {
+	t.Helper()
+	body, err := cluster.AgentGet(ctxT(t, 3*time.Second), node, "/metrics")
+	if err != nil {
+		return -1
+	}
+	total, found := 0.0, false
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? ([0-9.e+]+)$`)
+	for _, m := range re.FindAllStringSubmatch(string(body), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		total += v
+		found = true
+	}
+	if !found {
+		return 0
+	}
+	return total
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, d, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestPrivilegedAgentRestartKeepsEnforcing(t *testing.T) {
+	needLab(t)
+	apply(t, fmt.Sprintf(billingPolicy, "reporting-service"))
+	ka, err := dialFrom(t, reporting, billing, 9000)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Load while the agent is down: requests on an established connection, new allowed connections,
+	// and new connections the policy denies.
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var established, leaked, allowedNew, deniedTried atomic.Int64
+	var loadErr atomic.Value
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			if err := ka.get("/v1/invoices/7"); err != nil {
+				loadErr.Store(fmt.Errorf("established connection broke: %w", err))
+				return
+			}
+			established.Add(1)
+		}
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			c, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+			if _, err := cluster.Net.HTTP(c, authSvc, billing, 9000, "GET", "/v1/invoices/8", nil); err == nil {
+				leaked.Add(1)
+			}
+			cancel()
+			deniedTried.Add(1)
+			c, cancel = context.WithTimeout(ctx, 1500*time.Millisecond)
+			if _, err := cluster.Net.HTTP(c, reporting, billing, 9000, "GET", "/v1/invoices/9", nil); err == nil {
+				allowedNew.Add(1)
+			}
+			cancel()
+		}
+	}()
+
+	time.Sleep(500 * time.Millisecond)
+	if err := cluster.StopAgent("node-a", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // the gap
+	if err := cluster.StartAgent("node-a"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "restarted agent converges", func() error {
+		if n := metric(t, "node-a", "portcullis_agent_converge_seconds_count"); n < 1 {
+			return fmt.Errorf("converges: %v", n)
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	stop()
+	wg.Wait()
+	if err, _ := loadErr.Load().(error); err != nil {
+		t.Error(err)
+	}
+	t.Logf("during the restart: %d requests on the established connection, %d new allowed connections, %d denied attempts, %d leaked",
+		established.Load(), allowedNew.Load(), deniedTried.Load(), leaked.Load())
+	if leaked.Load() != 0 {
+		t.Errorf("%d requests the policy denies got through while the agent was down", leaked.Load())
+	}
+	if established.Load() == 0 || allowedNew.Load() == 0 || deniedTried.Load() == 0 {
+		t.Errorf("the load did not exercise every path")
+	}
+	if w := metric(t, "node-a", "portcullis_agent_map_writes_total"); w != 0 {
+		t.Errorf("the restarted agent wrote %v map entries; it should adopt the pinned maps as they are", w)
+	}
+}
+
+func TestPrivilegedDriftIsRepaired(t *testing.T) {
+	needLab(t)
+	apply(t, fmt.Sprintf(billingPolicy, "reporting-service"))
+	bpffs, err := cluster.Net.NodeBPFFS("node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinDir := filepath.Join(bpffs, "portcullis")
+	np, err := cluster.NodePolicy(ctxT(t, 3*time.Second), "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	repairsBefore := np.Status.DriftRepairs
+	metricBefore := metric(t, "node-a", "portcullis_agent_drift_repairs_total")
+
+	policy, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "policy"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer policy.Close()
+	snapshot := func() map[string]string {
+		out := map[string]string{}
+		var k, v []byte
+		it := policy.Iterate()
+		for it.Next(&k, &v) {
+			out[string(k)] = string(v)
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	want := snapshot()
+	if len(want) < 3 {
+		t.Fatalf("policy map has %d entries; the test needs a few", len(want))
+	}
+	// Behind the agent's back: delete an entry, zero a value, and add a bogus entry.
+	i := 0
+	var bogus []byte
+	for k, v := range want {
+		switch i {
+		case 0:
+			if err := policy.Delete([]byte(k)); err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			if err := policy.Put([]byte(k), make([]byte, len(v))); err != nil {
+				t.Fatal(err)
+			}
+		case 2:
+			bogus = []byte(k)
+			bogus[0] ^= 0x55 // another endpoint id
+			if err := policy.Put(bogus, []byte(v)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		i++
+	}
+	// Detach the pod-ingress program of billing-service's interface, and remove a map pin.
+	ifc, err := cluster.Net.HostInterface(billing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk, err := link.LoadPinnedLink(filepath.Join(pinDir, "links", fmt.Sprintf("%d-egress", ifc.Index)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lk.Detach(); err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	lk.Close()
+	if err := os.Remove(filepath.Join(pinDir, "counters")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, 2*2*time.Second, "maps repaired", func() error {
+		got := snapshot()
+		if len(got) != len(want) {
+			return fmt.Errorf("%d entries, want %d", len(got), len(want))
+		}
+		for k, v := range want {
+			if got[k] != v {
+				return fmt.Errorf("an entry differs")
+			}
+		}
+		return nil
+	})
+	waitFor(t, 2*2*time.Second, "program re-attached and pin restored", func() error {
+		if _, err := os.Stat(filepath.Join(pinDir, "counters")); err != nil {
+			return err
+		}
+		nsPath, _ := cluster.Net.NodeNetns("node-a")
+		return netns.Do(nsPath, func() error {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: ebpf.AttachTCXEgress})
+			if err != nil {
+				return err
+			}
+			if len(res.Programs) == 0 {
+				return fmt.Errorf("no program on the tcx egress hook")
+			}
+			return nil
+		})
+	})
+	t.Logf("drift repaired within %s (check interval 1 s)", time.Since(start).Round(10*time.Millisecond))
+	waitFor(t, 5*time.Second, "repairs reported in status and metrics", func() error {
+		np, err := cluster.NodePolicy(ctxT(t, 3*time.Second), "node-a")
+		if err != nil {
+			return err
+		}
+		if np.Status.DriftRepairs <= repairsBefore || np.Status.LastDriftRepair == nil {
+			return fmt.Errorf("status driftRepairs %d (before %d)", np.Status.DriftRepairs, repairsBefore)
+		}
+		if m := metric(t, "node-a", "portcullis_agent_drift_repairs_total"); m <= metricBefore {
+			return fmt.Errorf("metric %v (before %v)", m, metricBefore)
+		}
+		return nil
+	})
+	np, _ = cluster.NodePolicy(ctxT(t, 3*time.Second), "node-a")
+	t.Logf("status: %d repairs, last: %s", np.Status.DriftRepairs, np.Status.LastDriftRepair.What)
+	runChecks(t, []check{
+		{name: "after the repair the policy still holds", from: authSvc, to: billing, port: 9000, method: "GET", path: "/v1/invoices/1", want: dropped},
+		{name: "and still allows", from: reporting, to: billing, port: 9000, method: "GET", path: "/v1/invoices/1", want: allowed},
+	})
+	waitFor(t, 5*time.Second, "DriftRepaired event", func() error {
+		var evs eventsv1.EventList
+		if err := cluster.CP.Client.List(ctxT(t, 3*time.Second), &evs); err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if e.Regarding.Kind == "NodePolicy" && e.Regarding.Name == "node-a" && e.Reason == "DriftRepaired" {
+				if !strings.Contains(e.Note, "maps") && !strings.Contains(e.Note, "re-attached") {
+					return fmt.Errorf("event note %q", e.Note)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events, none DriftRepaired for node-a", len(evs.Items))
+	})
+}
