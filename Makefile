@@ -65,8 +65,12 @@ setup: ## Install the Debian packages the project needs and build the control pl
 ##@ Run
 
 .PHONY: lab
-lab: setup ## The main job: start the local control plane with the CRDs and print its kubeconfig.
-	go run ./cmd/portcullis lab up
+lab: setup build ## The main job (root): bring up the lab with the seed services and policies, run the seed requests, keep it running.
+	$(BIN)/portcullis lab up
+
+.PHONY: lab-down
+lab-down: ## Stop the lab and remove everything it created.
+	$(BIN)/portcullis lab down
 
 ##@ Test
 

@@ -1,5 +1,6 @@
-// Command portcullis is the project's command-line tool. Today it runs the lab: a real control plane
-// on this machine with the Portcullis CRDs installed.
+// Command portcullis is the project's command-line tool. It runs the lab: a cluster on this machine
+// (a real control plane, the operator, one agent per simulated node, pods in network namespaces)
+// where policies from a Git checkout are enforced on real traffic.
 package main
 
 import (
@@ -8,23 +9,43 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/go-logr/zapr"
+	"go.uber.org/zap"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/portcullis-dev/portcullis/internal/controlplane"
+	"github.com/portcullis-dev/portcullis/internal/kube"
 	"github.com/portcullis-dev/portcullis/internal/lab"
+	"github.com/portcullis-dev/portcullis/internal/labcluster"
 )
 
-const usage = `usage: portcullis lab up [--kubeconfig FILE] [--exit]
+const usage = `usage: portcullis lab up [--topology FILE] [--policies DIR] [--exit] [--verbose]
+       portcullis lab down
+       portcullis lab exec POD -- COMMAND [ARG...]
+       portcullis lab apply -f PATH [-f PATH...]
        portcullis lab net --topology FILE [--prefix P] [--exit]
        portcullis lab clean [--prefix P]
 
-  lab up     start etcd and kube-apiserver (built from their Go modules into bin/), install the
-             Portcullis CRDs, write an administrator kubeconfig and print it; runs until interrupted
-             (or, with --exit, stops at once: a smoke test of the set-up)
-  lab net    build the lab's network (nodes, pods with their servers, external hosts; see docs/lab.md)
-             from a topology file and keep it until interrupted (or, with --exit, remove it at once)
+  lab up     (root) start the lab: etcd and kube-apiserver built from their Go modules, the operator,
+             one agent per node, the topology's pods with their servers (default
+             examples/lab/seed.yaml); apply the policies (default examples/seed); run the seed
+             article's requests and print, for each, the expected and the observed outcome; then keep
+             running until interrupted (or, with --exit, stop)
+  lab down   stop the running lab and remove everything it created
+  lab exec   run a command inside a pod (its network namespace and cgroup), e.g.
+             portcullis lab exec production/auth-service -- curl -s http://10.0.1.10:8080/
+  lab apply  apply manifests to the lab's API server as a GitOps tool would (server-side apply)
+  lab net    only the network: nodes, pods with their servers, external hosts (see docs/lab.md)
   lab clean  remove what a lab with this prefix left behind (default prefix pcl-)
 `
 
@@ -36,80 +57,258 @@ func main() {
 }
 
 func run(args []string) error {
-	if len(args) >= 2 && args[0] == "lab" {
-		switch args[1] {
-		case "serve", "probe":
-			// Hidden: the lab re-executes this binary as each pod's server and as its probe client.
-			return lab.Main(args[1:])
-		case "net":
-			return labNet(args[2:])
-		case "clean":
-			fs := flag.NewFlagSet("lab clean", flag.ContinueOnError)
-			prefix := fs.String("prefix", lab.DefaultPrefix, "name prefix of the lab to remove")
-			if err := fs.Parse(args[2:]); err != nil {
-				return err
-			}
-			return lab.Cleanup(*prefix)
-		}
-	}
-	if len(args) < 2 || args[0] != "lab" || args[1] != "up" {
+	if len(args) < 2 || args[0] != "lab" {
 		fmt.Fprint(os.Stderr, usage)
 		return errors.New("unknown command")
 	}
-	fs := flag.NewFlagSet("lab up", flag.ContinueOnError)
-	kubeconfig := fs.String("kubeconfig", "", "where to write the kubeconfig (default: <repo>/.lab/kubeconfig)")
-	exit := fs.Bool("exit", false, "stop the control plane right after it is up")
-	if err := fs.Parse(args[2:]); err != nil {
-		return err
-	}
-	return labUp(*kubeconfig, *exit)
-}
-
-func labUp(kubeconfigPath string, exitAtOnce bool) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
-	if kubeconfigPath == "" {
-		root, err := controlplane.RepoRoot()
-		if err != nil {
+	switch args[1] {
+	case "serve", "probe":
+		// Hidden: the lab re-executes this binary as each pod's server and as its probe client.
+		return lab.Main(args[1:])
+	case "up":
+		return labUp(args[2:])
+	case "down":
+		return labDown()
+	case "exec":
+		return labExec(args[2:])
+	case "apply":
+		return labApply(args[2:])
+	case "net":
+		return labNet(args[2:])
+	case "clean":
+		fs := flag.NewFlagSet("lab clean", flag.ContinueOnError)
+		prefix := fs.String("prefix", lab.DefaultPrefix, "name prefix of the lab to remove")
+		if err := fs.Parse(args[2:]); err != nil {
 			return err
 		}
-		kubeconfigPath = filepath.Join(root, ".lab", "kubeconfig")
+		return lab.Cleanup(*prefix)
 	}
-	fmt.Println("lab: starting etcd and kube-apiserver with the Portcullis CRDs")
-	cp, err := controlplane.Start(controlplane.Options{})
+	fmt.Fprint(os.Stderr, usage)
+	return fmt.Errorf("unknown lab command %q", args[1])
+}
+
+func repoPath(parts ...string) (string, error) {
+	root, err := controlplane.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(append([]string{root}, parts...)...), nil
+}
+
+func statePath() (string, error) { return repoPath(".lab", "state.json") }
+
+func labUp(args []string) error {
+	fs := flag.NewFlagSet("lab up", flag.ContinueOnError)
+	topoPath := fs.String("topology", "", "lab topology (default examples/lab/seed.yaml)")
+	policies := fs.String("policies", "", "manifests to apply (default examples/seed)")
+	agentBin := fs.String("agent-binary", "", "portcullis-agent executable (default bin/portcullis-agent)")
+	exit := fs.Bool("exit", false, "stop once the scripted requests have run")
+	verbose := fs.Bool("verbose", false, "log what the operator and the lab do")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("the lab needs root: it creates network namespaces, cgroups and BPF programs")
+	}
+	var err error
+	for p, def := range map[*string][]string{topoPath: {"examples", "lab", "seed.yaml"}, policies: {"examples", "seed"}, agentBin: {"bin", "portcullis-agent"}} {
+		if *p == "" {
+			if *p, err = repoPath(def...); err != nil {
+				return err
+			}
+		}
+	}
+	if _, err := os.Stat(*agentBin); err != nil {
+		return fmt.Errorf("agent binary: %w (run `make build`)", err)
+	}
+	topo, err := lab.LoadTopology(*topoPath)
+	if err != nil {
+		return err
+	}
+	log := logr.Discard()
+	if *verbose {
+		z, _ := zap.NewDevelopment()
+		log = zapr.NewLogger(z)
+	}
+	ctrl.SetLogger(log)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	stateDir, err := repoPath(".lab")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	fmt.Println("lab: starting the control plane, the operator, the network and one agent per node")
+	c, err := labcluster.Up(ctx, labcluster.Options{
+		Topology: topo, AgentBinary: *agentBin, LabBinary: self, LabArgs: []string{"lab"},
+		StateDir: stateDir, Log: log,
+	})
+	if errors.Is(err, lab.ErrExists) {
+		return fmt.Errorf("%w: a lab is already running or was not cleaned up; run `portcullis lab down`", err)
+	}
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if err := cp.Stop(context.Background()); err != nil {
+		fmt.Println("lab: stopping")
+		if err := c.Down(); err != nil {
 			fmt.Fprintln(os.Stderr, "lab:", err)
 		}
-		_ = os.Remove(kubeconfigPath)
-		fmt.Println("lab: stopped")
+		if p, err := statePath(); err == nil {
+			_ = os.Remove(p)
+		}
 	}()
-	kc, err := cp.Kubeconfig()
+	st, err := c.State()
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(kubeconfigPath), 0o700); err != nil {
-		return fmt.Errorf("kubeconfig directory: %w", err)
+	sp, err := statePath()
+	if err != nil {
+		return err
 	}
-	if err := os.WriteFile(kubeconfigPath, kc, 0o600); err != nil {
-		return fmt.Errorf("write kubeconfig: %w", err)
+	if err := labcluster.SaveState(sp, st); err != nil {
+		return err
 	}
-	fmt.Printf("lab: API server at %s\n", cp.Config.Host)
-	fmt.Printf("lab: kubeconfig written to %s:\n\n%s\n", kubeconfigPath, kc)
-	fmt.Printf("lab: try  bin/kubectl --kubeconfig %s get crd\n", kubeconfigPath)
-	if exitAtOnce {
+	fmt.Printf("lab: up in %s: %d nodes, %d pods\n", time.Since(start).Round(100*time.Millisecond), len(topo.Nodes), len(topo.Pods))
+
+	fmt.Printf("lab: applying %s\n", *policies)
+	if err := c.Apply(ctx, *policies); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	err = c.WaitReady(wctx)
+	if err == nil {
+		err = c.WaitNodesConverged(wctx)
+	}
+	cancel()
+	if err != nil {
+		return err
+	}
+	fmt.Println("lab: every policy is Ready on every node; the seed article's requests:")
+	fmt.Println()
+	bad := c.Report(ctx, os.Stdout, labcluster.SeedChecks())
+	fmt.Println()
+	fmt.Println("ok: as the policy says · gap: a known missing capability (see README) · FAIL: a bug")
+	fmt.Printf("\nlab: kubeconfig %s\n", c.Kubeconfig)
+	fmt.Printf("lab: try  bin/kubectl --kubeconfig %s get ap,npol,sid -A\n", c.Kubeconfig)
+	fmt.Println("lab:      portcullis lab exec production/auth-service -- curl -s -X POST http://10.0.1.10:8080/v1/users")
+	if bad > 0 {
+		return fmt.Errorf("%d requests did not get the outcome the policy calls for", bad)
+	}
+	if *exit {
 		return nil
 	}
-	fmt.Println("lab: running; press Ctrl-C to stop")
+	fmt.Println("lab: running; `portcullis lab down` or Ctrl-C stops it")
 	<-ctx.Done()
 	return nil
 }
 
-// labNet builds the lab's network from a topology file and keeps it until interrupted.
+func labDown() error {
+	sp, err := statePath()
+	if err != nil {
+		return err
+	}
+	st, err := labcluster.LoadState(sp)
+	if err != nil {
+		// Nothing recorded: still remove what a default lab may have left.
+		return lab.Cleanup(lab.DefaultPrefix)
+	}
+	if p, err := os.FindProcess(st.PID); err == nil && p.Signal(syscall.Signal(0)) == nil {
+		fmt.Printf("lab: stopping the lab (pid %d)\n", st.PID)
+		_ = p.Signal(syscall.SIGTERM)
+		for i := 0; i < 300 && p.Signal(syscall.Signal(0)) == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	_ = os.Remove(sp)
+	return lab.Cleanup(st.Prefix)
+}
+
+func labExec(args []string) error {
+	if len(args) < 3 || args[1] != "--" {
+		return errors.New("usage: portcullis lab exec POD -- COMMAND [ARG...]")
+	}
+	sp, err := statePath()
+	if err != nil {
+		return err
+	}
+	st, err := labcluster.LoadState(sp)
+	if err != nil {
+		return err
+	}
+	pod, ok := st.Pods[args[0]]
+	if !ok {
+		var names []string
+		for n := range st.Pods {
+			names = append(names, n)
+		}
+		return fmt.Errorf("no pod %q in the lab (pods: %s)", args[0], strings.Join(names, ", "))
+	}
+	// Join the pod's cgroup first (sockets belong to the cgroup of the process that opens them),
+	// then its network namespace. nsenter, not `ip netns exec`, which would remount /sys.
+	script := `echo $$ > "$0/cgroup.procs" && exec "$@"`
+	cmd := exec.Command("nsenter", append([]string{"--net=" + pod.Netns, "--", "sh", "-c", script, pod.Cgroup}, args[2:]...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err = cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		os.Exit(exit.ExitCode()) // the command's own status, as kubectl exec does
+	}
+	return err
+}
+
+func labApply(args []string) error {
+	fs := flag.NewFlagSet("lab apply", flag.ContinueOnError)
+	var paths multi
+	fs.Var(&paths, "f", "a manifest file or a directory of .yaml files (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if len(paths) == 0 {
+		return errors.New("usage: portcullis lab apply -f PATH")
+	}
+	sp, err := statePath()
+	if err != nil {
+		return err
+	}
+	st, err := labcluster.LoadState(sp)
+	if err != nil {
+		return err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("lab kubeconfig: %w", err)
+	}
+	scheme, err := kube.NewScheme()
+	if err != nil {
+		return err
+	}
+	k, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := labcluster.ApplyPaths(ctx, k, paths...); err != nil {
+		return err
+	}
+	fmt.Println("applied; watch with: bin/kubectl --kubeconfig " + st.Kubeconfig + " get ap,cap -A -w")
+	return nil
+}
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
+
 func labNet(args []string) error {
 	fs := flag.NewFlagSet("lab net", flag.ContinueOnError)
 	topoPath := fs.String("topology", "", "topology file (for example examples/lab/seed.yaml)")

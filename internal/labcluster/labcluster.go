@@ -341,6 +341,17 @@ func (c *Cluster) Down() error {
 // Apply applies every YAML document of the given files, and of the .yaml files in the given
 // directories, with server-side apply as a GitOps tool does.
 func (c *Cluster) Apply(ctx context.Context, paths ...string) error {
+	return ApplyPaths(ctx, c.CP.Client, paths...)
+}
+
+// ApplyYAML applies the YAML documents in data.
+func (c *Cluster) ApplyYAML(ctx context.Context, data []byte) error {
+	return ApplyYAML(ctx, c.CP.Client, data)
+}
+
+// ApplyPaths applies every YAML document of the given files, and of the .yaml files in the given
+// directories (sorted by name), with server-side apply and the field manager portcullis-lab.
+func ApplyPaths(ctx context.Context, k client.Client, paths ...string) error {
 	var files []string
 	for _, p := range paths {
 		st, err := os.Stat(p)
@@ -363,15 +374,15 @@ func (c *Cluster) Apply(ctx context.Context, paths ...string) error {
 		if err != nil {
 			return err
 		}
-		if err := c.ApplyYAML(ctx, data); err != nil {
+		if err := ApplyYAML(ctx, k, data); err != nil {
 			return fmt.Errorf("%s: %w", f, err)
 		}
 	}
 	return nil
 }
 
-// ApplyYAML applies the YAML documents in data.
-func (c *Cluster) ApplyYAML(ctx context.Context, data []byte) error {
+// ApplyYAML applies the YAML documents in data with server-side apply.
+func ApplyYAML(ctx context.Context, k client.Client, data []byte) error {
 	dec := utilyaml.NewYAMLOrJSONDecoder(bufio.NewReader(bytes.NewReader(data)), 4096)
 	for {
 		u := &unstructured.Unstructured{}
@@ -385,7 +396,7 @@ func (c *Cluster) ApplyYAML(ctx context.Context, data []byte) error {
 			continue
 		}
 		u.SetManagedFields(nil)
-		if err := c.CP.Client.Patch(ctx, u, client.Apply, FieldOwner, client.ForceOwnership); err != nil {
+		if err := k.Patch(ctx, u, client.Apply, FieldOwner, client.ForceOwnership); err != nil {
 			return fmt.Errorf("apply %s %s: %w", u.GetKind(), u.GetName(), err)
 		}
 	}

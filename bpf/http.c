@@ -1,0 +1,357 @@
+//go:build ignore
+
+/*
+ * Portcullis L7: HTTP/1.1 ingress policy decided at the server's socket.
+ *
+ *   l7_sockops (sockops, on the endpoint's cgroup): an accepted TCP socket
+ *     whose (local address, local port) is in l7_ports gets a state entry
+ *     and goes into the l7_socks SOCKHASH (key: socket cookie).
+ *   l7_parser (sk_skb/stream_parser): frames each request and judges its
+ *     header block with the shared matcher (http_match.h); bodies are
+ *     streamed as Content-Length chunks, never buffered whole.
+ *   l7_verdict (sk_skb/stream_verdict): drops every message of a denied
+ *     connection (deny is sticky), passes the rest.
+ *   l7_guard (cgroup_skb/ingress, same cgroup): drops data segments of a
+ *     judged port whose socket is not in the SOCKHASH (insert failed, entry
+ *     removed, MPTCP subflow, connection older than the attachment): no
+ *     connection on a judged port is ever left unenforced.
+ *   l7_test_judge (syscall): the matcher on a buffer, for BPF_PROG_TEST_RUN.
+ */
+
+#include "l7.h"
+#include "http_match.h"
+
+/* kfuncs (bpf_cast_to_kern_ctx) need a GPL-compatible license string. */
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct l7_port_key);
+	__type(value, struct l7_port_value);
+	__uint(max_entries, 16384);
+} l7_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct l7_ipcache_key);
+	__type(value, struct l7_ipcache_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} l7_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64); /* socket cookie */
+	__type(value, struct l7_sock_state);
+	__uint(max_entries, 65536);
+} l7_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, __u64); /* socket cookie */
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} l7_socks SEC(".maps");
+
+/* Names the shared types in the object's BTF for bpf2go -type. */
+struct l7_btf_anchor {
+	struct l7_test_ctx test_ctx;
+	struct l7_sock_state sock_state;
+	struct l7_scratch scratch;
+	enum l7_reason reason;
+	enum l7_decision decision;
+	enum l7_phase phase;
+};
+struct l7_btf_anchor l7_btf_anchor SEC(".portcullis.btf_anchor");
+
+#define IDENTITY_WORLD 2
+
+/*
+ * The strparser control block. The parser and verdict programs see the skb
+ * from the start of the original segment: with pipelined requests the
+ * current message starts at strp_msg(skb)->offset. Not UAPI, so read through
+ * bpf_cast_to_kern_ctx with CO-RE relocations against the kernel's BTF.
+ */
+struct strp_msg {
+	int full_len;
+	int offset;
+} __attribute__((preserve_access_index));
+
+struct _strp_msg {
+	struct strp_msg strp;
+} __attribute__((preserve_access_index));
+
+struct sk_skb_cb {
+	struct _strp_msg strp;
+} __attribute__((preserve_access_index));
+
+struct sk_buff {
+	char cb[48];
+} __attribute__((preserve_access_index));
+
+static __always_inline int msg_offset(struct __sk_buff *skb)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct sk_skb_cb *cb = (struct sk_skb_cb *)kskb->cb;
+
+	return cb->strp.strp.offset;
+}
+
+static __always_inline void addr_v4(__u8 *dst, __u32 a)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &a, 4);
+}
+
+static __always_inline int addr_from(__u8 *dst, __u32 family, __u32 ip4, const __u32 *ip6)
+{
+	if (family == AF_INET) {
+		addr_v4(dst, ip4);
+		return 0;
+	}
+	if (family == AF_INET6) {
+		__u32 w[4] = {ip6[0], ip6[1], ip6[2], ip6[3]};
+
+		__builtin_memcpy(dst, w, 16);
+		return 0;
+	}
+	return -1;
+}
+
+SEC("sockops")
+int l7_sockops(struct bpf_sock_ops *ops)
+{
+	struct l7_sock_state st = {};
+	struct l7_ipcache_key ik = {};
+	struct l7_port_key pk = {};
+	struct l7_port_value *ep;
+	struct l7_ipcache_value *peer;
+	__u32 op = ops->op;
+	__u64 cookie;
+
+	if (op == BPF_SOCK_OPS_STATE_CB) {
+		if (ops->args[1] == BPF_TCP_CLOSE) {
+			cookie = bpf_get_socket_cookie(ops);
+			bpf_map_delete_elem(&l7_state, &cookie);
+		}
+		return 1;
+	}
+	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		return 1;
+
+	{
+		__u32 l6[4] = {ops->local_ip6[0], ops->local_ip6[1], ops->local_ip6[2], ops->local_ip6[3]};
+		__u32 r6[4] = {ops->remote_ip6[0], ops->remote_ip6[1], ops->remote_ip6[2], ops->remote_ip6[3]};
+		__u32 family = ops->family;
+
+		if (addr_from(pk.addr, family, ops->local_ip4, l6))
+			return 1;
+		pk.port = ops->local_port;
+		ep = bpf_map_lookup_elem(&l7_ports, &pk);
+		if (!ep)
+			return 1;
+		ik.prefixlen = 128;
+		addr_from(ik.addr, family, ops->remote_ip4, r6);
+	}
+	peer = bpf_map_lookup_elem(&l7_ipcache, &ik);
+	st.endpoint_id = ep->endpoint_id;
+	st.peer_identity = peer ? peer->identity : IDENTITY_WORLD;
+	st.port = pk.port;
+
+	cookie = bpf_get_socket_cookie(ops);
+	if (bpf_map_update_elem(&l7_state, &cookie, &st, BPF_ANY)) {
+		/* Not inserted either: l7_guard drops the connection's data. */
+		count(L7_R_STATE_FAILED);
+		return 1;
+	}
+	bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+	if (bpf_sock_hash_update(ops, &l7_socks, &cookie, BPF_NOEXIST))
+		count(L7_R_INSERT_FAILED); /* l7_guard drops its data */
+	return 1;
+}
+
+static __always_inline int deny_all(struct l7_sock_state *st, __u32 reason, int avail)
+{
+	if (!st->denied) {
+		st->denied = 1;
+		st->reason = reason;
+	}
+	count(reason);
+	return avail; /* the whole rest is one message, dropped by l7_verdict */
+}
+
+SEC("sk_skb/stream_parser")
+int l7_parser(struct __sk_buff *skb)
+{
+	struct judge_out out = {};
+	struct l7_sock_state *st;
+	struct l7_scratch *sc;
+	__s64 off, avail;
+	__u64 cookie;
+	__u32 slot, n;
+
+	/* Never return a negative value: strparser treats it as an error and
+	 * the socket wedges. 0 means "need more data". */
+	off = msg_offset(skb);
+	avail = (__s64)skb->len - off;
+	if (off < 0 || avail <= 0)
+		return 0;
+	if (avail > 0x7fffffff)
+		avail = 0x7fffffff;
+
+	cookie = bpf_get_socket_cookie(skb);
+	st = bpf_map_lookup_elem(&l7_state, &cookie);
+	if (!st) {
+		count(L7_R_NO_STATE);
+		return avail; /* l7_verdict drops it: no state, no judgement */
+	}
+	if (st->denied)
+		return deny_all(st, L7_R_STICKY, avail);
+
+	if (st->phase == L7_PHASE_BODY) {
+		__u64 n64 = st->body_remaining;
+
+		if ((__u64)avail < n64)
+			n64 = avail;
+		st->body_remaining -= n64;
+		if (st->body_remaining == 0)
+			st->phase = L7_PHASE_HEADERS;
+		return n64;
+	}
+
+	slot = slot_enter();
+	if (slot >= L7_SCRATCH_SLOTS)
+		return deny_all(st, L7_R_BUSY, avail);
+	sc = scratch(slot);
+	if (!sc) {
+		slot_leave();
+		return deny_all(st, L7_R_BUSY, avail);
+	}
+	n = avail > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : (__u32)avail;
+	if (n == 0 || n > L7_SCAN_LIMIT || bpf_skb_load_bytes(skb, off, sc->buf, n)) {
+		slot_leave();
+		return deny_all(st, L7_R_BUSY, avail);
+	}
+	out.slot = slot;
+	out.len = avail;
+	out.endpoint_id = st->endpoint_id;
+	out.peer = st->peer_identity;
+	out.port = st->port;
+	judge(&out);
+	slot_leave();
+
+	if (out.verdict == L7_NEED_MORE)
+		return 0;
+	if (out.verdict != L7_ALLOW || out.hdr_len == 0 || out.hdr_len > n)
+		return deny_all(st, out.reason ? out.reason : L7_R_BAD_HEADER, avail);
+
+	count(L7_R_ALLOWED);
+	st->requests++;
+	if (out.body_len) {
+		st->phase = L7_PHASE_BODY;
+		st->body_remaining = out.body_len;
+	}
+	return out.hdr_len;
+}
+
+SEC("sk_skb/stream_verdict")
+int l7_verdict(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
+
+	if (!st || st->denied) {
+		count(L7_R_MSG_DROPPED);
+		return SK_DROP;
+	}
+	count(L7_R_MSG_PASSED);
+	return SK_PASS;
+}
+
+SEC("cgroup_skb/ingress")
+int l7_guard(struct __sk_buff *skb)
+{
+	struct l7_port_key pk = {};
+	struct bpf_sock *sk = skb->sk, *member;
+	__u32 iphl, thl, family;
+	__u8 b[2];
+	__u64 cookie;
+
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return 1;
+	if (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_NEW_SYN_RECV)
+		return 1;
+	family = sk->family;
+	{
+		__u32 s6[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
+
+		if (addr_from(pk.addr, family, sk->src_ip4, s6))
+			return 1;
+	}
+	pk.port = sk->src_port;
+	if (!bpf_map_lookup_elem(&l7_ports, &pk))
+		return 1;
+
+	/* Only segments that carry data matter; handshake, ACKs, FIN and RST
+	 * pass so that a refused connection still closes. skb->data is at the
+	 * network header here. */
+	if (bpf_skb_load_bytes(skb, 0, b, 1))
+		return 0;
+	if ((b[0] >> 4) == 4) {
+		iphl = (b[0] & 0xf) * 4;
+		if (bpf_skb_load_bytes(skb, 9, b, 1) || b[0] != IPPROTO_TCP)
+			goto judged;
+	} else {
+		iphl = 40;
+		if (bpf_skb_load_bytes(skb, 6, b, 1) || b[0] != IPPROTO_TCP)
+			goto judged; /* extension headers: treat as data */
+	}
+	if (bpf_skb_load_bytes(skb, iphl + 12, b, 1))
+		goto judged;
+	thl = (b[0] >> 4) * 4;
+	if (skb->len <= iphl + thl)
+		return 1;
+judged:
+	cookie = bpf_get_socket_cookie(skb);
+	member = bpf_map_lookup_elem(&l7_socks, &cookie);
+	if (member) {
+		bpf_sk_release(member);
+		return 1;
+	}
+	count(L7_R_GUARD_DROP);
+	return 0;
+}
+
+SEC("syscall")
+int l7_test_judge(struct l7_test_ctx *ctx)
+{
+	struct judge_out out = {};
+	__u32 slot = slot_enter();
+
+	if (slot != 0) {
+		/* The test writes slot 0; anything else is a harness error. */
+		if (slot < L7_SCRATCH_SLOTS)
+			slot_leave();
+		ctx->verdict = L7_DENY;
+		ctx->reason = L7_R_BUSY;
+		return 0;
+	}
+	out.slot = 0;
+	out.len = ctx->len;
+	out.endpoint_id = ctx->endpoint_id;
+	out.peer = ctx->peer_identity;
+	out.port = ctx->port;
+	judge(&out);
+	slot_leave();
+	ctx->verdict = out.verdict;
+	ctx->reason = out.reason;
+	ctx->hdr_len = out.hdr_len;
+	ctx->rule = out.rule;
+	ctx->body_len = out.body_len;
+	return 0;
+}

@@ -1,0 +1,153 @@
+//go:build ignore
+
+/*
+ * Minimal hand-written kernel definitions for the L7 (HTTP) programs in
+ * http.c. Like kernel.h it keeps to stable UAPI (struct layouts by offset,
+ * helper and map-type numbers), so the object builds from clang-14 alone.
+ * It is a separate header because the L7 programs need the whole __sk_buff
+ * (up to ->sk), struct bpf_sock and struct bpf_sock_ops, which kernel.h does
+ * not declare, and the two objects must stay independent.
+ *
+ * The only non-UAPI kernel layout used (the strparser control block in
+ * skb->cb) is read with CO-RE relocations against the running kernel's BTF,
+ * see http.c.
+ */
+#ifndef PORTCULLIS_L7_KERNEL_H
+#define PORTCULLIS_L7_KERNEL_H
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+
+#define __bpf_md_ptr(type, name) \
+	union {                  \
+		type name;       \
+		__u64 : 64;      \
+	} __attribute__((aligned(8)))
+
+/* UAPI struct bpf_sock (include/uapi/linux/bpf.h). */
+struct bpf_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 mark;
+	__u32 priority;
+	__u32 src_ip4;
+	__u32 src_ip6[4];
+	__u32 src_port; /* host byte order */
+	__be16 dst_port;
+	__u16 : 16;
+	__u32 dst_ip4;
+	__u32 dst_ip6[4];
+	__u32 state;
+	__s32 rx_queue_mapping;
+};
+
+/* UAPI struct __sk_buff, up to ->sk (offset 168). */
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol;
+	__u32 vlan_present;
+	__u32 vlan_tci;
+	__u32 vlan_proto;
+	__u32 priority;
+	__u32 ingress_ifindex;
+	__u32 ifindex;
+	__u32 tc_index;
+	__u32 cb[5];
+	__u32 hash;
+	__u32 tc_classid;
+	__u32 data;
+	__u32 data_end;
+	__u32 napi_id;
+	__u32 family;
+	__u32 remote_ip4;
+	__u32 local_ip4;
+	__u32 remote_ip6[4];
+	__u32 local_ip6[4];
+	__u32 remote_port;
+	__u32 local_port;
+	__u32 data_meta;
+	__bpf_md_ptr(void *, flow_keys);
+	__u64 tstamp;
+	__u32 wire_len;
+	__u32 gso_segs;
+	__bpf_md_ptr(struct bpf_sock *, sk);
+};
+
+/* UAPI struct bpf_sock_ops, prefix up to local_port (offset 68). */
+struct bpf_sock_ops {
+	__u32 op;
+	__u32 args[4];
+	__u32 family;
+	__u32 remote_ip4; /* network byte order */
+	__u32 local_ip4;  /* network byte order */
+	__u32 remote_ip6[4];
+	__u32 local_ip6[4];
+	__u32 remote_port; /* network byte order */
+	__u32 local_port;  /* host byte order */
+};
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* Map types and flags. */
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_LPM_TRIE 11
+#define BPF_MAP_TYPE_SOCKHASH 18
+#define BPF_F_NO_PREALLOC 1
+#define BPF_ANY 0
+#define BPF_NOEXIST 1
+
+/* sock_ops (enum bpf_sock_ops_cb, BPF_SOCK_OPS_*_FLAG, BPF_TCP_*). */
+#define BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB 5
+#define BPF_SOCK_OPS_STATE_CB 10
+#define BPF_SOCK_OPS_STATE_CB_FLAG (1 << 2)
+#define BPF_TCP_CLOSE 7
+#define BPF_TCP_LISTEN 10
+#define BPF_TCP_NEW_SYN_RECV 12
+
+/* sk_skb verdicts (enum sk_action). */
+#define SK_DROP 0
+#define SK_PASS 1
+
+/* Helpers, by their stable UAPI numbers. */
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
+static long (*bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32 len) = (void *)26;
+static __u64 (*bpf_get_socket_cookie)(void *ctx) = (void *)46;
+static long (*bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *ops, int flags) = (void *)59;
+static long (*bpf_sock_hash_update)(struct bpf_sock_ops *ops, void *map, void *key, __u64 flags) = (void *)70;
+static long (*bpf_sk_release)(void *sk) = (void *)86;
+static struct bpf_sock *(*bpf_sk_fullsock)(struct bpf_sock *sk) = (void *)95;
+static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *)181;
+
+/* kfuncs, resolved by name against the kernel's BTF at load time. */
+#define __ksym __attribute__((section(".ksyms")))
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+#define SEC(name) __attribute__((section(name), used))
+#define __uint(name, val) int(*name)[val]
+#define __type(name, val) typeof(val) *name
+#define __always_inline inline __attribute__((always_inline))
+#define __noinline __attribute__((noinline))
+
+#define bpf_ntohs(x) __builtin_bswap16(x)
+#define bpf_htonl(x) __builtin_bswap32(x)
+
+#endif

@@ -1,0 +1,159 @@
+//go:build ignore
+
+/*
+ * Map keys, values and constants shared by the L7 (HTTP/1.1) programs and
+ * Go (internal/l7 mirrors them with bpf2go -type). Layouts have no implicit
+ * padding so that Go and C agree byte for byte.
+ */
+#ifndef PORTCULLIS_L7_H
+#define PORTCULLIS_L7_H
+
+#include "include/l7_kernel.h"
+
+/* Request line + header block (through the empty line) that is judged; a
+ * block that does not end within this many bytes is denied. Power of two:
+ * scratch buffer indexes are masked with L7_SCAN_LIMIT - 1. */
+#define L7_SCAN_LIMIT 8192
+#define L7_MAX_RULES 16        /* rules OR-ed per rule set */
+#define L7_MAX_HEADERS 4       /* header requirements per rule */
+#define L7_HEADER_NAME_MAX 64  /* bytes, lower-cased */
+#define L7_HEADER_VALUE_MAX 192
+
+/* l7_ports: which accepted sockets are judged. IPv4 as ::ffff:a.b.c.d. */
+struct l7_port_key {
+	__u8 addr[16];
+	__u16 port; /* host byte order */
+	__u16 pad;
+};
+
+struct l7_port_value {
+	__u32 endpoint_id;
+};
+
+/* l7_ipcache: peer address -> identity, same layout as the L3/L4 ipcache. */
+struct l7_ipcache_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct l7_ipcache_value {
+	__u32 identity;
+};
+
+/* l7_rulesets key; peer_identity 0 is the wildcard looked up second. */
+struct l7_ruleset_key {
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__u16 port; /* host byte order */
+	__u16 pad;
+};
+
+/* One HTTP rule: DFA ids (0 = any value) and header requirement ids. */
+struct l7_rule {
+	__u32 method_dfa;
+	__u32 path_dfa;
+	__u32 host_dfa;
+	__u32 nheaders;
+	__u32 headers[L7_MAX_HEADERS];
+};
+
+struct l7_ruleset {
+	__u32 nrules;
+	__u32 pad;
+	struct l7_rule rules[L7_MAX_RULES];
+};
+
+/* l7_dfas[id]: a DFA whose transitions live in l7_dfa_cells:
+ * next(s, c) = cells[base + s * nclasses + classes[c]], accept(s) =
+ * cells[base + nstates * nclasses + s] != 0. State 0 is dead. */
+struct l7_dfa {
+	__u32 base;
+	__u32 nstates;
+	__u16 nclasses;
+	__u16 start;
+	__u32 pad;
+	__u8 classes[256];
+};
+
+/* l7_headers[id]: a required header, name lower-cased; value_len 0 means
+ * presence only. name_w0 is the first 8 name bytes, little-endian, zero
+ * padded: a cheap first comparison. */
+struct l7_header {
+	__u32 name_len;
+	__u32 value_len;
+	__u64 name_w0;
+	__u8 name[L7_HEADER_NAME_MAX];
+	__u8 value[L7_HEADER_VALUE_MAX];
+};
+
+enum l7_phase {
+	L7_PHASE_HEADERS = 0,
+	L7_PHASE_BODY = 1,
+};
+
+/* l7_state[socket cookie]: per-connection state, created by sock_ops. */
+struct l7_sock_state {
+	__u64 body_remaining;
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__u16 port;
+	__u8 phase;
+	__u8 denied; /* sticky: every later byte of the connection is dropped */
+	__u32 reason; /* why it was denied */
+	__u32 requests; /* requests allowed so far */
+	__u32 pad;
+};
+
+struct l7_scratch {
+	__u32 len;
+	__u32 pad;
+	__u8 buf[L7_SCAN_LIMIT];
+};
+
+enum l7_decision {
+	L7_NEED_MORE = 0,
+	L7_ALLOW = 1,
+	L7_DENY = 2,
+};
+
+/* Reasons: decisions and per-CPU counter indexes. */
+enum l7_reason {
+	L7_R_NONE = 0,
+	L7_R_ALLOWED,          /* a rule matched */
+	L7_R_NO_RULE_MATCH,    /* well-formed, no rule matched */
+	L7_R_NO_RULESET,       /* no rule set for (endpoint, peer, port) */
+	L7_R_TOO_LONG,         /* header block beyond L7_SCAN_LIMIT */
+	L7_R_BAD_METHOD,       /* not an upper-case known method */
+	L7_R_BAD_TARGET,       /* not origin-form, or bytes outside 0x21-0x7e */
+	L7_R_BAD_VERSION,      /* not HTTP/1.0 or HTTP/1.1 */
+	L7_R_BAD_HEADER,       /* obs-fold, bare CR/LF, bad name, control or non-ASCII byte */
+	L7_R_DUP_CONTENT_LENGTH,
+	L7_R_BAD_CONTENT_LENGTH,
+	L7_R_TRANSFER_ENCODING, /* chunked not implemented: denied */
+	L7_R_DUP_HOST,
+	L7_R_STICKY,           /* message on a connection already denied */
+	L7_R_NO_STATE,         /* socket in the SOCKHASH without state */
+	L7_R_BUSY,             /* scratch buffers of this CPU in use (nesting) */
+	L7_R_STATE_FAILED,     /* sock_ops could not create the state */
+	L7_R_INSERT_FAILED,    /* sock_ops could not insert into the SOCKHASH */
+	L7_R_GUARD_DROP,       /* data on a judged port outside the SOCKHASH */
+	L7_R_MSG_PASSED,       /* messages passed by the verdict program */
+	L7_R_MSG_DROPPED,      /* messages dropped by the verdict program */
+	L7_R_MAX,
+};
+
+/* Context of the l7_test_judge syscall program (BPF_PROG_TEST_RUN): the
+ * request bytes are in l7_scratch[0] of every CPU. */
+struct l7_test_ctx {
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__u32 port;
+	__u32 len;
+	__u32 verdict;
+	__u32 reason;
+	__u32 hdr_len;
+	__u32 rule; /* index + 1 of the rule that allowed */
+	__u64 body_len;
+};
+
+#endif
