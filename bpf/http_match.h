@@ -112,7 +112,24 @@ enum scan_done {
 	SCAN_REJECT,
 };
 
+struct walk {
+	__u32 id;
+	__u32 base;
+	__u32 ncls;
+	__u32 nstates;
+	__u32 state;
+	__u32 start;
+	__u32 slot;
+};
+
+/*
+ * Loop state lives in a per-CPU map value, not on the stack: with the state
+ * on the caller's stack, the 6.18 verifier fails the program with EFAULT (an
+ * internal "verifier bug") while tracking the callback's scalar writes back
+ * into the parent frame. Callbacks get only the slot number.
+ */
 struct scan {
+	struct walk w;
 	struct l7_ruleset_key key; /* the rule set found (valid when have_rs) */
 	__u64 method;
 	__u64 version;
@@ -136,6 +153,20 @@ struct scan {
 	__u32 have_rs;
 	__u32 matched;
 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct scan);
+	__uint(max_entries, L7_SCRATCH_SLOTS);
+} l7_scans SEC(".maps");
+
+static __always_inline struct scan *scan_state(const __u32 *slotp)
+{
+	__u32 slot = *slotp;
+
+	return bpf_map_lookup_elem(&l7_scans, &slot);
+}
 
 static __always_inline int is_tchar(__u8 c)
 {
@@ -199,14 +230,17 @@ static __always_inline int bytes_equal(const __u8 *buf, __u32 start, const __u8 
 }
 
 /* bpf_loop callback: does the current header line meet requirement idx? */
-static int req_cb(__u32 idx, struct scan *s)
+static int req_cb(__u32 idx, __u32 *slotp)
 {
 	__u32 rule = idx / L7_MAX_HEADERS, slot = idx % L7_MAX_HEADERS, hid;
+	struct scan *s = scan_state(slotp);
 	struct l7_ruleset *rs;
 	struct l7_scratch *sc;
 	struct l7_header *h;
 	struct l7_rule *r;
 
+	if (!s)
+		return 1;
 	rs = bpf_map_lookup_elem(&l7_rulesets, &s->key);
 	if (!rs)
 		return 1;
@@ -238,6 +272,8 @@ static int req_cb(__u32 idx, struct scan *s)
  * recorded. Returns 1 when the request is rejected. */
 static __always_inline int header_line(struct scan *s)
 {
+	__u32 slot = s->slot;
+
 	if (s->nlen == 14 && s->w0 == L8('c', 'o', 'n', 't', 'e', 'n', 't', '-') &&
 	    s->w1 == L8('l', 'e', 'n', 'g', 't', 'h', 0, 0)) {
 		if (++s->ncl > 1)
@@ -256,7 +292,7 @@ static __always_inline int header_line(struct scan *s)
 		s->hend = s->vend;
 	}
 	if (s->have_rs)
-		bpf_loop(L7_MAX_RULES * L7_MAX_HEADERS, req_cb, s, 0);
+		bpf_loop(L7_MAX_RULES * L7_MAX_HEADERS, req_cb, &slot, 0);
 	return 0;
 }
 
@@ -273,11 +309,14 @@ static __always_inline void name_byte(struct scan *s, __u32 k, __u8 c)
 }
 
 /* bpf_loop callback: one byte of the request line or header block. */
-static int scan_cb(__u32 i, struct scan *s)
+static int scan_cb(__u32 i, __u32 *slotp)
 {
-	struct l7_scratch *sc = scratch(s->slot);
+	struct scan *s = scan_state(slotp);
+	struct l7_scratch *sc = scratch(*slotp);
 	__u8 c;
 
+	if (!s)
+		return 1;
 	if (!sc || i >= s->len)
 		return reject(s, L7_R_BUSY);
 	c = sc->buf[i & SCAN_MASK];
@@ -400,23 +439,19 @@ static int scan_cb(__u32 i, struct scan *s)
 	return reject(s, L7_R_BAD_HEADER);
 }
 
-struct walk {
-	__u32 id;
-	__u32 base;
-	__u32 ncls;
-	__u32 nstates;
-	__u32 state;
-	__u32 start;
-	__u32 slot;
-};
-
 /* bpf_loop callback: one DFA transition. */
-static int walk_cb(__u32 i, struct walk *w)
+static int walk_cb(__u32 i, __u32 *slotp)
 {
-	struct l7_scratch *sc = scratch(w->slot);
-	struct l7_dfa *d = bpf_map_lookup_elem(&l7_dfas, &w->id);
+	struct scan *s = scan_state(slotp);
+	struct l7_scratch *sc = scratch(*slotp);
+	struct l7_dfa *d;
+	struct walk *w;
 	__u32 idx, *next;
 
+	if (!s)
+		return 1;
+	w = &s->w;
+	d = bpf_map_lookup_elem(&l7_dfas, &w->id);
 	if (!sc || !d) {
 		w->state = 0;
 		return 1;
@@ -434,40 +469,47 @@ static int walk_cb(__u32 i, struct walk *w)
 /* Whole-value match of [start, start+len) against DFA id (0 = any value). */
 static __noinline int dfa_match(__u32 id, __u32 start, __u32 len, __u32 slot)
 {
+	struct scan *s = bpf_map_lookup_elem(&l7_scans, &slot);
 	struct l7_dfa *d;
-	struct walk w;
+	struct walk *wp;
 	__u32 idx, *acc;
 
 	if (id == 0)
 		return 1;
+	if (!s)
+		return 0;
+	wp = &s->w;
 	d = bpf_map_lookup_elem(&l7_dfas, &id);
 	if (!d || d->nstates == 0 || d->nclasses == 0 || d->start == 0 || d->start >= d->nstates)
 		return 0;
-	w.id = id;
-	w.base = d->base;
-	w.ncls = d->nclasses;
-	w.nstates = d->nstates;
-	w.state = d->start;
-	w.start = start;
-	w.slot = slot;
+	wp->id = id;
+	wp->base = d->base;
+	wp->ncls = d->nclasses;
+	wp->nstates = d->nstates;
+	wp->state = d->start;
+	wp->start = start;
 	if (len > L7_SCAN_LIMIT)
 		return 0;
 	if (len)
-		bpf_loop(len, walk_cb, &w, 0);
-	if (w.state == 0)
+		bpf_loop(len, walk_cb, &slot, 0);
+	if (wp->state == 0)
 		return 0;
-	idx = w.base + w.nstates * w.ncls + w.state;
+	idx = wp->base + wp->nstates * wp->ncls + wp->state;
 	acc = bpf_map_lookup_elem(&l7_dfa_cells, &idx);
 	return acc && *acc;
 }
 
 /* bpf_loop callback: does rule idx allow the request? */
-static int rule_cb(__u32 idx, struct scan *s)
+static int rule_cb(__u32 idx, __u32 *slotp)
 {
-	struct l7_ruleset *rs = bpf_map_lookup_elem(&l7_rulesets, &s->key);
+	struct scan *s = scan_state(slotp);
+	struct l7_ruleset *rs;
 	struct l7_rule *r;
 	__u64 mask;
 
+	if (!s)
+		return 1;
+	rs = bpf_map_lookup_elem(&l7_rulesets, &s->key);
 	if (!rs || idx >= rs->nrules || idx >= L7_MAX_RULES)
 		return 1;
 	r = &rs->rules[idx & (L7_MAX_RULES - 1)];
@@ -510,33 +552,38 @@ struct judge_out {
 static __noinline int judge(struct judge_out *out)
 {
 	__u32 slot = out->slot, len = out->len;
-	struct scan s = {};
+	struct scan *sp = bpf_map_lookup_elem(&l7_scans, &slot);
 
 	out->verdict = L7_DENY;
 	out->reason = L7_R_NONE;
 	out->hdr_len = 0;
 	out->body_len = 0;
 	out->rule = 0;
+	out->reason = L7_R_BUSY;
+	if (!sp)
+		return 0;
+	out->reason = L7_R_NONE;
+	__builtin_memset(sp, 0, sizeof(*sp));
 
-	s.slot = slot;
-	s.len = len > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : len;
-	s.key.endpoint_id = out->endpoint_id;
-	s.key.peer_identity = out->peer;
-	s.key.port = out->port;
-	if (bpf_map_lookup_elem(&l7_rulesets, &s.key)) {
-		s.have_rs = 1;
+	sp->slot = slot;
+	sp->len = len > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : len;
+	sp->key.endpoint_id = out->endpoint_id;
+	sp->key.peer_identity = out->peer;
+	sp->key.port = out->port;
+	if (bpf_map_lookup_elem(&l7_rulesets, &sp->key)) {
+		sp->have_rs = 1;
 	} else {
-		s.key.peer_identity = 0;
-		s.have_rs = bpf_map_lookup_elem(&l7_rulesets, &s.key) != 0;
+		sp->key.peer_identity = 0;
+		sp->have_rs = bpf_map_lookup_elem(&l7_rulesets, &sp->key) != 0;
 	}
 
-	bpf_loop(s.len, scan_cb, &s, 0);
+	bpf_loop(sp->len, scan_cb, &slot, 0);
 
-	if (s.done == SCAN_REJECT) {
-		out->reason = s.reason;
+	if (sp->done == SCAN_REJECT) {
+		out->reason = sp->reason;
 		return 0;
 	}
-	if (s.done != SCAN_COMPLETE) {
+	if (sp->done != SCAN_COMPLETE) {
 		if (len >= L7_SCAN_LIMIT) {
 			out->reason = L7_R_TOO_LONG;
 			return 0;
@@ -544,20 +591,20 @@ static __noinline int judge(struct judge_out *out)
 		out->verdict = L7_NEED_MORE;
 		return 0;
 	}
-	out->hdr_len = s.hdr_len;
-	out->body_len = s.content_length;
-	if (!s.have_rs) {
+	out->hdr_len = sp->hdr_len;
+	out->body_len = sp->content_length;
+	if (!sp->have_rs) {
 		out->reason = L7_R_NO_RULESET;
 		return 0;
 	}
-	bpf_loop(L7_MAX_RULES, rule_cb, &s, 0);
-	if (!s.matched) {
+	bpf_loop(L7_MAX_RULES, rule_cb, &slot, 0);
+	if (!sp->matched) {
 		out->reason = L7_R_NO_RULE_MATCH;
 		return 0;
 	}
 	out->verdict = L7_ALLOW;
 	out->reason = L7_R_ALLOWED;
-	out->rule = s.matched;
+	out->rule = sp->matched;
 	return 0;
 }
 

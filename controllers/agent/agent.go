@@ -47,6 +47,7 @@ const (
 	ReasonAttachFailed      = "AttachFailed"
 	ReasonMapUpdateFailed   = "MapUpdateFailed"
 	ReasonDriftRepaired     = "DriftRepaired"
+	ReasonHTTPRulesAtL4     = "HTTPRulesEnforcedAtL4"
 )
 
 var (
@@ -297,6 +298,9 @@ func (r *Reconciler) converge(ctx context.Context, np *v1alpha1.NodePolicy, low 
 	case len(low.Unsupported) > 0:
 		out.reason = ReasonUnsupportedRules
 		out.message = "enforced as deny (not lowered): " + strings.Join(low.Unsupported, "; ")
+	case len(low.L7AtL4) > 0:
+		out.reason = ReasonHTTPRulesAtL4
+		out.message = "HTTP rules are not judged in the kernel yet; these ports are open at L4 to the allowed peers for every request: " + strings.Join(low.L7AtL4, "; ")
 	default:
 		out.message = fmt.Sprintf("%d endpoints, %d policy entries in the kernel", out.endpoints, out.entries)
 	}

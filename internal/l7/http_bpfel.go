@@ -154,6 +154,53 @@ type httpL7TestCtx struct {
 	BodyLen      uint64
 }
 
+type httpScan struct {
+	_ structs.HostLayout
+	W struct {
+		_       structs.HostLayout
+		Id      uint32
+		Base    uint32
+		Ncls    uint32
+		Nstates uint32
+		State   uint32
+		Start   uint32
+		Slot    uint32
+	}
+	Key           httpL7RulesetKey
+	Method        uint64
+	Version       uint64
+	W0            uint64
+	W1            uint64
+	W2            uint64
+	Cl            uint64
+	ContentLength uint64
+	Seen          uint64
+	Slot          uint32
+	Len           uint32
+	St            uint32
+	Done          uint32
+	Reason        uint32
+	Mlen          uint32
+	Tstart        uint32
+	Pend          uint32
+	Vlen          uint32
+	Nstart        uint32
+	Nlen          uint32
+	Vstart        uint32
+	Vend          uint32
+	Vstarted      uint32
+	Vws           uint32
+	ClOk          uint32
+	Ncl           uint32
+	Nhost         uint32
+	Hstart        uint32
+	Hend          uint32
+	HdrLen        uint32
+	HaveRs        uint32
+	Matched       uint32
+	_             [4]byte
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -166,6 +213,7 @@ const (
 	httpMapL7Nesting    = "l7_nesting"
 	httpMapL7Ports      = "l7_ports"
 	httpMapL7Rulesets   = "l7_rulesets"
+	httpMapL7Scans      = "l7_scans"
 	httpMapL7Scratch    = "l7_scratch"
 	httpMapL7Socks      = "l7_socks"
 	httpMapL7State      = "l7_state"
@@ -237,6 +285,7 @@ type httpMapSpecs struct {
 	L7Nesting  *ebpf.MapSpec `ebpf:"l7_nesting"`
 	L7Ports    *ebpf.MapSpec `ebpf:"l7_ports"`
 	L7Rulesets *ebpf.MapSpec `ebpf:"l7_rulesets"`
+	L7Scans    *ebpf.MapSpec `ebpf:"l7_scans"`
 	L7Scratch  *ebpf.MapSpec `ebpf:"l7_scratch"`
 	L7Socks    *ebpf.MapSpec `ebpf:"l7_socks"`
 	L7State    *ebpf.MapSpec `ebpf:"l7_state"`
@@ -276,6 +325,7 @@ type httpMaps struct {
 	L7Nesting  *ebpf.Map `ebpf:"l7_nesting"`
 	L7Ports    *ebpf.Map `ebpf:"l7_ports"`
 	L7Rulesets *ebpf.Map `ebpf:"l7_rulesets"`
+	L7Scans    *ebpf.Map `ebpf:"l7_scans"`
 	L7Scratch  *ebpf.Map `ebpf:"l7_scratch"`
 	L7Socks    *ebpf.Map `ebpf:"l7_socks"`
 	L7State    *ebpf.Map `ebpf:"l7_state"`
@@ -291,6 +341,7 @@ func (m *httpMaps) Close() error {
 		m.L7Nesting,
 		m.L7Ports,
 		m.L7Rulesets,
+		m.L7Scans,
 		m.L7Scratch,
 		m.L7Socks,
 		m.L7State,

@@ -45,6 +45,9 @@ type Result struct {
 	// Unsupported lists entries the dataplane cannot enforce yet, with the reason; they enforce
 	// nothing (a missing allow is a deny), which is the safe side.
 	Unsupported []string
+	// L7AtL4 lists allow entries with HTTP rules, which the dataplane enforces at L3/L4 only (the
+	// peer reaches the port whatever the request) until HTTP is judged in the kernel.
+	L7AtL4 []string
 	// Policies maps the policy ids in the kernel to the policies (Kind/namespace/name) they stand for,
 	// to attribute counters and flow events.
 	Policies map[uint32]string
@@ -116,6 +119,7 @@ func Lower(in Input) Result {
 	}
 	slices.Sort(r.Missing)
 	slices.Sort(r.Unsupported)
+	slices.Sort(r.L7AtL4)
 	return r
 }
 
@@ -318,6 +322,9 @@ func (l *lowerer) direction(epID uint32, dir datapath.Direction, entries []v1alp
 		pid := PolicyID(origin)
 		l.r.Policies[pid] = origin
 		val := datapath.PolicyEntry{Action: datapath.Allow, Audit: e.Audit, L7: len(e.HTTP) > 0, PolicyID: pid}
+		if val.L7 && e.Action != "Deny" {
+			l.r.L7AtL4 = append(l.r.L7AtL4, fmt.Sprintf("%s %s %s/%s from %s (%s)", ep, dir, e.Protocol, e.Ports, e.Peer, origin))
+		}
 		if e.Action == "Deny" {
 			val.Action = datapath.Deny
 		}

@@ -154,6 +154,9 @@ func TestPolicyEntries(t *testing.T) {
 			t.Errorf("the identity-pending endpoint got an entry: %v", k)
 		}
 	}
+	if len(r.L7AtL4) != 1 || !strings.Contains(r.L7AtL4[0], "TCP/8080") {
+		t.Errorf("the HTTP entry enforced at L4 is not reported: %v", r.L7AtL4)
+	}
 	if !slices.ContainsFunc(r.Unsupported, func(s string) bool { return strings.Contains(s, "toFQDNs") }) {
 		t.Errorf("the unresolved FQDN peer is not reported: %v", r.Unsupported)
 	}

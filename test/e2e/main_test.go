@@ -160,7 +160,7 @@ func settle(t *testing.T) {
 	}
 }
 
-func deleteYAML(t *testing.T, kind, ns, name string) {
+func deleteYAML(t testing.TB, kind, ns, name string) {
 	t.Helper()
 	args := []string{"--kubeconfig", cluster.Kubeconfig, "delete", kind, name, "--ignore-not-found", "--wait=true"}
 	if ns != "" {
@@ -170,7 +170,9 @@ func deleteYAML(t *testing.T, kind, ns, name string) {
 	if err != nil {
 		t.Fatalf("kubectl delete: %v %s", err, out)
 	}
-	if err := cluster.WaitNodesConverged(ctxT(t, 20*time.Second)); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := cluster.WaitNodesConverged(ctx); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,0 +1,298 @@
+// Package l7 loads and drives the kernel half of Portcullis' HTTP/1.1 policy: programs that judge each
+// request at the server's socket (sock_ops → SOCKHASH → sk_skb stream parser and verdict), built
+// from ../../bpf/http.c. The map layout, scan limits and what is denied by design are documented in
+// bpf/README.md ("L7: HTTP/1.1 at the socket").
+//
+// Use: Load, AttachCgroup for each endpoint's cgroup, SetPort for each (endpoint address, port) with
+// HTTP rules, SetIdentity for peer addresses (or share the L3/L4 ipcache through
+// Options.IPCache), and SetRules per (endpoint, peer identity, port). Judge runs the same matcher on
+// a buffer through BPF_PROG_TEST_RUN.
+package l7
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// ScanLimit is the largest request line plus header block (through the empty line) the kernel
+// judges; a longer one is denied.
+const ScanLimit = 8192
+
+// MaxRules is the largest number of HTTP rules OR-ed for one (endpoint, peer, port).
+const MaxRules = 16
+
+// MaxHeaders is the largest number of header requirements of one rule.
+const MaxHeaders = 4
+
+// Header requirement limits, in bytes.
+const (
+	MaxHeaderName  = 64
+	MaxHeaderValue = 192
+)
+
+// Options configure Load. The zero value loads unpinned maps.
+type Options struct {
+	// PinDir is a directory on a bpffs mount. When set, every map is pinned there by name and
+	// existing pins are adopted (the SOCKHASH keeps its sockets and programs across restarts).
+	PinDir string
+	// IPCache, when set, replaces the l7_ipcache map: the L3/L4 datapath's ipcache has the same
+	// key and value layout, so both halves can share one address → identity table.
+	IPCache *ebpf.Map
+}
+
+// L7 is the loaded HTTP policy programs and maps. It is safe for concurrent use.
+type L7 struct {
+	mu     sync.Mutex
+	objs   httpObjects
+	pinDir string
+	cg     map[string][]link.Link // cgroup path → sock_ops and guard links
+	tab    *tables
+}
+
+// Load loads the programs, creates (or adopts) the maps and attaches the stream parser and verdict
+// programs to the SOCKHASH.
+func Load(opts Options) (_ *L7, err error) {
+	spec, err := loadHttp()
+	if err != nil {
+		return nil, fmt.Errorf("load l7 spec: %w", err)
+	}
+	var collOpts ebpf.CollectionOptions
+	if opts.PinDir != "" {
+		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("load l7: pin directory: %w", err)
+		}
+		for name, ms := range spec.Maps {
+			if strings.HasPrefix(name, ".") {
+				continue
+			}
+			ms.Pinning = ebpf.PinByName
+		}
+		collOpts.Maps.PinPath = opts.PinDir
+	}
+	if opts.IPCache != nil {
+		collOpts.MapReplacements = map[string]*ebpf.Map{"l7_ipcache": opts.IPCache}
+	}
+	l := &L7{pinDir: opts.PinDir, cg: map[string][]link.Link{}}
+	if err := spec.LoadAndAssign(&l.objs, &collOpts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load l7 programs: %+v", ve)
+		}
+		return nil, fmt.Errorf("load l7 programs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			l.objs.Close()
+		}
+	}()
+	for _, a := range []struct {
+		prog *ebpf.Program
+		typ  ebpf.AttachType
+	}{{l.objs.L7Parser, ebpf.AttachSkSKBStreamParser}, {l.objs.L7Verdict, ebpf.AttachSkSKBStreamVerdict}} {
+		if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+			Target: l.objs.L7Socks.FD(), Program: a.prog, Attach: a.typ,
+		}); err != nil {
+			return nil, fmt.Errorf("attach %s to the l7 sockhash: %w", a.typ, err)
+		}
+	}
+	if l.tab, err = adoptTables(&l.objs); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// AttachCgroup attaches the sock_ops program (which puts accepted sockets of judged ports into the
+// SOCKHASH) and the guard (which drops data of judged ports outside it) to a cgroup v2 directory.
+// Attaching a cgroup already attached does nothing.
+func (l *L7) AttachCgroup(path string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	path = filepath.Clean(path)
+	if _, ok := l.cg[path]; ok {
+		return nil
+	}
+	var links []link.Link
+	// The guard first: from the moment sock_ops puts sockets in the SOCKHASH, nothing on a judged
+	// port may slip past outside it.
+	for _, a := range []struct {
+		prog *ebpf.Program
+		typ  ebpf.AttachType
+	}{{l.objs.L7Guard, ebpf.AttachCGroupInetIngress}, {l.objs.L7Sockops, ebpf.AttachCGroupSockOps}} {
+		lk, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: a.prog})
+		if err != nil {
+			for _, lk := range links {
+				lk.Close()
+			}
+			return fmt.Errorf("attach %s to cgroup %s: %w", a.typ, path, err)
+		}
+		links = append(links, lk)
+	}
+	l.cg[path] = links
+	return nil
+}
+
+// DetachCgroup removes the programs AttachCgroup attached to a cgroup.
+func (l *L7) DetachCgroup(path string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	path = filepath.Clean(path)
+	var errs []error
+	for _, lk := range l.cg[path] {
+		if err := lk.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach from cgroup %s: %w", path, err))
+		}
+	}
+	delete(l.cg, path)
+	return errors.Join(errs...)
+}
+
+func addr16(a netip.Addr) [16]byte {
+	if a.Is4() {
+		a = netip.AddrFrom16(a.As16())
+	}
+	return a.As16()
+}
+
+// SetPort makes accepted TCP connections to (addr, port) judged by HTTP rules of endpointID. IPv4
+// addresses are stored IPv4-mapped, which also covers dual-stack sockets.
+func (l *L7) SetPort(addr netip.Addr, port uint16, endpointID uint32) error {
+	k := httpL7PortKey{Addr: addr16(addr), Port: port}
+	want := httpL7PortValue{EndpointId: endpointID}
+	var have httpL7PortValue
+	if err := l.objs.L7Ports.Lookup(&k, &have); err == nil && have == want {
+		return nil
+	}
+	if err := l.objs.L7Ports.Update(&k, &want, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set l7 port %s: %w", netip.AddrPortFrom(addr, port), err)
+	}
+	return nil
+}
+
+// DeletePort stops judging new connections to (addr, port); it is not an error when absent.
+func (l *L7) DeletePort(addr netip.Addr, port uint16) error {
+	k := httpL7PortKey{Addr: addr16(addr), Port: port}
+	if err := l.objs.L7Ports.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete l7 port %s: %w", netip.AddrPortFrom(addr, port), err)
+	}
+	return nil
+}
+
+func ipcacheKey(p netip.Prefix) httpL7IpcacheKey {
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return httpL7IpcacheKey{Prefixlen: uint32(bits), Addr: addr16(p.Masked().Addr())}
+}
+
+// SetIdentity records the security identity of peers in prefix (used when a connection is
+// accepted; unknown peers are world, 2). Not needed when Options.IPCache shares the datapath's.
+func (l *L7) SetIdentity(prefix netip.Prefix, id uint32) error {
+	k, v := ipcacheKey(prefix), httpL7IpcacheValue{Identity: id}
+	var have httpL7IpcacheValue
+	if err := l.objs.L7Ipcache.Lookup(&k, &have); err == nil && have == v {
+		return nil
+	}
+	if err := l.objs.L7Ipcache.Update(&k, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set identity of %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// DeleteIdentity removes a prefix from the l7 ipcache; it is not an error when absent.
+func (l *L7) DeleteIdentity(prefix netip.Prefix) error {
+	k := ipcacheKey(prefix)
+	if err := l.objs.L7Ipcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete identity of %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// Sockets returns the socket cookies in the SOCKHASH (connections being judged).
+func (l *L7) Sockets() ([]uint64, error) {
+	var out []uint64
+	var k uint64
+	it := l.objs.L7Socks.Iterate()
+	var v uint64
+	for it.Next(&k, &v) {
+		out = append(out, k)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list l7 sockets: %w", err)
+	}
+	return out, nil
+}
+
+// RemoveSocket removes a socket from the SOCKHASH (the guard then drops its data). For tests and
+// for repairing state; it is not an error when absent.
+func (l *L7) RemoveSocket(cookie uint64) error {
+	if err := l.objs.L7Socks.Delete(&cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("remove socket %d from the l7 sockhash: %w", cookie, err)
+	}
+	return nil
+}
+
+// Counters returns the per-reason counters summed over CPUs, by reason name.
+func (l *L7) Counters() (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for r := Reason(0); r < numReasons; r++ {
+		var per []uint64
+		if err := l.objs.L7Counters.Lookup(uint32(r), &per); err != nil {
+			return nil, fmt.Errorf("read l7 counter %s: %w", r, err)
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		if sum != 0 {
+			out[r.String()] = sum
+		}
+	}
+	return out, nil
+}
+
+// Close detaches the cgroup programs and releases file descriptors. Pinned maps stay (with the
+// stream programs attached to the pinned SOCKHASH); unpinned ones are freed.
+func (l *L7) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	for path, links := range l.cg {
+		for _, lk := range links {
+			if err := lk.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("detach from cgroup %s: %w", path, err))
+			}
+		}
+	}
+	l.cg = map[string][]link.Link{}
+	if err := l.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close l7 objects: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Unpin removes the pins of every map (the kernel frees them once nothing else holds them).
+func (l *L7) Unpin() error {
+	if l.pinDir == "" {
+		return nil
+	}
+	var errs []error
+	for _, m := range []*ebpf.Map{l.objs.L7Counters, l.objs.L7DfaCells, l.objs.L7Dfas, l.objs.L7Headers,
+		l.objs.L7Ipcache, l.objs.L7Nesting, l.objs.L7Ports, l.objs.L7Rulesets, l.objs.L7Scratch,
+		l.objs.L7Socks, l.objs.L7State} {
+		if m.IsPinned() {
+			if err := m.Unpin(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,141 @@
+package l7
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+var (
+	genMethods  = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "get", "FOO", "PROPFIND", "GETX", ""}
+	genTargets  = []string{"/", "/v1/invoices/12", "/v1/invoices/x", "/v1/invoices/", "/public/a/b", "/api/v1/items", "/api/v3/items", "/a", "/b", "/a?b=1", "/r3", "/r15", "/up", "/up/x?q=1", "/x%20y", "/p", "/pq", "/case", "/CASE", "/caf\xc3\xa9", "*", "http://h1/a", "h1:80", "/a b", "/a\x00", ""}
+	genVersions = []string{"HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 ", "HTTP/1"}
+	genHeaders  = []string{
+		"Host: h1", "Host: api.example.com", "host:api.example.com:8080", "Host: h22", "Host:", "HOST: h3 ",
+		"X-Internal-Scraper: true", "x-internal-scraper:true", "X-Internal-Scraper: true ", "X-Internal-Scraper: True", "X-Internal-Scraper: tr ue",
+		"X-Token: t", "x-token:", "Authorization: Bearer abc", "authorization: bearer abc", "X-Mode: admin", "X-Mode:\tadmin\t",
+		"X-R3: 1", "x-r15: 2", "Content-Length: 5", "Content-Length: 0", "content-length: 007", "Content-Length: 1 2", "Content-Length: -1",
+		"Content-Length: 99999999999999999999", "Content-Length: 999999999999999", "Content-Length: 1000000000000000", "Content-Length:",
+		"Transfer-Encoding: chunked", "Accept: */*", "User-Agent: t/1", "X-Empty:", "X_Under: 1", "X-A: a\xc2\xa0", "X-B: a\x7f",
+	}
+)
+
+// genRequest builds a request from the pools, then sometimes breaks it.
+func genRequest(r *rand.Rand) []byte {
+	pick := func(s []string) string { return s[r.IntN(len(s))] }
+	var b strings.Builder
+	b.WriteString(pick(genMethods) + " " + pick(genTargets) + " " + pick(genVersions) + "\r\n")
+	for range r.IntN(6) {
+		b.WriteString(pick(genHeaders) + "\r\n")
+	}
+	b.WriteString("\r\n")
+	s := b.String()
+	switch r.IntN(12) {
+	case 0: // bare LF
+		s = strings.Replace(s, "\r\n", "\n", 1+r.IntN(3))
+	case 1: // obs-fold
+		s = strings.Replace(s, "\r\n", "\r\n folded\r\n", 1)
+	case 2: // space before the colon
+		s = strings.Replace(s, ":", " :", 1)
+	case 3: // NUL or a control byte somewhere
+		i := r.IntN(len(s))
+		s = s[:i] + string([]byte{byte(r.IntN(0x20))}) + s[i:]
+	case 4: // truncated: incomplete
+		s = s[:r.IntN(len(s))]
+	case 5: // header block beyond the scan limit
+		s = strings.Replace(s, "\r\n", "\r\nX-Pad: "+strings.Repeat("a", ScanLimit)+"\r\n", 1)
+	case 6: // a body follows, maybe a second request
+		s += "hello" + "GET /a HTTP/1.1\r\n\r\n"
+	case 7: // bare CR
+		i := r.IntN(len(s))
+		s = s[:i] + "\r" + s[i:]
+	case 8: // block ending right at or around the scan limit
+		pad := ScanLimit - len(s) - 11 + r.IntN(4) - 2
+		if pad > 0 {
+			s = strings.Replace(s, "\r\n", "\r\nX-Pad: "+strings.Repeat("b", pad)+"\r\n", 1)
+		}
+	}
+	return []byte(s)
+}
+
+// The kernel matcher, run through BPF_PROG_TEST_RUN, decides every generated request as the Go
+// reference (strict framing + the evaluator's rule semantics) does.
+func TestPrivilegedKernelMatcherAgreesWithReference(t *testing.T) {
+	requireRoot(t)
+	l := loadWithPool(t)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 3000 {
+		raw := genRequest(r)
+		checkAgainstReference(t, l, i%len(ruleSetPool), raw)
+	}
+}
+
+// Fixed cases, named for what they show; they also seed the fuzz target.
+var matcherCases = []struct {
+	name string
+	set  int
+	raw  string
+	want Decision
+}{
+	{"allowed with the required header", 0, "GET /v1/invoices/12 HTTP/1.1\r\nHost: a\r\nX-Internal-Scraper: true\r\n\r\n", Allow},
+	{"header names are case-insensitive", 0, "GET /v1/invoices/12 HTTP/1.1\r\nx-INTERNAL-scraper:  true \r\n\r\n", Allow},
+	{"missing required header", 0, "GET /v1/invoices/12 HTTP/1.1\r\nHost: a\r\n\r\n", Deny},
+	{"header value is exact", 0, "GET /v1/invoices/12 HTTP/1.1\r\nX-Internal-Scraper: truex\r\n\r\n", Deny},
+	{"path is a full match", 0, "GET /v1/invoices/12/x HTTP/1.1\r\nX-Internal-Scraper: true\r\n\r\n", Deny},
+	{"query string is not part of the path", 0, "GET /v1/invoices/12?a=/x HTTP/1.1\r\nX-Internal-Scraper: true\r\n\r\n", Allow},
+	{"incomplete waits", 0, "GET /v1/invoices/12 HTTP/1.1\r\nX-Internal-Scraper: true\r\n", NeedMore},
+	{"lower-case method", 2, "get / HTTP/1.1\r\n\r\n", Deny},
+	{"unknown method", 2, "PROPFIND / HTTP/1.1\r\n\r\n", Deny},
+	{"absolute-form target", 2, "GET http://h/ HTTP/1.1\r\n\r\n", Deny},
+	{"space in the target", 2, "GET /a b HTTP/1.1\r\n\r\n", Deny},
+	{"NUL in the target", 2, "GET /a\x00 HTTP/1.1\r\n\r\n", Deny},
+	{"two Content-Length", 2, "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nab", Deny},
+	{"Content-Length and Transfer-Encoding", 2, "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", Deny},
+	{"chunked is not implemented", 2, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Deny},
+	{"obs-fold", 2, "GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n", Deny},
+	{"bare LF", 2, "GET / HTTP/1.1\nHost: a\r\n\r\n", Deny},
+	{"space before colon", 2, "GET / HTTP/1.1\r\nHost : a\r\n\r\n", Deny},
+	{"two Host headers", 2, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Deny},
+	{"HTTP/2 preface", 2, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Deny},
+	{"any allows a well-formed request", 2, "DELETE /x HTTP/1.0\r\n\r\n", Allow},
+	{"host regex with port", 1, "POST /api/v2/items HTTP/1.1\r\nHost: api.example.com:8080\r\nContent-Length: 3\r\n\r\nabc", Allow},
+	{"host regex rejects other host", 1, "POST /api/v2/items HTTP/1.1\r\nHost: api.example.org\r\n\r\n", Deny},
+	{"two required headers", 4, "GET / HTTP/1.1\r\nX-Mode: admin\r\nAuthorization: Bearer abc\r\n\r\n", Allow},
+	{"one of two required headers", 4, "GET / HTTP/1.1\r\nX-Mode: admin\r\n\r\n", Deny},
+	{"sixteenth rule", 7, "GET /r15 HTTP/1.1\r\nX-R15: y\r\n\r\n", Allow},
+	{"header block beyond the scan limit", 2, "GET / HTTP/1.1\r\nX-Pad: " + strings.Repeat("a", ScanLimit) + "\r\n\r\n", Deny},
+}
+
+func TestPrivilegedKernelMatcherCases(t *testing.T) {
+	requireRoot(t)
+	l := loadWithPool(t)
+	for _, tc := range matcherCases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := l.Judge(RuleKey{EndpointID: uint32(100 + tc.set), Port: 80}, []byte(tc.raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Decision != tc.want {
+				t.Fatalf("kernel %v (%v), want %v", got.Decision, got.Reason, tc.want)
+			}
+			checkAgainstReference(t, l, tc.set, []byte(tc.raw))
+		})
+	}
+}
+
+// FuzzKernelMatcher compares the kernel matcher with the reference on arbitrary bytes; the seed
+// corpus (the fixed cases and generated requests) runs in every go test.
+func FuzzKernelMatcher(f *testing.F) {
+	for _, tc := range matcherCases {
+		f.Add(uint8(tc.set), []byte(tc.raw))
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range 64 {
+		f.Add(uint8(i), genRequest(r))
+	}
+	requireRoot(f)
+	l := loadWithPool(f)
+	f.Fuzz(func(t *testing.T, set uint8, raw []byte) {
+		checkAgainstReference(t, l, int(set)%len(ruleSetPool), raw)
+	})
+}

@@ -1,0 +1,592 @@
+package l7
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/portcullis-dev/portcullis/internal/dfa"
+	"github.com/portcullis-dev/portcullis/internal/policy"
+)
+
+// Reason says why the kernel allowed or denied a request; it also names the kernel counters.
+type Reason uint32
+
+// Reasons, as enum l7_reason in bpf/l7.h.
+const (
+	ReasonNone Reason = iota
+	ReasonAllowed
+	ReasonNoRuleMatch
+	ReasonNoRuleSet
+	ReasonTooLong
+	ReasonBadMethod
+	ReasonBadTarget
+	ReasonBadVersion
+	ReasonBadHeader
+	ReasonDuplicateContentLength
+	ReasonBadContentLength
+	ReasonTransferEncoding
+	ReasonDuplicateHost
+	ReasonSticky
+	ReasonNoState
+	ReasonBusy
+	ReasonStateFailed
+	ReasonInsertFailed
+	ReasonGuardDrop
+	ReasonMessagePassed
+	ReasonMessageDropped
+	numReasons
+)
+
+var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set", "too-long", "bad-method",
+	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
+	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
+	"guard-drop", "message-passed", "message-dropped"}
+
+// String returns the reason in kebab case, as the counters are named.
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "reason(" + strconv.Itoa(int(r)) + ")"
+}
+
+// Decision is the kernel matcher's answer for a buffer.
+type Decision uint32
+
+// Decisions, as enum l7_decision in bpf/l7.h.
+const (
+	// NeedMore: the header block is incomplete and well-formed so far.
+	NeedMore Decision = iota
+	// Allow: a rule matched.
+	Allow
+	// Deny: no rule matched, or the request is malformed, ambiguous, unsupported or too long.
+	Deny
+)
+
+// String returns NeedMore, Allow or Deny.
+func (d Decision) String() string {
+	switch d {
+	case NeedMore:
+		return "NeedMore"
+	case Allow:
+		return "Allow"
+	case Deny:
+		return "Deny"
+	}
+	return "Decision(" + strconv.Itoa(int(d)) + ")"
+}
+
+// RuleKey selects the rules that judge a request: the local endpoint, the peer's identity (0: any
+// peer, looked up when no entry for the peer's own identity exists) and the local port.
+type RuleKey struct {
+	EndpointID   uint32
+	PeerIdentity uint32
+	Port         uint16
+}
+
+func (k RuleKey) kernel() httpL7RulesetKey {
+	return httpL7RulesetKey{EndpointId: k.EndpointID, PeerIdentity: k.PeerIdentity, Port: k.Port}
+}
+
+// HeaderRequirement is a header a rule requires: Name lower-cased; Value empty for presence only.
+type HeaderRequirement struct {
+	Name, Value string
+}
+
+// CompiledRule is one HTTP rule lowered for the kernel: nil automata match any value.
+type CompiledRule struct {
+	Method, Path, Host *dfa.DFA
+	// Patterns are the method, path and host expressions the automata were compiled from.
+	Patterns [3]string
+	Headers  []HeaderRequirement
+}
+
+var errRule = errors.New("http rule cannot be enforced in the kernel")
+
+// CompileRules lowers normalized HTTP rule strings (policy.HTTPRule.String form) for the kernel.
+// logHeader requirements are for the record only and are ignored.
+func CompileRules(rules []string) ([]CompiledRule, error) {
+	if len(rules) > MaxRules {
+		return nil, fmt.Errorf("%w: %d rules, at most %d", errRule, len(rules), MaxRules)
+	}
+	out := make([]CompiledRule, 0, len(rules))
+	for _, text := range rules {
+		r, err := policy.ParseHTTPRule(text)
+		if err != nil {
+			return nil, err
+		}
+		cr := CompiledRule{Patterns: [3]string{r.Method, r.Path, r.Host}}
+		for i, dst := range []**dfa.DFA{&cr.Method, &cr.Path, &cr.Host} {
+			if cr.Patterns[i] == "" {
+				continue
+			}
+			if *dst, err = dfa.Compile(cr.Patterns[i], dfa.Options{}); err != nil {
+				return nil, fmt.Errorf("http rule %q: %w", text, err)
+			}
+		}
+		if len(r.Headers) > MaxHeaders {
+			return nil, fmt.Errorf("%w %q: %d headers, at most %d", errRule, text, len(r.Headers), MaxHeaders)
+		}
+		for _, h := range r.Headers {
+			n, v := policy.SplitHeader(h)
+			n = strings.ToLower(n)
+			if n == "" || len(n) > MaxHeaderName || len(v) > MaxHeaderValue {
+				return nil, fmt.Errorf("%w %q: header %q: name 1-%d bytes, value at most %d bytes", errRule, text, h, MaxHeaderName, MaxHeaderValue)
+			}
+			cr.Headers = append(cr.Headers, HeaderRequirement{Name: n, Value: v})
+		}
+		out = append(out, cr)
+	}
+	return out, nil
+}
+
+// quarantine is how long a freed DFA or header id, or a freed cell range, is not reused: a program
+// that read the old rule set may still be walking it (BPF programs run in an RCU read section of
+// microseconds; a second is generous).
+const quarantine = time.Second
+
+type span struct{ base, size uint32 }
+
+type freed struct {
+	id    uint32
+	cells span
+	at    time.Time
+}
+
+// tables allocates DFA ids, header ids and cell ranges, interned by content and reference counted
+// by the rule sets that use them.
+type tables struct {
+	maxDFA, maxHdr, maxCells uint32
+
+	dfaByKey  map[string]uint32 // pattern → id
+	dfaSpan   map[uint32]span
+	dfaRefs   map[uint32]int
+	hdrByKey  map[string]uint32 // "name\x00value" → id
+	hdrRefs   map[uint32]int
+	nextDFA   uint32
+	nextHdr   uint32
+	freeIDs   []uint32 // DFA ids ready for reuse
+	freeHdrs  []uint32
+	freeCells []span // sorted by base, coalesced
+	pending   []freed
+	pendHdrs  []freed
+	ruleRefs  map[RuleKey][]uint32 // dfa ids then header ids, with their kinds in refKinds
+	ruleHdrs  map[RuleKey][]uint32
+	now       func() time.Time
+}
+
+func newTables(maxDFA, maxHdr, maxCells uint32) *tables {
+	return &tables{
+		maxDFA: maxDFA, maxHdr: maxHdr, maxCells: maxCells,
+		dfaByKey: map[string]uint32{}, dfaSpan: map[uint32]span{}, dfaRefs: map[uint32]int{},
+		hdrByKey: map[string]uint32{}, hdrRefs: map[uint32]int{},
+		nextDFA: 1, nextHdr: 1, freeCells: []span{{0, maxCells}},
+		ruleRefs: map[RuleKey][]uint32{}, ruleHdrs: map[RuleKey][]uint32{}, now: time.Now,
+	}
+}
+
+// adoptTables builds the allocator for maps that may already hold rule sets (pinned maps): every DFA
+// and header referenced there stays reserved until the rule set that references it is replaced.
+func adoptTables(objs *httpObjects) (*tables, error) {
+	t := newTables(objs.L7Dfas.MaxEntries(), objs.L7Headers.MaxEntries(), objs.L7DfaCells.MaxEntries())
+	var k httpL7RulesetKey
+	var v httpL7Ruleset
+	it := objs.L7Rulesets.Iterate()
+	for it.Next(&k, &v) {
+		key := RuleKey{EndpointID: k.EndpointId, PeerIdentity: k.PeerIdentity, Port: k.Port}
+		for _, r := range v.Rules[:min(int(v.Nrules), MaxRules)] {
+			for _, id := range []uint32{r.MethodDfa, r.PathDfa, r.HostDfa} {
+				if id == 0 || id >= t.maxDFA {
+					continue
+				}
+				if _, ok := t.dfaSpan[id]; !ok {
+					var d httpL7Dfa
+					if err := objs.L7Dfas.Lookup(id, &d); err != nil {
+						return nil, fmt.Errorf("adopt l7 dfa %d: %w", id, err)
+					}
+					sp := span{d.Base, d.Nstates*uint32(d.Nclasses) + d.Nstates}
+					if !t.reserveCells(sp) {
+						return nil, fmt.Errorf("adopt l7 dfa %d: cells %d+%d overlap or exceed the table", id, sp.base, sp.size)
+					}
+					t.dfaSpan[id] = sp
+					t.nextDFA = max(t.nextDFA, id+1)
+				}
+				t.dfaRefs[id]++
+				t.ruleRefs[key] = append(t.ruleRefs[key], id)
+			}
+			for _, id := range r.Headers[:min(int(r.Nheaders), MaxHeaders)] {
+				if id == 0 || id >= t.maxHdr {
+					continue
+				}
+				t.hdrRefs[id]++
+				t.nextHdr = max(t.nextHdr, id+1)
+				t.ruleHdrs[key] = append(t.ruleHdrs[key], id)
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("adopt l7 rule sets: %w", err)
+	}
+	// Ids below next that nobody references are free (after quarantine: a previous agent may have
+	// just released them).
+	for id := uint32(1); id < t.nextDFA; id++ {
+		if t.dfaRefs[id] == 0 {
+			t.pending = append(t.pending, freed{id: id, at: t.now()})
+		}
+	}
+	for id := uint32(1); id < t.nextHdr; id++ {
+		if t.hdrRefs[id] == 0 {
+			t.pendHdrs = append(t.pendHdrs, freed{id: id, at: t.now()})
+		}
+	}
+	return t, nil
+}
+
+func (t *tables) reserveCells(sp span) bool {
+	for i, f := range t.freeCells {
+		if sp.base >= f.base && sp.base+sp.size <= f.base+f.size {
+			rest := []span{}
+			if sp.base > f.base {
+				rest = append(rest, span{f.base, sp.base - f.base})
+			}
+			if end := sp.base + sp.size; end < f.base+f.size {
+				rest = append(rest, span{end, f.base + f.size - end})
+			}
+			t.freeCells = slices.Replace(t.freeCells, i, i+1, rest...)
+			return true
+		}
+	}
+	return false
+}
+
+func (t *tables) allocCells(n uint32) (uint32, bool) {
+	for i, f := range t.freeCells {
+		if f.size >= n {
+			t.freeCells[i] = span{f.base + n, f.size - n}
+			if t.freeCells[i].size == 0 {
+				t.freeCells = slices.Delete(t.freeCells, i, i+1)
+			}
+			return f.base, true
+		}
+	}
+	return 0, false
+}
+
+func (t *tables) releaseCells(sp span) {
+	i, _ := slices.BinarySearchFunc(t.freeCells, sp.base, func(f span, b uint32) int { return int(f.base) - int(b) })
+	t.freeCells = slices.Insert(t.freeCells, i, sp)
+	// Coalesce neighbours.
+	merged := t.freeCells[:0]
+	for _, f := range t.freeCells {
+		if n := len(merged); n > 0 && merged[n-1].base+merged[n-1].size == f.base {
+			merged[n-1].size += f.size
+			continue
+		}
+		merged = append(merged, f)
+	}
+	t.freeCells = merged
+}
+
+// expire moves quarantined ids and ranges whose time is up to the free lists.
+func (t *tables) expire() {
+	now := t.now()
+	keep := t.pending[:0]
+	for _, f := range t.pending {
+		if now.Sub(f.at) < quarantine {
+			keep = append(keep, f)
+			continue
+		}
+		t.freeIDs = append(t.freeIDs, f.id)
+		if f.cells.size > 0 {
+			t.releaseCells(f.cells)
+		}
+	}
+	t.pending = keep
+	keepH := t.pendHdrs[:0]
+	for _, f := range t.pendHdrs {
+		if now.Sub(f.at) < quarantine {
+			keepH = append(keepH, f)
+			continue
+		}
+		t.freeHdrs = append(t.freeHdrs, f.id)
+	}
+	t.pendHdrs = keepH
+}
+
+func (t *tables) newDFAID() (uint32, bool) {
+	if n := len(t.freeIDs); n > 0 {
+		id := t.freeIDs[n-1]
+		t.freeIDs = t.freeIDs[:n-1]
+		return id, true
+	}
+	if t.nextDFA >= t.maxDFA {
+		return 0, false
+	}
+	t.nextDFA++
+	return t.nextDFA - 1, true
+}
+
+func (t *tables) newHdrID() (uint32, bool) {
+	if n := len(t.freeHdrs); n > 0 {
+		id := t.freeHdrs[n-1]
+		t.freeHdrs = t.freeHdrs[:n-1]
+		return id, true
+	}
+	if t.nextHdr >= t.maxHdr {
+		return 0, false
+	}
+	t.nextHdr++
+	return t.nextHdr - 1, true
+}
+
+var errFull = errors.New("l7 tables are full")
+
+// internDFA returns the id of d's table, writing it (cells first, then the descriptor, so that no
+// rule set can reference a half-written table) when it is new.
+func (l *L7) internDFA(pattern string, d *dfa.DFA) (uint32, error) {
+	t := l.tab
+	if id, ok := t.dfaByKey[pattern]; ok {
+		t.dfaRefs[id]++
+		return id, nil
+	}
+	nc, ns := uint32(d.NumClasses), uint32(d.NumStates())
+	size := ns*nc + ns
+	id, ok := t.newDFAID()
+	if !ok {
+		return 0, fmt.Errorf("%w: no free dfa id", errFull)
+	}
+	base, ok := t.allocCells(size)
+	if !ok {
+		t.freeIDs = append(t.freeIDs, id)
+		return 0, fmt.Errorf("%w: no %d free dfa cells for %q", errFull, size, pattern)
+	}
+	keys := make([]uint32, size)
+	vals := make([]uint32, size)
+	for i := range keys {
+		keys[i] = base + uint32(i)
+	}
+	for i, n := range d.Next {
+		vals[i] = uint32(n)
+	}
+	for s, acc := range d.Accept {
+		if acc {
+			vals[ns*nc+uint32(s)] = 1
+		}
+	}
+	undo := func() { t.freeIDs = append(t.freeIDs, id); t.releaseCells(span{base, size}) }
+	if _, err := l.objs.L7DfaCells.BatchUpdate(keys, vals, nil); err != nil {
+		undo()
+		return 0, fmt.Errorf("write dfa cells for %q: %w", pattern, err)
+	}
+	desc := httpL7Dfa{Base: base, Nstates: ns, Nclasses: uint16(nc), Start: d.Start, Classes: d.Classes}
+	if err := l.objs.L7Dfas.Update(id, &desc, ebpf.UpdateAny); err != nil {
+		undo()
+		return 0, fmt.Errorf("write dfa %d for %q: %w", id, pattern, err)
+	}
+	t.dfaByKey[pattern] = id
+	t.dfaSpan[id] = span{base, size}
+	t.dfaRefs[id] = 1
+	return id, nil
+}
+
+func (l *L7) internHeader(h HeaderRequirement) (uint32, error) {
+	t := l.tab
+	key := h.Name + "\x00" + h.Value
+	if id, ok := t.hdrByKey[key]; ok {
+		t.hdrRefs[id]++
+		return id, nil
+	}
+	id, ok := t.newHdrID()
+	if !ok {
+		return 0, fmt.Errorf("%w: no free header id", errFull)
+	}
+	v := httpL7Header{NameLen: uint32(len(h.Name)), ValueLen: uint32(len(h.Value))}
+	copy(v.Name[:], h.Name)
+	copy(v.Value[:], h.Value)
+	var w [8]byte
+	copy(w[:], h.Name)
+	for i := 7; i >= 0; i-- {
+		v.NameW0 = v.NameW0<<8 | uint64(w[i])
+	}
+	if err := l.objs.L7Headers.Update(id, &v, ebpf.UpdateAny); err != nil {
+		t.freeHdrs = append(t.freeHdrs, id)
+		return 0, fmt.Errorf("write header requirement %q: %w", h.Name, err)
+	}
+	t.hdrByKey[key] = id
+	t.hdrRefs[id] = 1
+	return id, nil
+}
+
+func (l *L7) releaseDFAs(ids []uint32) {
+	t := l.tab
+	for _, id := range ids {
+		if t.dfaRefs[id]--; t.dfaRefs[id] > 0 {
+			continue
+		}
+		delete(t.dfaRefs, id)
+		for k, v := range t.dfaByKey {
+			if v == id {
+				delete(t.dfaByKey, k)
+			}
+		}
+		t.pending = append(t.pending, freed{id: id, cells: t.dfaSpan[id], at: t.now()})
+		delete(t.dfaSpan, id)
+	}
+}
+
+func (l *L7) releaseHeaders(ids []uint32) {
+	t := l.tab
+	for _, id := range ids {
+		if t.hdrRefs[id]--; t.hdrRefs[id] > 0 {
+			continue
+		}
+		delete(t.hdrRefs, id)
+		for k, v := range t.hdrByKey {
+			if v == id {
+				delete(t.hdrByKey, k)
+			}
+		}
+		t.pendHdrs = append(t.pendHdrs, freed{id: id, at: t.now()})
+	}
+}
+
+// SetRules makes the kernel judge requests for key by rules (normalized HTTP rule strings, OR-ed;
+// "any" matches every request). An empty list denies every request for key. Tables are written
+// before the rule set that references them and released after it is replaced; the rule set itself
+// is written only when it differs from what the kernel holds.
+func (l *L7) SetRules(key RuleKey, rules []string) error {
+	compiled, err := CompileRules(rules)
+	if err != nil {
+		return fmt.Errorf("set l7 rules for %+v: %w", key, err)
+	}
+	return l.SetCompiledRules(key, compiled)
+}
+
+// SetCompiledRules is SetRules for rules already lowered by CompileRules.
+func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) (err error) {
+	if len(rules) > MaxRules {
+		return fmt.Errorf("set l7 rules for %+v: %w: %d rules, at most %d", key, errRule, len(rules), MaxRules)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tab.expire()
+	var dfas, hdrs []uint32
+	defer func() {
+		if err != nil {
+			l.releaseDFAs(dfas)
+			l.releaseHeaders(hdrs)
+		}
+	}()
+	want := httpL7Ruleset{Nrules: uint32(len(rules))}
+	for i, r := range rules {
+		kr := &want.Rules[i]
+		for j, pair := range []struct {
+			d   *dfa.DFA
+			dst *uint32
+		}{{r.Method, &kr.MethodDfa}, {r.Path, &kr.PathDfa}, {r.Host, &kr.HostDfa}} {
+			if pair.d == nil {
+				continue
+			}
+			id, err := l.internDFA(r.Patterns[j], pair.d)
+			if err != nil {
+				return fmt.Errorf("set l7 rules for %+v: %w", key, err)
+			}
+			dfas = append(dfas, id)
+			*pair.dst = id
+		}
+		if len(r.Headers) > MaxHeaders {
+			return fmt.Errorf("set l7 rules for %+v: %w: %d headers, at most %d", key, errRule, len(r.Headers), MaxHeaders)
+		}
+		kr.Nheaders = uint32(len(r.Headers))
+		for j, h := range r.Headers {
+			id, err := l.internHeader(h)
+			if err != nil {
+				return fmt.Errorf("set l7 rules for %+v: %w", key, err)
+			}
+			hdrs = append(hdrs, id)
+			kr.Headers[j] = id
+		}
+	}
+	k := key.kernel()
+	var have httpL7Ruleset
+	if err := l.objs.L7Rulesets.Lookup(&k, &have); err != nil || !rulesetEqual(&have, &want) {
+		if err := l.objs.L7Rulesets.Update(&k, &want, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("set l7 rules for %+v: %w", key, err)
+		}
+	}
+	l.releaseDFAs(l.tab.ruleRefs[key])
+	l.releaseHeaders(l.tab.ruleHdrs[key])
+	l.tab.ruleRefs[key], l.tab.ruleHdrs[key] = dfas, hdrs
+	return nil
+}
+
+func rulesetEqual(a, b *httpL7Ruleset) bool {
+	var ba, bb bytes.Buffer
+	fmt.Fprint(&ba, *a)
+	fmt.Fprint(&bb, *b)
+	return bytes.Equal(ba.Bytes(), bb.Bytes())
+}
+
+// DeleteRules removes the rule set of key: requests for it are then judged by the wildcard-peer
+// rule set of the endpoint and port, or denied. It is not an error when absent.
+func (l *L7) DeleteRules(key RuleKey) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := key.kernel()
+	if err := l.objs.L7Rulesets.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete l7 rules for %+v: %w", key, err)
+	}
+	l.releaseDFAs(l.tab.ruleRefs[key])
+	l.releaseHeaders(l.tab.ruleHdrs[key])
+	delete(l.tab.ruleRefs, key)
+	delete(l.tab.ruleHdrs, key)
+	return nil
+}
+
+// Result is the kernel matcher's judgement of a buffer.
+type Result struct {
+	Decision Decision
+	Reason   Reason
+	// HeaderLen is the length of the request line and header block, when complete.
+	HeaderLen int
+	// BodyLen is the Content-Length of an allowed request.
+	BodyLen uint64
+	// Rule is the index of the first rule that allowed the request, or -1.
+	Rule int
+}
+
+// Judge runs the kernel matcher on req (the start of a connection's byte stream) for key through
+// BPF_PROG_TEST_RUN: the same C code the stream parser runs on real sockets. Only the first
+// ScanLimit bytes are looked at.
+func (l *L7) Judge(key RuleKey, req []byte) (Result, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var sc httpL7Scratch
+	n := copy(sc.Buf[:], req)
+	sc.Len = uint32(n)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return Result{}, fmt.Errorf("judge: %w", err)
+	}
+	per := make([]httpL7Scratch, ncpu)
+	for i := range per {
+		per[i] = sc
+	}
+	if err := l.objs.L7Scratch.Update(uint32(0), per, ebpf.UpdateAny); err != nil {
+		return Result{}, fmt.Errorf("judge: write scratch buffer: %w", err)
+	}
+	in := httpL7TestCtx{EndpointId: key.EndpointID, PeerIdentity: key.PeerIdentity, Port: uint32(key.Port), Len: uint32(len(req))}
+	var out httpL7TestCtx
+	if _, err := l.objs.L7TestJudge.Run(&ebpf.RunOptions{Context: in, ContextOut: &out}); err != nil {
+		return Result{}, fmt.Errorf("judge: run matcher: %w", err)
+	}
+	return Result{Decision: Decision(out.Verdict), Reason: Reason(out.Reason), HeaderLen: int(out.HdrLen),
+		BodyLen: out.BodyLen, Rule: int(out.Rule) - 1}, nil
+}

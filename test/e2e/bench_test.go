@@ -1,0 +1,254 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	v1alpha1 "github.com/portcullis-dev/portcullis/api/v1alpha1"
+)
+
+// Benchmarks against the lab. They run only with -bench (go test -run XXX -bench Lab ./test/e2e/);
+// docs/benchmarks.md records their figures and the command.
+
+func needBenchLab(b *testing.B) {
+	b.Helper()
+	if setupErr != nil || cluster == nil {
+		b.Fatalf("lab not available (root needed): %v", setupErr)
+	}
+}
+
+// wrkResult is what one wrk run measured.
+type wrkResult struct {
+	rps      float64
+	p50, p99 time.Duration
+}
+
+var (
+	reRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reLat = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
+)
+
+func parseWrk(out string) (wrkResult, error) {
+	var r wrkResult
+	m := reRPS.FindStringSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
+	}
+	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	for _, l := range reLat.FindAllStringSubmatch(out, -1) {
+		v, _ := strconv.ParseFloat(l[2], 64)
+		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[l[3]]
+		d := time.Duration(v * float64(unit))
+		if l[1] == "50" {
+			r.p50 = d
+		} else {
+			r.p99 = d
+		}
+	}
+	return r, nil
+}
+
+// runWrk runs wrk inside the client pod (its network namespace and cgroup) against url.
+func runWrk(b *testing.B, client, url string, conns int, d time.Duration) wrkResult {
+	b.Helper()
+	st, err := cluster.State()
+	if err != nil {
+		b.Fatal(err)
+	}
+	pod := st.Pods[client]
+	threads := min(conns, 2)
+	script := `echo $$ > "$0/cgroup.procs" && exec "$@"`
+	cmd := exec.Command("nsenter", "--net="+pod.Netns, "--", "sh", "-c", script, pod.Cgroup,
+		"wrk", "--latency", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), url)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("wrk: %v\n%s", err, out)
+	}
+	r, err := parseWrk(string(out))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r
+}
+
+const benchPolicy = `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: bench-l4, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: user-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: %s}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`
+
+// BenchmarkLabHTTPWithL4Policy measures HTTP requests per second and latency between two lab pods
+// with no policy and with an L3/L4 policy that allows them, alternating in the same run, and reports
+// the ratios. Targets: ≥ 0.97 of the baseline requests/s.
+func BenchmarkLabHTTPWithL4Policy(b *testing.B) {
+	needBenchLab(b)
+	ip, err := cluster.Net.PodIPs("production/user-service")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The baseline is user-service with no policy at all: take the seed policies away for the run.
+	deleteYAML(b, "accesspolicy", "production", "--all")
+	b.Cleanup(func() {
+		if err := cluster.Apply(context.Background(), filepath.Join(root, "examples", "seed")); err != nil {
+			b.Error(err)
+		}
+		waitConverged(b)
+	})
+	for _, tc := range []struct {
+		name   string
+		client string
+		conns  int
+	}{
+		{"same-node/c=1", "production/auth-service", 1},
+		{"same-node/c=16", "production/auth-service", 16},
+		{"cross-node/c=16", "production/reporting-service", 16},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			app := strings.TrimPrefix(tc.client, "production/")
+			url := fmt.Sprintf("http://%s:8080/bench", ip.IPv4)
+			var base, pol []wrkResult
+			for range b.N {
+				for round := 0; round < 3; round++ {
+					deleteYAML(b, "accesspolicy", "production", "bench-l4")
+					base = append(base, runWrk(b, tc.client, url, tc.conns, 4*time.Second))
+					if err := cluster.ApplyYAML(context.Background(), []byte(fmt.Sprintf(benchPolicy, app))); err != nil {
+						b.Fatal(err)
+					}
+					waitConverged(b)
+					pol = append(pol, runWrk(b, tc.client, url, tc.conns, 4*time.Second))
+				}
+			}
+			deleteYAML(b, "accesspolicy", "production", "bench-l4")
+			mb, mp := median(base), median(pol)
+			b.ReportMetric(mb.rps, "base-req/s")
+			b.ReportMetric(mp.rps, "policy-req/s")
+			b.ReportMetric(mp.rps/mb.rps, "ratio-req/s")
+			b.ReportMetric(float64(mb.p50.Microseconds()), "base-p50-µs")
+			b.ReportMetric(float64(mp.p50.Microseconds()), "policy-p50-µs")
+			b.ReportMetric(float64(mb.p99.Microseconds()), "base-p99-µs")
+			b.ReportMetric(float64(mp.p99.Microseconds()), "policy-p99-µs")
+		})
+	}
+}
+
+func median(rs []wrkResult) wrkResult {
+	pick := func(f func(wrkResult) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	return wrkResult{
+		rps: pick(func(r wrkResult) float64 { return r.rps }),
+		p50: time.Duration(pick(func(r wrkResult) float64 { return float64(r.p50) })),
+		p99: time.Duration(pick(func(r wrkResult) float64 { return float64(r.p99) })),
+	}
+}
+
+func waitConverged(b *testing.B) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := cluster.WaitReady(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := cluster.WaitNodesConverged(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+const latencyPolicy = `
+apiVersion: portcullis.dev/v1alpha1
+kind: ClusterAccessPolicy
+metadata: {name: bench-latency}
+spec:
+  endpointSelector: {matchLabels: {app: auth-service}}
+  ingress:
+  - fromEntities: [cluster]
+    toPorts: [{ports: [{port: "%d", protocol: UDP}]}]
+  egress:
+  - toEntities: [all]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ClusterAccessPolicy
+metadata: {name: bench-latency-b}
+spec:
+  endpointSelector: {matchLabels: {app: shipping-service}}
+  ingress:
+  - fromEntities: [cluster]
+    toPorts: [{ports: [{port: "%d", protocol: UDP}]}]
+  egress:
+  - toEntities: [all]
+`
+
+// BenchmarkPolicyChangeToEnforcement measures the time from a policy change written to the API
+// server until the agents of both nodes report the new generation enforced in the kernel, over 50
+// changes; it reports p50 and p99. Target: p99 ≤ 1 s.
+func BenchmarkPolicyChangeToEnforcement(b *testing.B) {
+	needBenchLab(b)
+	ctx := context.Background()
+	var lat []time.Duration
+	for range b.N {
+		for i := 0; i < 50; i++ {
+			port := 20000 + i
+			start := time.Now()
+			if err := cluster.ApplyYAML(ctx, []byte(fmt.Sprintf(latencyPolicy, port, port))); err != nil {
+				b.Fatal(err)
+			}
+			var a, s v1alpha1.ClusterAccessPolicy
+			if err := cluster.CP.Client.Get(ctx, types.NamespacedName{Name: "bench-latency"}, &a); err != nil {
+				b.Fatal(err)
+			}
+			if err := cluster.CP.Client.Get(ctx, types.NamespacedName{Name: "bench-latency-b"}, &s); err != nil {
+				b.Fatal(err)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for !enforcedOn(ctx, b, "node-a", a.Name, a.Generation) || !enforcedOn(ctx, b, "node-b", s.Name, s.Generation) {
+				if time.Now().After(deadline) {
+					b.Fatalf("change %d not enforced on both nodes within 10 s", i)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			lat = append(lat, time.Since(start))
+		}
+	}
+	deleteYAML(b, "clusteraccesspolicy", "", "bench-latency")
+	deleteYAML(b, "clusteraccesspolicy", "", "bench-latency-b")
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Milliseconds()), "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Milliseconds()), "max-ms")
+}
+
+func enforcedOn(ctx context.Context, b *testing.B, node, policy string, gen int64) bool {
+	np, err := cluster.NodePolicy(ctx, node)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if np.Status.ObservedGeneration != np.Generation {
+		return false
+	}
+	for _, ref := range np.Status.EnforcedPolicies {
+		if ref.Name == policy && ref.Kind == "ClusterAccessPolicy" {
+			return ref.Generation == gen
+		}
+	}
+	return false
+}
