@@ -15,7 +15,11 @@
  *     judged port whose socket is not in the SOCKHASH (insert failed, entry
  *     removed, MPTCP subflow, connection older than the attachment): no
  *     connection on a judged port is ever left unenforced.
- *   l7_test_judge (syscall): the matcher on a buffer, for BPF_PROG_TEST_RUN.
+ *   l7_reset (iter/tcp): resets (RST) every denied connection of the network
+ *     namespace the iterator is read in, with bpf_sock_destroy: a denied
+ *     client gets a reset instead of waiting for its timeout.
+ *   l7_test_judge (syscall): the matcher on a buffer, for BPF_PROG_TEST_RUN
+ *     (input in the test slot of l7_scratch, on every CPU).
  */
 
 #include "l7.h"
@@ -61,6 +65,7 @@ struct l7_btf_anchor {
 	enum l7_reason reason;
 	enum l7_decision decision;
 	enum l7_phase phase;
+	struct sock_common sock_common;
 };
 struct l7_btf_anchor l7_btf_anchor SEC(".portcullis.btf_anchor");
 
@@ -327,27 +332,41 @@ judged:
 	return 0;
 }
 
+/*
+ * A 403 written by the kernel could overtake the application's earlier
+ * responses under pipelining; a reset cannot be mistaken for an answer.
+ * bpf_sock_destroy is only callable from socket iterators, so user space reads
+ * this iterator (per network namespace) after denies.
+ */
+SEC("iter/tcp")
+int l7_reset(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *sk = ctx->sk_common;
+	struct l7_sock_state *st;
+	__u64 cookie;
+
+	if (!sk)
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	st = bpf_map_lookup_elem(&l7_state, &cookie);
+	if (!st || !st->denied)
+		return 0;
+	if (!bpf_sock_destroy(sk))
+		count(L7_R_RESET);
+	return 0;
+}
+
 SEC("syscall")
 int l7_test_judge(struct l7_test_ctx *ctx)
 {
 	struct judge_out out = {};
-	__u32 slot = slot_enter();
 
-	if (slot != 0) {
-		/* The test writes slot 0; anything else is a harness error. */
-		if (slot < L7_SCRATCH_SLOTS)
-			slot_leave();
-		ctx->verdict = L7_DENY;
-		ctx->reason = L7_R_BUSY;
-		return 0;
-	}
-	out.slot = 0;
+	out.slot = L7_TEST_SLOT;
 	out.len = ctx->len;
 	out.endpoint_id = ctx->endpoint_id;
 	out.peer = ctx->peer_identity;
 	out.port = ctx->port;
 	judge(&out);
-	slot_leave();
 	ctx->verdict = out.verdict;
 	ctx->reason = out.reason;
 	ctx->hdr_len = out.hdr_len;

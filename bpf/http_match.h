@@ -22,12 +22,15 @@
  * strparser work) can be interrupted by a softirq that runs the parser for
  * another socket on the same CPU; each level gets its own buffer. */
 #define L7_SCRATCH_SLOTS 2
+/* The test program has a slot of its own: BPF_PROG_TEST_RUN on a loaded,
+ * enforcing object must never overwrite a buffer a parser is judging. */
+#define L7_TEST_SLOT L7_SCRATCH_SLOTS
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct l7_scratch);
-	__uint(max_entries, L7_SCRATCH_SLOTS);
+	__uint(max_entries, L7_SCRATCH_SLOTS + 1);
 } l7_scratch SEC(".maps");
 
 struct {
@@ -158,7 +161,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct scan);
-	__uint(max_entries, L7_SCRATCH_SLOTS);
+	__uint(max_entries, L7_SCRATCH_SLOTS + 1);
 } l7_scans SEC(".maps");
 
 static __always_inline struct scan *scan_state(const __u32 *slotp)

@@ -139,11 +139,12 @@ enum l7_reason {
 	L7_R_GUARD_DROP,       /* data on a judged port outside the SOCKHASH */
 	L7_R_MSG_PASSED,       /* messages passed by the verdict program */
 	L7_R_MSG_DROPPED,      /* messages dropped by the verdict program */
+	L7_R_RESET,            /* denied connections reset by l7_reset */
 	L7_R_MAX,
 };
 
 /* Context of the l7_test_judge syscall program (BPF_PROG_TEST_RUN): the
- * request bytes are in l7_scratch[0] of every CPU. */
+ * request bytes are in l7_scratch[L7_TEST_SLOT] of every CPU. */
 struct l7_test_ctx {
 	__u32 endpoint_id;
 	__u32 peer_identity;

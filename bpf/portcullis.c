@@ -557,7 +557,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct decision d = {};
 	struct ct_value *ct;
 	__u32 ep_id, ep_identity, peer_identity;
-	int enforced, audit_default, src_is_a, syn, rc;
+	int enforced, audit_default, denies, src_is_a, syn, rc;
 	__u64 now;
 
 	/* Not an endpoint we manage (or not yet): stay out of the way. */
@@ -570,6 +570,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	d.direction = dir;
 	enforced = ep->flags & (dir == DIR_INGRESS ? EP_F_INGRESS_ENFORCED : EP_F_EGRESS_ENFORCED);
 	audit_default = ep->flags & (dir == DIR_INGRESS ? EP_F_INGRESS_AUDIT : EP_F_EGRESS_AUDIT);
+	denies = ep->flags & (dir == DIR_INGRESS ? EP_F_INGRESS_DENIES : EP_F_EGRESS_DENIES);
 
 	rc = parse(skb, &p);
 	if (rc == PARSE_NEIGHBOR) {
@@ -578,7 +579,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (rc != PARSE_OK) {
 		d.reason = rc == PARSE_MALFORMED ? REASON_MALFORMED : REASON_UNSUPPORTED;
-		if (!enforced) {
+		/* With deny entries, a packet we cannot judge could be one they deny:
+		 * fail closed even when the direction is not in default deny. */
+		if (!enforced && !denies) {
 			count(0, REASON_NOT_ENFORCED, dir, skb->len);
 			return TCX_NEXT;
 		}
@@ -611,10 +614,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	d.src_identity = dir == DIR_EGRESS ? ep_identity : peer_identity;
 	d.dst_identity = dir == DIR_EGRESS ? peer_identity : ep_identity;
 
-	if (!enforced) {
+	if (!enforced && !denies) {
 		d.reason = REASON_NOT_ENFORCED;
 		d.verdict = VERDICT_FORWARDED;
 	} else {
+		/* Deny entries apply whether or not the direction is in default
+		 * deny; only the miss differs. */
 		struct policy_value *v = policy_lookup(ep_id, dir, peer_identity, p.proto, p.dport);
 
 		if (v && v->action == POLICY_ALLOW) {
@@ -632,6 +637,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				d.reason = REASON_DENIED;
 				d.verdict = VERDICT_DROPPED;
 			}
+		} else if (!enforced) {
+			d.reason = REASON_NOT_ENFORCED;
+			d.verdict = VERDICT_FORWARDED;
 		} else if (audit_default) {
 			d.reason = REASON_AUDITED;
 			d.verdict = VERDICT_AUDITED;

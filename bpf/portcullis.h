@@ -48,6 +48,10 @@ enum endpoint_flags {
 	/* Default deny (no matching entry) in this direction only audits. */
 	EP_F_INGRESS_AUDIT = 1 << 2,
 	EP_F_EGRESS_AUDIT = 1 << 3,
+	/* The direction has deny entries: they apply even when the direction is
+	 * not in default deny (enableDefaultDeny: false, or deny-only policies). */
+	EP_F_INGRESS_DENIES = 1 << 4,
+	EP_F_EGRESS_DENIES = 1 << 5,
 };
 
 struct endpoint_info {

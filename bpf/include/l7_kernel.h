@@ -140,6 +140,22 @@ static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, _
 /* kfuncs, resolved by name against the kernel's BTF at load time. */
 #define __ksym __attribute__((section(".ksyms")))
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+/* Only passed to kfuncs. It must reach the object's BTF as a struct, not a
+ * forward declaration, which cilium/ebpf refuses to match with the kernel's
+ * struct: http.c names it in its BTF anchor. */
+struct sock_common {
+	unsigned short skc_family;
+};
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+/* Context of iter/tcp programs (struct bpf_iter__tcp); the verifier checks
+ * these accesses against the kernel's own definition. */
+struct bpf_iter_meta;
+struct bpf_iter__tcp {
+	__bpf_md_ptr(struct bpf_iter_meta *, meta);
+	__bpf_md_ptr(struct sock_common *, sk_common);
+	__u32 uid;
+};
 
 #define SEC(name) __attribute__((section(name), used))
 #define __uint(name, val) int(*name)[val]

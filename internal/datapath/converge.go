@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -59,12 +60,21 @@ func (c Changes) String() string {
 func (d *Datapath) Converge(desired State) (Changes, error) {
 	var ch Changes
 
+	denies := map[uint32]map[Direction]bool{}
+	for k, e := range desired.Policy {
+		if e.Action == Deny {
+			if denies[k.EndpointID] == nil {
+				denies[k.EndpointID] = map[Direction]bool{}
+			}
+			denies[k.EndpointID][k.Direction] = true
+		}
+	}
 	endpoints := make(map[uint32]portcullisEndpointInfo, len(desired.Endpoints))
 	for ifindex, e := range desired.Endpoints {
 		if err := validateEndpoint(ifindex, e); err != nil {
 			return ch, err
 		}
-		endpoints[uint32(ifindex)] = endpointValue(e)
+		endpoints[uint32(ifindex)] = endpointValue(e, denies[e.ID])
 	}
 	ipcache := make(map[portcullisIpcacheKey]portcullisIpcacheValue, len(desired.IPCache))
 	for p, id := range desired.IPCache {
@@ -85,6 +95,7 @@ func (d *Datapath) Converge(desired State) (Changes, error) {
 	if err != nil {
 		return ch, err
 	}
+	auditUnderEnforcedDefaultDeny(resolved, desired.Policy, desired.Endpoints)
 	policy := make(map[portcullisPolicyKey]portcullisPolicyValue, len(resolved))
 	for k, e := range resolved {
 		policy[policyKey(k)] = policyValue(e)
@@ -225,4 +236,74 @@ func (d *Datapath) IPCache() (map[netip.Prefix]Identity, error) {
 		return nil, fmt.Errorf("read ip cache: %w", err)
 	}
 	return out, nil
+}
+
+// auditUnderEnforcedDefaultDeny makes an audited deny drop where the enforcing policies would drop
+// anyway. An Audit policy reports what it would deny among what the Enforce policies let through; in a
+// direction whose default deny comes from an Enforce policy, a packet that no allow covers is dropped
+// whatever the Audit policies say. The kernel takes the first (most specific) hit, so an audited deny
+// would otherwise forward such packets. For each audited deny K there: where an allow covers all of K,
+// K stays audited; otherwise K becomes an enforcing deny, and each part of K that an allow does cover
+// (the intersection of K and the allow, a more specific key, so looked up first) gets K's audited deny,
+// unless an enforcing deny covers that part.
+func auditUnderEnforcedDefaultDeny(policy, asGiven map[PolicyKey]PolicyEntry, endpoints map[int]Endpoint) {
+	type epDir struct {
+		id  uint32
+		dir Direction
+	}
+	enforcing := map[epDir]bool{}
+	for _, e := range endpoints {
+		enforcing[epDir{e.ID, Ingress}] = e.IngressEnforced && !e.IngressAudit
+		enforcing[epDir{e.ID, Egress}] = e.EgressEnforced && !e.EgressAudit
+	}
+	allows := map[epDir][]PolicyKey{}
+	var audited []PolicyKey
+	for k, e := range asGiven {
+		if e.Action == Allow {
+			allows[epDir{k.EndpointID, k.Direction}] = append(allows[epDir{k.EndpointID, k.Direction}], k)
+		}
+	}
+	for k, e := range policy {
+		if e.Action == Deny && e.Audit && !e.OverAllow && enforcing[epDir{k.EndpointID, k.Direction}] {
+			audited = append(audited, k)
+		}
+	}
+	// The enforcing denies as the policy gives them, before any audited deny is turned into one here.
+	var enforcingDenies []PolicyKey
+	for d, e := range policy {
+		if e.Action == Deny && !e.Audit {
+			enforcingDenies = append(enforcingDenies, d)
+		}
+	}
+	enforcingDenyCovers := func(k PolicyKey) bool {
+		return slices.ContainsFunc(enforcingDenies, func(d PolicyKey) bool {
+			return d.EndpointID == k.EndpointID && d.Direction == k.Direction && covers(d, k)
+		})
+	}
+	for _, k := range audited {
+		entry := policy[k]
+		as := allows[epDir{k.EndpointID, k.Direction}]
+		if slices.ContainsFunc(as, func(a PolicyKey) bool { return covers(a, k) }) {
+			continue
+		}
+		for _, a := range as {
+			part, ok := intersect(a, k)
+			if !ok || enforcingDenyCovers(part) {
+				continue
+			}
+			if cur, exists := policy[part]; exists && cur.Action == Deny {
+				continue
+			}
+			policy[part] = entry
+		}
+		entry.Audit = false
+		policy[k] = entry
+	}
+}
+
+// covers reports whether key a matches every packet key k matches.
+func covers(a, k PolicyKey) bool {
+	return (a.PeerIdentity == IdentityAny || a.PeerIdentity == k.PeerIdentity) &&
+		(a.Protocol == ProtocolAny || a.Protocol == k.Protocol) &&
+		(a.Port == 0 || a.Port == k.Port)
 }

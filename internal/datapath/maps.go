@@ -11,8 +11,16 @@ import (
 // Kernel encodings of the Go types. Every conversion is total and checked here, so that the setters and
 // Converge never write a key the programs would not look up.
 
-func endpointValue(e Endpoint) portcullisEndpointInfo {
+// endpointValue encodes an endpoint; denies says, per direction, whether the policy map holds deny
+// entries for it (they must be looked up even where default deny is off).
+func endpointValue(e Endpoint, denies map[Direction]bool) portcullisEndpointInfo {
 	var flags portcullisEndpointFlags
+	if denies[Ingress] {
+		flags |= portcullisEndpointFlagsEP_F_INGRESS_DENIES
+	}
+	if denies[Egress] {
+		flags |= portcullisEndpointFlagsEP_F_EGRESS_DENIES
+	}
 	if e.IngressEnforced {
 		flags |= portcullisEndpointFlagsEP_F_INGRESS_ENFORCED
 	}
@@ -162,12 +170,13 @@ func deleteIfPresent[K any](m *ebpf.Map, key K) (bool, error) {
 }
 
 // SetEndpoint writes the endpoint for the host-side interface ifindex, unless the map already holds it.
-// It reports whether it wrote.
+// It reports whether it wrote. Not knowing the policy map, it makes the programs consult it in both
+// directions, so that deny entries apply where default deny is off; Converge sets this precisely.
 func (d *Datapath) SetEndpoint(ifindex int, e Endpoint) (bool, error) {
 	if err := validateEndpoint(ifindex, e); err != nil {
 		return false, err
 	}
-	changed, err := putIfDifferent(d.objs.Endpoints, uint32(ifindex), endpointValue(e))
+	changed, err := putIfDifferent(d.objs.Endpoints, uint32(ifindex), endpointValue(e, map[Direction]bool{Ingress: true, Egress: true}))
 	if err != nil {
 		return false, fmt.Errorf("write endpoint %d (ifindex %d): %w", e.ID, ifindex, err)
 	}

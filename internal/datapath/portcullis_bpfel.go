@@ -73,6 +73,8 @@ const (
 	portcullisEndpointFlagsEP_F_EGRESS_ENFORCED  portcullisEndpointFlags = 2
 	portcullisEndpointFlagsEP_F_INGRESS_AUDIT    portcullisEndpointFlags = 4
 	portcullisEndpointFlagsEP_F_EGRESS_AUDIT     portcullisEndpointFlags = 8
+	portcullisEndpointFlagsEP_F_INGRESS_DENIES   portcullisEndpointFlags = 16
+	portcullisEndpointFlagsEP_F_EGRESS_DENIES    portcullisEndpointFlags = 32
 )
 
 type portcullisEndpointInfo struct {

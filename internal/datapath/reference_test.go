@@ -61,7 +61,16 @@ func reference(rules map[PolicyKey]PolicyEntry, ep Endpoint, p refPacket) refRes
 		enforced, audit = ep.EgressEnforced, ep.EgressAudit
 	}
 	if !enforced {
-		return refResult{Forwarded, ReasonNotEnforced, 0}
+		// Deny entries apply even where default deny is off; without any, nothing is looked up.
+		hasDeny := false
+		for k, e := range rules {
+			if k.EndpointID == ep.ID && k.Direction == p.dir && e.Action == Deny {
+				hasDeny = true
+			}
+		}
+		if !hasDeny {
+			return refResult{Forwarded, ReasonNotEnforced, 0}
+		}
 	}
 	var denies, audits int
 	bestAllow, bestLevel := PolicyEntry{}, 99
@@ -78,13 +87,20 @@ func reference(rules map[PolicyKey]PolicyEntry, ep Endpoint, p refPacket) refRes
 			bestAllow, bestLevel = e, level(k)
 		}
 	}
+	// An audited deny reports what the enforcing view lets through; where that view drops (default
+	// deny from an enforcing policy, no allow), the packet drops.
+	enforcingDrop := enforced && !audit && bestLevel == 99
 	switch {
 	case denies > 0:
+		return refResult{Dropped, ReasonDenied, -1}
+	case audits > 0 && enforcingDrop:
 		return refResult{Dropped, ReasonDenied, -1}
 	case audits > 0:
 		return refResult{Audited, ReasonAudited, -1}
 	case bestLevel < 99:
 		return refResult{Forwarded, ReasonAllowed, int64(bestAllow.PolicyID)}
+	case !enforced:
+		return refResult{Forwarded, ReasonNotEnforced, 0}
 	case audit:
 		return refResult{Audited, ReasonAudited, 0}
 	}
@@ -166,6 +182,8 @@ func TestResolveGivesDenyPrecedenceUnderFirstHitLookup(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Converge applies this after Resolve; the first hit is judged on the same map.
+		auditUnderEnforcedDefaultDeny(resolved, rules, map[int]Endpoint{loIfindex: ep})
 		for j := 0; j < 20; j++ {
 			p := genPacket(r)
 			want := reference(rules, ep, p)

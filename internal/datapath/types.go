@@ -127,6 +127,10 @@ type PolicyEntry struct {
 	L7 bool
 	// PolicyID attributes counters and flow events to the policy that produced the entry.
 	PolicyID uint32
+	// OverAllow, on an audited Deny, says that an allow named the same key and was merged into it by
+	// the caller: the enforcing policies let these packets through, so the deny stays an audit even
+	// where default deny is enforced (see Converge). It is not written to the kernel.
+	OverAllow bool
 }
 
 // Reason tells why a packet got its verdict.

@@ -94,7 +94,8 @@ const (
 	httpL7ReasonL7R_GUARD_DROP         httpL7Reason = 18
 	httpL7ReasonL7R_MSG_PASSED         httpL7Reason = 19
 	httpL7ReasonL7R_MSG_DROPPED        httpL7Reason = 20
-	httpL7ReasonL7R_MAX                httpL7Reason = 21
+	httpL7ReasonL7R_RESET              httpL7Reason = 21
+	httpL7ReasonL7R_MAX                httpL7Reason = 22
 )
 
 type httpL7Rule struct {
@@ -219,6 +220,7 @@ const (
 	httpMapL7State      = "l7_state"
 	httpProgL7Guard     = "l7_guard"
 	httpProgL7Parser    = "l7_parser"
+	httpProgL7Reset     = "l7_reset"
 	httpProgL7Sockops   = "l7_sockops"
 	httpProgL7TestJudge = "l7_test_judge"
 	httpProgL7Verdict   = "l7_verdict"
@@ -268,6 +270,7 @@ type httpSpecs struct {
 type httpProgramSpecs struct {
 	L7Guard     *ebpf.ProgramSpec `ebpf:"l7_guard"`
 	L7Parser    *ebpf.ProgramSpec `ebpf:"l7_parser"`
+	L7Reset     *ebpf.ProgramSpec `ebpf:"l7_reset"`
 	L7Sockops   *ebpf.ProgramSpec `ebpf:"l7_sockops"`
 	L7TestJudge *ebpf.ProgramSpec `ebpf:"l7_test_judge"`
 	L7Verdict   *ebpf.ProgramSpec `ebpf:"l7_verdict"`
@@ -360,6 +363,7 @@ type httpVariables struct {
 type httpPrograms struct {
 	L7Guard     *ebpf.Program `ebpf:"l7_guard"`
 	L7Parser    *ebpf.Program `ebpf:"l7_parser"`
+	L7Reset     *ebpf.Program `ebpf:"l7_reset"`
 	L7Sockops   *ebpf.Program `ebpf:"l7_sockops"`
 	L7TestJudge *ebpf.Program `ebpf:"l7_test_judge"`
 	L7Verdict   *ebpf.Program `ebpf:"l7_verdict"`
@@ -369,6 +373,7 @@ func (p *httpPrograms) Close() error {
 	return _HttpClose(
 		p.L7Guard,
 		p.L7Parser,
+		p.L7Reset,
 		p.L7Sockops,
 		p.L7TestJudge,
 		p.L7Verdict,

@@ -12,6 +12,7 @@ package l7
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // ScanLimit is the largest request line plus header block (through the empty line) the kernel
@@ -54,6 +57,7 @@ type L7 struct {
 	objs   httpObjects
 	pinDir string
 	cg     map[string][]link.Link // cgroup path → sock_ops and guard links
+	reset  *link.Iter             // l7_reset, read once per namespace by ResetDenied
 	tab    *tables
 }
 
@@ -103,10 +107,37 @@ func Load(opts Options) (_ *L7, err error) {
 			return nil, fmt.Errorf("attach %s to the l7 sockhash: %w", a.typ, err)
 		}
 	}
+	if l.reset, err = link.AttachIter(link.IterOptions{Program: l.objs.L7Reset}); err != nil {
+		return nil, fmt.Errorf("create the l7 reset iterator: %w", err)
+	}
 	if l.tab, err = adoptTables(&l.objs); err != nil {
+		l.reset.Close()
 		return nil, err
 	}
 	return l, nil
+}
+
+// ResetDenied resets (TCP RST, from the server's side) every denied connection in the network
+// namespace at netnsPath ("" for the caller's own). Until then a denied client only sees its
+// request go unanswered. The agent calls it for an endpoint's namespace when the denied counters
+// move, or on a short period.
+func (l *L7) ResetDenied(netnsPath string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// A socket iterator walks the namespace of the thread that opens it.
+	err := netns.Do(netnsPath, func() error {
+		rd, err := l.reset.Open()
+		if err != nil {
+			return err
+		}
+		defer rd.Close()
+		_, err = io.Copy(io.Discard, rd)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("reset denied connections in %q: %w", netnsPath, err)
+	}
+	return nil
 }
 
 // AttachCgroup attaches the sock_ops program (which puts accepted sockets of judged ports into the
@@ -273,6 +304,11 @@ func (l *L7) Close() error {
 		}
 	}
 	l.cg = map[string][]link.Link{}
+	if l.reset != nil {
+		if err := l.reset.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close the reset iterator: %w", err))
+		}
+	}
 	if err := l.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close l7 objects: %w", err))
 	}

@@ -23,14 +23,22 @@ var (
 // genRequest builds a request from the pools, then sometimes breaks it.
 func genRequest(r *rand.Rand) []byte {
 	pick := func(s []string) string { return s[r.IntN(len(s))] }
+	// pickGood mostly picks among the first n (well-formed) entries, so that enough requests reach
+	// the rules.
+	pickGood := func(s []string, n int) string {
+		if r.IntN(10) < 9 {
+			return s[r.IntN(n)]
+		}
+		return pick(s)
+	}
 	var b strings.Builder
-	b.WriteString(pick(genMethods) + " " + pick(genTargets) + " " + pick(genVersions) + "\r\n")
+	b.WriteString(pickGood(genMethods, 7) + " " + pickGood(genTargets, 20) + " " + pickGood(genVersions, 2) + "\r\n")
 	for range r.IntN(6) {
 		b.WriteString(pick(genHeaders) + "\r\n")
 	}
 	b.WriteString("\r\n")
 	s := b.String()
-	switch r.IntN(12) {
+	switch r.IntN(24) {
 	case 0: // bare LF
 		s = strings.Replace(s, "\r\n", "\n", 1+r.IntN(3))
 	case 1: // obs-fold

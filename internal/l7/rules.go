@@ -41,13 +41,14 @@ const (
 	ReasonGuardDrop
 	ReasonMessagePassed
 	ReasonMessageDropped
+	ReasonReset
 	numReasons
 )
 
 var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set", "too-long", "bad-method",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
-	"guard-drop", "message-passed", "message-dropped"}
+	"guard-drop", "message-passed", "message-dropped", "reset"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
@@ -562,6 +563,10 @@ type Result struct {
 	Rule int
 }
 
+// testSlot is L7_TEST_SLOT: the scratch buffer only the test program uses, so that Judge on an
+// enforcing instance never disturbs a parser.
+const testSlot = uint32(2)
+
 // Judge runs the kernel matcher on req (the start of a connection's byte stream) for key through
 // BPF_PROG_TEST_RUN: the same C code the stream parser runs on real sockets. Only the first
 // ScanLimit bytes are looked at.
@@ -579,7 +584,7 @@ func (l *L7) Judge(key RuleKey, req []byte) (Result, error) {
 	for i := range per {
 		per[i] = sc
 	}
-	if err := l.objs.L7Scratch.Update(uint32(0), per, ebpf.UpdateAny); err != nil {
+	if err := l.objs.L7Scratch.Update(testSlot, per, ebpf.UpdateAny); err != nil {
 		return Result{}, fmt.Errorf("judge: write scratch buffer: %w", err)
 	}
 	in := httpL7TestCtx{EndpointId: key.EndpointID, PeerIdentity: key.PeerIdentity, Port: uint32(key.Port), Len: uint32(len(req))}

@@ -114,8 +114,8 @@ func Lower(in Input) Result {
 		dep.IngressEnforced, dep.IngressAudit = inRS.Enforced, inRS.Enforced && len(inRS.EnforcedBy) == 0 && len(inRS.AuditEnforcedBy) > 0
 		dep.EgressEnforced, dep.EgressAudit = egRS.Enforced, egRS.Enforced && len(egRS.EnforcedBy) == 0 && len(egRS.AuditEnforcedBy) > 0
 		r.State.Endpoints[ifindex] = dep
-		l.direction(uint32(ifindex), datapath.Ingress, inRS.Entries, name)
-		l.direction(uint32(ifindex), datapath.Egress, egRS.Entries, name)
+		l.direction(uint32(ifindex), datapath.Ingress, &inRS.DirectionPolicy, name)
+		l.direction(uint32(ifindex), datapath.Egress, &egRS.DirectionPolicy, name)
 	}
 	slices.Sort(r.Missing)
 	slices.Sort(r.Unsupported)
@@ -133,6 +133,10 @@ type lowerer struct {
 }
 
 func (l *lowerer) ipcache() {
+	// Addresses outside every known prefix are the world, told apart by family so that world-ipv4 and
+	// world-ipv6 rules can be enforced (as Cilium does in dual-stack clusters).
+	l.r.State.IPCache[netip.MustParsePrefix("0.0.0.0/0")] = datapath.Identity(identity.WorldIPv4)
+	l.r.State.IPCache[netip.MustParsePrefix("::/0")] = datapath.Identity(identity.WorldIPv6)
 	seen := map[datapath.Identity]bool{}
 	for _, e := range l.in.IPCache {
 		ip, err := netip.ParseAddr(e.IP)
@@ -227,7 +231,15 @@ func (l *lowerer) peers(peer string) ([]datapath.Identity, string) {
 
 func (l *lowerer) entity(name string) ([]datapath.Identity, string) {
 	world := func(bits int) []datapath.Identity {
-		ids := []datapath.Identity{datapath.IdentityWorld}
+		var ids []datapath.Identity
+		switch bits {
+		case 0:
+			ids = []datapath.Identity{datapath.IdentityWorld, datapath.Identity(identity.WorldIPv4), datapath.Identity(identity.WorldIPv6)}
+		case 32:
+			ids = []datapath.Identity{datapath.Identity(identity.WorldIPv4)}
+		case 128:
+			ids = []datapath.Identity{datapath.Identity(identity.WorldIPv6)}
+		}
 		for p, id := range l.cidrs {
 			if bits == 0 || p.Addr().BitLen() == bits {
 				ids = append(ids, id)
@@ -294,8 +306,14 @@ func portRange(s string) (uint16, uint16, error) {
 	return uint16(a), uint16(b), nil
 }
 
-func (l *lowerer) direction(epID uint32, dir datapath.Direction, entries []v1alpha1.PolicyEntry, ep string) {
-	for _, e := range entries {
+func (l *lowerer) direction(epID uint32, dir datapath.Direction, dp *v1alpha1.DirectionPolicy, ep string) {
+	for _, e := range dp.Entries {
+		if e.Audit && e.Action != "Deny" && len(dp.EnforcedBy) > 0 {
+			// An Audit policy's allow never opens what an Enforce policy's default deny closes; in a
+			// single kernel lookup it could only hide that deny, so it is left out. (Where default
+			// deny comes from Audit policies alone, the allow stays: it silences the audit report.)
+			continue
+		}
 		ids, why := l.peers(e.Peer)
 		if why != "" {
 			l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s %s %s %s/%s: %s", ep, dir, e.Action, e.Protocol, e.Ports, why))
@@ -358,10 +376,14 @@ func merge(old, add datapath.PolicyEntry) datapath.PolicyEntry {
 		if !add.Audit {
 			old.Audit, old.PolicyID = false, add.PolicyID
 		}
+		old.OverAllow = old.OverAllow || add.OverAllow
 		return old
 	case old.Action == datapath.Deny:
+		// An audited deny over an allow of the same key: the enforcing view allows, the audit reports.
+		old.OverAllow = old.OverAllow || (old.Audit && add.Action == datapath.Allow)
 		return old
 	case add.Action == datapath.Deny:
+		add.OverAllow = add.Audit
 		return add
 	}
 	if !add.L7 && old.L7 {

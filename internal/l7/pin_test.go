@@ -1,0 +1,100 @@
+package l7
+
+import (
+	"maps"
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// mountBPFFS mounts a private bpffs for the test and unmounts it at the end.
+func mountBPFFS(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("bpffs", dir, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount bpffs: %v", err)
+		}
+	})
+	return dir
+}
+
+// Rule sets survive a restart through pinned maps, rewriting the same rules writes nothing, and a
+// new loader never hands out a table a live rule set still uses.
+func TestPrivilegedPinnedRulesSurviveRestartAndWritesAreIdempotent(t *testing.T) {
+	requireRoot(t)
+	dir := mountBPFFS(t)
+	key := RuleKey{EndpointID: 7, Port: 80}
+	get := []byte("GET /v1/x HTTP/1.1\r\nX-A: b\r\n\r\n")
+	post := []byte("POST /v2 HTTP/1.1\r\n\r\n")
+	rules := []string{`method="GET" path="/v1/.*" header="X-A: b"`}
+
+	l1, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.SetRules(key, rules); err != nil {
+		t.Fatal(err)
+	}
+	next, refs := l1.tab.nextDFA, maps.Clone(l1.tab.dfaRefs)
+	if err := l1.SetRules(key, rules); err != nil {
+		t.Fatal(err)
+	}
+	if l1.tab.nextDFA != next || !maps.Equal(refs, l1.tab.dfaRefs) {
+		t.Fatalf("rewriting the same rules allocated tables: next %d→%d, refs %v→%v", next, l1.tab.nextDFA, refs, l1.tab.dfaRefs)
+	}
+	if r, err := l1.Judge(key, get); err != nil || r.Decision != Allow {
+		t.Fatalf("before restart: %+v %v", r, err)
+	}
+	if err := l1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	l2, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l2.Unpin()
+		l2.Close()
+	})
+	if r, err := l2.Judge(key, get); err != nil || r.Decision != Allow {
+		t.Fatalf("after restart: %+v %v", r, err)
+	}
+	adopted := maps.Clone(l2.tab.dfaSpan)
+	if len(adopted) != 2 {
+		t.Fatalf("adopted dfas %v, want method and path", adopted)
+	}
+	if err := l2.SetRules(RuleKey{EndpointID: 8, Port: 80}, []string{`method="POST" path="/v2"`}); err != nil {
+		t.Fatal(err)
+	}
+	for id, sp := range l2.tab.dfaSpan {
+		if _, old := adopted[id]; old {
+			continue
+		}
+		for oid, osp := range adopted {
+			if id == oid || sp.base < osp.base+osp.size && osp.base < sp.base+sp.size {
+				t.Fatalf("new dfa %d %v collides with adopted dfa %d %v", id, sp, oid, osp)
+			}
+		}
+	}
+	if r, err := l2.Judge(key, get); err != nil || r.Decision != Allow {
+		t.Fatalf("adopted rules broken by a new rule set: %+v %v", r, err)
+	}
+	if r, err := l2.Judge(RuleKey{EndpointID: 8, Port: 80}, post); err != nil || r.Decision != Allow {
+		t.Fatalf("new rule set: %+v %v", r, err)
+	}
+	if err := l2.DeleteRules(key); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := l2.Judge(key, get); err != nil || r.Decision != Deny || r.Reason != ReasonNoRuleSet {
+		t.Fatalf("deleted rule set still judges: %+v %v", r, err)
+	}
+	if _, err := os.Stat(dir + "/l7_socks"); err != nil {
+		t.Fatalf("sockhash not pinned: %v", err)
+	}
+}

@@ -1,0 +1,483 @@
+package l7
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The server half of TestPrivilegedHTTPAtTheSocket runs in a child process (the test binary run
+// again with L7_TEST_SERVER set), so that it lives in a cgroup of its own: sock_ops applies to sockets
+// created by processes of the cgroup it is attached to. It prints "ready" and then one "seen METHOD
+// TARGET BODYLEN" line per request it receives.
+func TestHelperServerProcess(t *testing.T) {
+	addr := os.Getenv("L7_TEST_SERVER")
+	if addr == "" {
+		t.Skip("helper process for TestPrivilegedHTTPAtTheSocket")
+	}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(os.Getenv("L7_TEST_SERVER_MPTCP") == "1")
+	ln, err := lc.Listen(context.Background(), "tcp4", addr)
+	if err != nil {
+		fmt.Println("listen:", err)
+		os.Exit(1)
+	}
+	var mu sync.Mutex
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		fmt.Printf("seen %s %s %d\n", r.Method, r.RequestURI, n)
+		mu.Unlock()
+		w.Header().Set("Content-Length", "2")
+		w.Write([]byte("ok"))
+	})}
+	fmt.Println("ready")
+	srv.Serve(ln)
+	os.Exit(0)
+}
+
+type testEnv struct {
+	l        *L7
+	srvNS    string
+	cliNS    string
+	cgroup   string
+	srvAddr  netip.Addr
+	cliAddr  netip.Addr
+	mu       sync.Mutex
+	seen     []string
+	seenCond chan struct{}
+}
+
+func cmdRun(t *testing.T, name string, args ...string) {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// inNS runs fn on a locked OS thread inside the named network namespace; sockets and child
+// processes fn creates belong to it.
+func inNS(t *testing.T, name string, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("open own netns: %v", err)
+	}
+	defer orig.Close()
+	target, err := os.Open("/run/netns/" + name)
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("open netns %s: %v", name, err)
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("setns %s: %v", name, err)
+	}
+	defer func() {
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			t.Errorf("setns back from %s: %v", name, err) // the thread stays locked and is retired
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	fn()
+}
+
+// newTestEnv builds two network namespaces joined by a veth pair, a cgroup with the programs
+// attached, and loads the programs; everything is removed when the test ends.
+func newTestEnv(t *testing.T) *testEnv {
+	t.Helper()
+	const cgroupRoot = "/sys/fs/cgroup/unified"
+	var st unix.Statfs_t
+	if err := unix.Statfs(cgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		t.Fatalf("%s is not a cgroup v2 mount (%v)", cgroupRoot, err)
+	}
+	id := strconv.Itoa(os.Getpid())
+	e := &testEnv{srvNS: "pcl-l7-s" + id, cliNS: "pcl-l7-c" + id, cgroup: filepath.Join(cgroupRoot, "pcl-l7-"+id),
+		srvAddr: netip.MustParseAddr("10.199.0.1"), cliAddr: netip.MustParseAddr("10.199.0.2"), seenCond: make(chan struct{}, 1024)}
+	for _, ns := range []string{e.srvNS, e.cliNS} {
+		cmdRun(t, "ip", "netns", "add", ns)
+		t.Cleanup(func() {
+			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+				t.Errorf("delete netns %s: %v: %s", ns, err, out)
+			}
+		})
+	}
+	cmdRun(t, "ip", "link", "add", "l7s"+id, "netns", e.srvNS, "type", "veth", "peer", "name", "l7c"+id, "netns", e.cliNS)
+	for _, c := range [][]string{
+		{"-n", e.srvNS, "addr", "add", e.srvAddr.String() + "/24", "dev", "l7s" + id},
+		{"-n", e.cliNS, "addr", "add", e.cliAddr.String() + "/24", "dev", "l7c" + id},
+		{"-n", e.srvNS, "link", "set", "l7s" + id, "up"}, {"-n", e.cliNS, "link", "set", "l7c" + id, "up"},
+		{"-n", e.srvNS, "link", "set", "lo", "up"}, {"-n", e.cliNS, "link", "set", "lo", "up"},
+	} {
+		cmdRun(t, "ip", c...)
+	}
+	if err := os.Mkdir(e.cgroup, 0o755); err != nil {
+		t.Fatalf("create cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		// The cgroup can only go once its processes are gone; the server is killed by an earlier
+		// cleanup (cleanups run last-in first-out).
+		for i := 0; ; i++ {
+			err := os.Remove(e.cgroup)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			if i == 50 {
+				t.Errorf("remove cgroup %s: %v", e.cgroup, err)
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	l, err := Load(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	e.l = l
+	if err := l.AttachCgroup(e.cgroup); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// startServer starts the server process in the server namespace and the test cgroup.
+func (e *testEnv) startServer(t *testing.T, port uint16, mptcp bool) {
+	t.Helper()
+	cg, err := os.Open(e.cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperServerProcess$", "-test.v=false")
+	cmd.Env = append(os.Environ(), "L7_TEST_SERVER="+netip.AddrPortFrom(e.srvAddr, port).String())
+	if mptcp {
+		cmd.Env = append(cmd.Env, "L7_TEST_SERVER_MPTCP=1")
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inNS(t, e.srvNS, func() { err = cmd.Start() })
+	if err != nil {
+		t.Fatalf("start server: %v", err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = unix.Kill(pid, unix.SIGKILL) // only the process this test started, by its PID
+		_ = cmd.Wait()
+	})
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			line := sc.Text()
+			if line == "ready" {
+				close(ready)
+				continue
+			}
+			if strings.HasPrefix(line, "seen ") {
+				e.mu.Lock()
+				e.seen = append(e.seen, strings.TrimPrefix(line, "seen "))
+				e.mu.Unlock()
+				e.seenCond <- struct{}{}
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not start")
+	}
+}
+
+func (e *testEnv) sawTarget(target string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, s := range e.seen {
+		if f := strings.Fields(s); len(f) >= 2 && f[1] == target {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *testEnv) waitSeen(t *testing.T, target string) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for !e.sawTarget(target) {
+		select {
+		case <-e.seenCond:
+		case <-deadline:
+			t.Fatalf("server never saw %s; it saw %v", target, e.seen)
+		}
+	}
+}
+
+func (e *testEnv) dial(t *testing.T, port uint16, mptcp bool) net.Conn {
+	t.Helper()
+	var c net.Conn
+	var err error
+	inNS(t, e.cliNS, func() {
+		var d net.Dialer
+		d.Timeout = 5 * time.Second
+		d.SetMultipathTCP(mptcp)
+		c, err = d.Dial("tcp4", netip.AddrPortFrom(e.srvAddr, port).String())
+	})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// readResponses reads up to n responses ("HTTP/1.1 200" status lines) until the deadline.
+func readResponses(c net.Conn, n int, wait time.Duration) (int, error) {
+	c.SetReadDeadline(time.Now().Add(wait))
+	br := bufio.NewReader(c)
+	got := 0
+	for got < n {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return got, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			got++
+		}
+	}
+	return got, nil
+}
+
+func req(method, target string, extra ...string) string {
+	s := method + " " + target + " HTTP/1.1\r\nHost: server\r\n"
+	for _, h := range extra {
+		s += h + "\r\n"
+	}
+	return s + "\r\n"
+}
+
+// expectDenied checks that the client gets no response (a timeout or a reset) and that the
+// server never saw target.
+func (e *testEnv) expectDenied(t *testing.T, c net.Conn, target string) {
+	t.Helper()
+	n, err := readResponses(c, 1, 1500*time.Millisecond)
+	if n != 0 {
+		t.Fatalf("denied request %s got a 200 response", target)
+	}
+	if err == nil {
+		t.Fatalf("denied request %s: no error reading the response", target)
+	}
+	if e.sawTarget(target) {
+		t.Fatalf("the server saw denied request %s", target)
+	}
+}
+
+// counter reads one kernel counter.
+func (e *testEnv) counter(t *testing.T, r Reason) uint64 {
+	t.Helper()
+	c, err := e.l.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c[r.String()]
+}
+
+func TestPrivilegedHTTPAtTheSocket(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	const port, mptcpPort, peer = 8080, 8081, 5000
+	for _, p := range []uint16{port, mptcpPort} {
+		if err := e.l.SetPort(e.srvAddr, p, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.l.SetRules(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: p}, []string{
+			`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.l.SetIdentity(netip.PrefixFrom(e.cliAddr, 32), peer); err != nil {
+		t.Fatal(err)
+	}
+	e.startServer(t, port, false)
+
+	t.Run("allowed request reaches the server", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		io.WriteString(c, req("GET", "/allowed/a"))
+		if n, err := readResponses(c, 1, 5*time.Second); n != 1 {
+			t.Fatalf("no response: %v", err)
+		}
+		e.waitSeen(t, "/allowed/a")
+	})
+	t.Run("denied request never reaches the server and the deny is sticky", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		io.WriteString(c, req("GET", "/secret"))
+		e.expectDenied(t, c, "/secret")
+		io.WriteString(c, req("GET", "/allowed/after-deny"))
+		e.expectDenied(t, c, "/allowed/after-deny")
+	})
+	t.Run("a denied client is reset by ResetDenied", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		io.WriteString(c, req("GET", "/secret-reset"))
+		time.Sleep(200 * time.Millisecond) // let the parser judge it
+		if err := e.l.ResetDenied("/run/netns/" + e.srvNS); err != nil {
+			t.Fatal(err)
+		}
+		n, err := readResponses(c, 1, 2*time.Second)
+		if n != 0 || !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("got %d responses and %v, want a connection reset", n, err)
+		}
+		if e.sawTarget("/secret-reset") {
+			t.Fatal("the server saw the denied request")
+		}
+		// An allowed connection in the same namespace is left alone.
+		c2 := e.dial(t, port, false)
+		io.WriteString(c2, req("GET", "/allowed/survivor"))
+		if n, err := readResponses(c2, 1, 5*time.Second); n != 1 {
+			t.Fatalf("no response: %v", err)
+		}
+		if err := e.l.ResetDenied("/run/netns/" + e.srvNS); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c2, req("GET", "/allowed/survivor2"))
+		if n, err := readResponses(c2, 1, 5*time.Second); n != 1 {
+			t.Fatalf("allowed connection broken by ResetDenied: %v", err)
+		}
+	})
+	t.Run("pipelined requests are judged each", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		io.WriteString(c, req("GET", "/allowed/p1")+req("POST", "/upload", "Content-Length: 5")+"hello"+req("GET", "/allowed/p2")+req("GET", "/secret-p3")+req("GET", "/allowed/p4"))
+		n, _ := readResponses(c, 4, 3*time.Second)
+		if n != 3 {
+			t.Fatalf("got %d responses, want 3 (p1, upload, p2)", n)
+		}
+		e.waitSeen(t, "/allowed/p2")
+		e.waitSeen(t, "/upload")
+		time.Sleep(500 * time.Millisecond)
+		if e.sawTarget("/secret-p3") || e.sawTarget("/allowed/p4") {
+			t.Fatalf("the server saw a request at or after the denied one: %v", e.seen)
+		}
+	})
+	t.Run("a request split over several writes is judged once complete", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		for _, part := range []string{"GET /allo", "wed/split HTTP/1.1\r\nHo", "st: server\r\n", "\r\n"} {
+			io.WriteString(c, part)
+			time.Sleep(150 * time.Millisecond)
+		}
+		if n, err := readResponses(c, 1, 5*time.Second); n != 1 {
+			t.Fatalf("no response: %v", err)
+		}
+		e.waitSeen(t, "/allowed/split")
+
+		c2 := e.dial(t, port, false)
+		for _, part := range []string{"GET /allowed", "-not HTTP/1.1\r\n", "\r\n"} {
+			io.WriteString(c2, part)
+			time.Sleep(150 * time.Millisecond)
+		}
+		e.expectDenied(t, c2, "/allowed-not")
+	})
+	t.Run("a request with a body larger than the receive buffer streams through", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		body := strings.Repeat("x", 4<<20)
+		go io.WriteString(c, req("POST", "/upload", "Content-Length: "+strconv.Itoa(len(body)))+body+req("GET", "/allowed/after-body"))
+		if n, err := readResponses(c, 2, 20*time.Second); n != 2 {
+			t.Fatalf("got %d responses: %v", n, err)
+		}
+		e.waitSeen(t, "/allowed/after-body")
+	})
+	t.Run("an over-long header block is denied", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		io.WriteString(c, req("GET", "/allowed/long", "X-Pad: "+strings.Repeat("a", ScanLimit)))
+		e.expectDenied(t, c, "/allowed/long")
+	})
+	t.Run("malformed requests are denied", func(t *testing.T) {
+		for _, raw := range []string{
+			"GET /allowed/te HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+			"GET /allowed/cl HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+			"GET /allowed/fold HTTP/1.1\r\nHost: s\r\nX: a\r\n b\r\n\r\n",
+			"get /allowed/lower HTTP/1.1\r\nHost: s\r\n\r\n",
+		} {
+			c := e.dial(t, port, false)
+			io.WriteString(c, raw)
+			target := strings.Fields(raw)[1]
+			e.expectDenied(t, c, target)
+		}
+	})
+	t.Run("an MPTCP client falls back to TCP and is judged", func(t *testing.T) {
+		c := e.dial(t, port, true)
+		io.WriteString(c, req("GET", "/allowed/mptcp"))
+		if n, err := readResponses(c, 1, 5*time.Second); n != 1 {
+			t.Fatalf("no response: %v", err)
+		}
+		c2 := e.dial(t, port, true)
+		io.WriteString(c2, req("GET", "/secret-mptcp"))
+		e.expectDenied(t, c2, "/secret-mptcp")
+	})
+	t.Run("a socket removed from the SOCKHASH is not left unenforced", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		io.WriteString(c, req("GET", "/allowed/before-removal"))
+		if n, err := readResponses(c, 1, 5*time.Second); n != 1 {
+			t.Fatalf("no response: %v", err)
+		}
+		drops := e.counter(t, ReasonGuardDrop)
+		socks, err := e.l.Sockets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range socks {
+			if err := e.l.RemoveSocket(s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		io.WriteString(c, req("GET", "/allowed/after-removal"))
+		e.expectDenied(t, c, "/allowed/after-removal")
+		if e.counter(t, ReasonGuardDrop) == drops {
+			t.Fatal("the guard did not count the drop")
+		}
+	})
+	t.Run("an MPTCP listener cannot be used to bypass", func(t *testing.T) {
+		e.startServer(t, mptcpPort, true)
+		failed := e.counter(t, ReasonInsertFailed)
+		c := e.dial(t, mptcpPort, true)
+		io.WriteString(c, req("GET", "/secret-mptcp-listener"))
+		e.expectDenied(t, c, "/secret-mptcp-listener")
+		// The kernel refuses MPTCP subflows in a SOCKHASH; the guard then drops their data, so even
+		// allowed requests fail on an MPTCP listener: endpoints must listen without MPTCP.
+		if e.counter(t, ReasonInsertFailed) == failed {
+			t.Fatal("the MPTCP subflow was not refused by the SOCKHASH; what judged it?")
+		}
+		c2 := e.dial(t, mptcpPort, true)
+		io.WriteString(c2, req("GET", "/allowed/mptcp-listener"))
+		e.expectDenied(t, c2, "/allowed/mptcp-listener")
+	})
+	counters, err := e.l.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel counters: %v", counters)
+}

@@ -1,0 +1,84 @@
+package l7
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestCellRangesAreReusedOnlyAfterQuarantine(t *testing.T) {
+	tb := newTables(16, 16, 100)
+	now := time.Unix(0, 0)
+	tb.now = func() time.Time { return now }
+	a, _ := tb.allocCells(40)
+	b, _ := tb.allocCells(40)
+	if a != 0 || b != 40 {
+		t.Fatalf("first fit: got %d, %d", a, b)
+	}
+	if _, ok := tb.allocCells(30); ok {
+		t.Fatal("allocated past the end of the table")
+	}
+	tb.pending = append(tb.pending, freed{id: 1, cells: span{a, 40}, at: now})
+	tb.expire()
+	if _, ok := tb.allocCells(30); ok {
+		t.Fatal("reused a range still in quarantine")
+	}
+	now = now.Add(quarantine)
+	tb.expire()
+	if c, ok := tb.allocCells(30); !ok || c != 0 {
+		t.Fatalf("range not reused after quarantine: %d %v", c, ok)
+	}
+	if !slices.Contains(tb.freeIDs, 1) {
+		t.Fatal("id not reusable after quarantine")
+	}
+}
+
+func TestReleasedCellRangesCoalesce(t *testing.T) {
+	tb := newTables(16, 16, 90)
+	x, _ := tb.allocCells(30)
+	y, _ := tb.allocCells(30)
+	z, _ := tb.allocCells(30)
+	tb.releaseCells(span{x, 30})
+	tb.releaseCells(span{z, 30})
+	tb.releaseCells(span{y, 30})
+	if len(tb.freeCells) != 1 || tb.freeCells[0] != (span{0, 90}) {
+		t.Fatalf("free list %v, want one range of 90", tb.freeCells)
+	}
+}
+
+func TestCompileRulesRejectsWhatTheKernelCannotHold(t *testing.T) {
+	many := make([]string, MaxRules+1)
+	for i := range many {
+		many[i] = "any"
+	}
+	for name, rules := range map[string][]string{
+		"too many rules":   many,
+		"too many headers": {`header="A" header="B" header="C" header="D" header="E"`},
+		"long header name": {`header="X` + stringOf('n', MaxHeaderName) + `"`},
+		"bad regex":        {`path="("`},
+		"unsupported":      {`path="a\\bb"`},
+		"malformed text":   {`path=/x`},
+	} {
+		if _, err := CompileRules(rules); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	got, err := CompileRules([]string{`method="GET" path="/a" header="X-Y: z" logHeader="X-Log: 1"`, "any"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0].Method == nil || got[0].Path == nil || got[0].Host != nil || len(got[0].Headers) != 1 || got[0].Headers[0] != (HeaderRequirement{"x-y", "z"}) {
+		t.Fatalf("compiled %+v", got[0])
+	}
+	if got[1].Method != nil || got[1].Path != nil || got[1].Host != nil || got[1].Headers != nil {
+		t.Fatalf(`"any" compiled to %+v`, got[1])
+	}
+}
+
+func stringOf(c byte, n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = c
+	}
+	return string(b)
+}
