@@ -76,7 +76,9 @@ lab-down: ## Stop the lab and remove everything it created.
 
 .PHONY: test
 test: setup verify vet ## Run every test: unit, envtest, and (as root) privileged.
-	go test -count=1 ./...
+	# One package at a time: the privileged packages share the kernel (BPF, namespaces), and the
+	# control-plane tests check latencies that a parallel lab run would distort.
+	go test -count=1 -p 1 ./...
 
 .PHONY: test-short
 test-short: ## Run the unit tests only (no control plane, no root).

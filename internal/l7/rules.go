@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -178,8 +177,8 @@ type tables struct {
 	freeCells []span // sorted by base, coalesced
 	pending   []freed
 	pendHdrs  []freed
-	ruleRefs  map[RuleKey][]uint32 // dfa ids then header ids, with their kinds in refKinds
-	ruleHdrs  map[RuleKey][]uint32
+	ruleRefs  map[RuleKey][]uint32 // dfa ids each rule set holds a reference on
+	ruleHdrs  map[RuleKey][]uint32 // header ids each rule set holds a reference on
 	now       func() time.Time
 }
 
@@ -236,7 +235,8 @@ func adoptTables(objs *httpObjects) (*tables, error) {
 		return nil, fmt.Errorf("adopt l7 rule sets: %w", err)
 	}
 	// Ids below next that nobody references are free (after quarantine: a previous agent may have
-	// just released them).
+	// just released them). Their cells are free at once: an agent restart takes longer than the
+	// quarantine.
 	for id := uint32(1); id < t.nextDFA; id++ {
 		if t.dfaRefs[id] == 0 {
 			t.pending = append(t.pending, freed{id: id, at: t.now()})
@@ -517,7 +517,7 @@ func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) (err error) {
 	}
 	k := key.kernel()
 	var have httpL7Ruleset
-	if err := l.objs.L7Rulesets.Lookup(&k, &have); err != nil || !rulesetEqual(&have, &want) {
+	if err := l.objs.L7Rulesets.Lookup(&k, &have); err != nil || have != want {
 		if err := l.objs.L7Rulesets.Update(&k, &want, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("set l7 rules for %+v: %w", key, err)
 		}
@@ -526,13 +526,6 @@ func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) (err error) {
 	l.releaseHeaders(l.tab.ruleHdrs[key])
 	l.tab.ruleRefs[key], l.tab.ruleHdrs[key] = dfas, hdrs
 	return nil
-}
-
-func rulesetEqual(a, b *httpL7Ruleset) bool {
-	var ba, bb bytes.Buffer
-	fmt.Fprint(&ba, *a)
-	fmt.Fprint(&bb, *b)
-	return bytes.Equal(ba.Bytes(), bb.Bytes())
 }
 
 // DeleteRules removes the rule set of key: requests for it are then judged by the wildcard-peer
