@@ -1,9 +1,12 @@
 package e2e_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/portcullis-dev/portcullis/controllers/agent"
 	"github.com/portcullis-dev/portcullis/internal/labcluster"
 )
 
@@ -74,5 +77,48 @@ func TestPrivilegedIPv6AndUDPAcrossNodes(t *testing.T) {
 		{name: "UDP between pods no policy selects, across nodes", from: shipping, to: auth, port: 5353, udp: true, want: allowed},
 		{name: "UDP over IPv6 across nodes", from: reporting, to: ip6(t, auth), port: 5353, udp: true, want: allowed},
 		{name: "UDP into a default-deny endpoint is dropped", from: reporting, to: user, port: 5353, udp: true, want: dropped},
+	})
+}
+
+func TestPrivilegedFlowsNameBothPodsAndThePolicy(t *testing.T) {
+	needLab(t)
+	settle(t)
+	const (
+		user      = "production/user-service"
+		auth      = "production/auth-service"
+		reporting = "production/reporting-service"
+	)
+	if got := request(t, auth, user, 8080, "POST", "/v1/users"); got != allowed {
+		t.Fatalf("allowed request was %s", got)
+	}
+	if got := request(t, reporting, user, 8080, "POST", "/v1/users"); got != dropped {
+		t.Fatalf("denied request was %s", got)
+	}
+	var flows []agent.FlowRecord
+	waitFor(t, 5*time.Second, "both flows reported by node-a's agent", func() error {
+		body, err := cluster.AgentGet(ctxT(t, 3*time.Second), "node-a", "/flows?pod="+user)
+		if err != nil {
+			return err
+		}
+		flows = nil
+		if err := json.Unmarshal(body, &flows); err != nil {
+			return err
+		}
+		var sawAllow, sawDrop bool
+		for _, f := range flows {
+			if f.Dest.Pod != user || f.Direction != "ingress" || f.Dest.Port != 8080 {
+				continue
+			}
+			switch {
+			case f.Source.Pod == auth && f.Verdict == "forwarded" && f.Policy == "ap/production/user-service-api-policy":
+				sawAllow = true
+			case f.Source.Pod == reporting && f.Verdict == "dropped":
+				sawDrop = true
+			}
+		}
+		if !sawAllow || !sawDrop {
+			return fmt.Errorf("allowed flow seen %v, dropped flow seen %v, among %d flows", sawAllow, sawDrop, len(flows))
+		}
+		return nil
 	})
 }

@@ -591,3 +591,54 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 		})
 	})
 }
+
+func TestUnusedIdentitiesAreCollectedAfterTheDelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs the control plane; not run with -short")
+	}
+	startOperator(t, operator.Options{IdentityGCDelay: 2 * time.Second, IdentityGCInterval: 200 * time.Millisecond})
+	createNamespace(t, "gc", nil)
+	if err := cp.Client.Create(ctxT(t), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-gc"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	pod := createPod(t, "gc", "short-lived", "node-gc", "10.0.9.9", map[string]string{"app": "short-lived"})
+	var id string
+	eventually(t, 10*time.Second, "identity allocated", func() error {
+		var sids v1alpha1.SecurityIdentityList
+		if err := cp.Client.List(ctxT(t), &sids); err != nil {
+			return err
+		}
+		for _, s := range sids.Items {
+			if contains(s.Spec.Labels, "k8s:app=short-lived") {
+				id = s.Name
+				return nil
+			}
+		}
+		return errNotYet
+	})
+	deleted := time.Now()
+	if err := cp.Client.Delete(ctxT(t), pod); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "unused identity marked", func() error {
+		var sid v1alpha1.SecurityIdentity
+		if err := cp.Client.Get(ctxT(t), types.NamespacedName{Name: id}, &sid); err != nil {
+			return err
+		}
+		if sid.Status.UnusedSince == nil {
+			return errNotYet
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, "unused identity deleted", func() error {
+		var sid v1alpha1.SecurityIdentity
+		err := cp.Client.Get(ctxT(t), types.NamespacedName{Name: id}, &sid)
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (%v)", err)
+	})
+	if since := time.Since(deleted); since < 2*time.Second {
+		t.Errorf("identity deleted %s after its last pod, before the 2 s delay", since)
+	}
+}
