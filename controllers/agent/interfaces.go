@@ -2,53 +2,57 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
+	"encoding/binary"
 	"fmt"
-	"net"
 	"net/netip"
-	"os/exec"
-	"strings"
+	"syscall"
+	"unsafe"
 )
 
-// RouteInterfaces reads the routing table of the agent's network namespace and returns, for every
-// host route (/32 or /128), the index of its interface: a routed CNI (Calico, Cilium, the lab) gives
-// each pod such a route via the host side of its veth.
-func RouteInterfaces(ctx context.Context) (map[netip.Addr]int, error) {
+// RouteInterfaces reads the main routing table of the calling thread's network namespace over
+// netlink and returns, for every host route (/32 or /128), the index of its outgoing interface: a
+// routed CNI (Calico, Cilium, the lab) gives each pod such a route via the host side of its veth. It
+// needs no external command, so it works in a minimal container image.
+func RouteInterfaces(context.Context) (map[netip.Addr]int, error) {
+	raw, err := syscall.NetlinkRIB(syscall.RTM_GETROUTE, syscall.AF_UNSPEC)
+	if err != nil {
+		return nil, fmt.Errorf("dump routes: %w", err)
+	}
+	msgs, err := syscall.ParseNetlinkMessage(raw)
+	if err != nil {
+		return nil, fmt.Errorf("parse route dump: %w", err)
+	}
 	out := map[netip.Addr]int{}
-	for _, family := range []string{"-4", "-6"} {
-		raw, err := exec.CommandContext(ctx, "ip", "-j", family, "route", "show", "table", "main").Output()
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Header.Type != syscall.RTM_NEWROUTE || len(m.Data) < syscall.SizeofRtMsg {
+			continue
+		}
+		rtm := (*syscall.RtMsg)(unsafe.Pointer(&m.Data[0]))
+		host := (rtm.Family == syscall.AF_INET && rtm.Dst_len == 32) || (rtm.Family == syscall.AF_INET6 && rtm.Dst_len == 128)
+		if !host || rtm.Table != syscall.RT_TABLE_MAIN {
+			continue
+		}
+		attrs, err := syscall.ParseNetlinkRouteAttr(m)
 		if err != nil {
-			return nil, fmt.Errorf("ip %s route show: %w", family, err)
+			continue
 		}
-		var routes []struct {
-			Dst string `json:"dst"`
-			Dev string `json:"dev"`
-		}
-		if err := json.Unmarshal(raw, &routes); err != nil {
-			return nil, fmt.Errorf("parse ip route output: %w", err)
-		}
-		for _, r := range routes {
-			if r.Dev == "" || r.Dst == "" || r.Dst == "default" {
-				continue
-			}
-			dst := r.Dst
-			if p, err := netip.ParsePrefix(dst); err == nil {
-				if !p.IsSingleIP() {
-					continue
+		var dst netip.Addr
+		oif := 0
+		for _, a := range attrs {
+			switch a.Attr.Type {
+			case syscall.RTA_DST:
+				if ip, ok := netip.AddrFromSlice(a.Value); ok {
+					dst = ip.Unmap()
 				}
-				dst = p.Addr().String()
-			} else if strings.Contains(dst, "/") {
-				continue
+			case syscall.RTA_OIF:
+				if len(a.Value) >= 4 {
+					oif = int(binary.NativeEndian.Uint32(a.Value))
+				}
 			}
-			addr, err := netip.ParseAddr(dst)
-			if err != nil {
-				continue
-			}
-			ifc, err := net.InterfaceByName(r.Dev)
-			if err != nil {
-				continue
-			}
-			out[addr.Unmap()] = ifc.Index
+		}
+		if dst.IsValid() && oif > 0 {
+			out[dst] = oif
 		}
 	}
 	return out, nil
