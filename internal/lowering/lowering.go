@@ -45,13 +45,37 @@ type Result struct {
 	// Unsupported lists entries the dataplane cannot enforce yet, with the reason; they enforce
 	// nothing (a missing allow is a deny), which is the safe side.
 	Unsupported []string
-	// L7AtL4 lists allow entries with HTTP rules, which the dataplane enforces at L3/L4 only (the
-	// peer reaches the port whatever the request) until HTTP is judged in the kernel.
+	// L7AtL4 lists allow entries with HTTP rules that the dataplane enforces at L3/L4 only (the peer
+	// reaches the port whatever the request): egress HTTP rules, until the client side is judged.
 	L7AtL4 []string
+	// HTTPRuleSets are the HTTP rules that judge the requests each peer sends to each judged port of
+	// an endpoint (ingress). A peer that an L4-only rule also allows on that port gets ["any"].
+	HTTPRuleSets []HTTPRuleSet
+	// HTTPPorts are the local addresses and ports whose requests are judged.
+	HTTPPorts []HTTPPort
 	// Policies maps the policy ids in the kernel to the policies (Kind/namespace/name) they stand for,
 	// to attribute counters and flow events.
 	Policies map[uint32]string
 }
+
+// HTTPRuleSet is the set of normalized HTTP rules (policy.ParseHTTPRule strings) for requests from
+// one peer identity (0: any peer) to one port of an endpoint. Rules are OR-ed.
+type HTTPRuleSet struct {
+	EndpointID   uint32
+	PeerIdentity datapath.Identity
+	Port         uint16
+	Rules        []string
+}
+
+// HTTPPort is a local address and port of an endpoint whose requests are judged at the socket.
+type HTTPPort struct {
+	Addr       netip.Addr
+	Port       uint16
+	EndpointID uint32
+}
+
+// maxHTTPPortRange bounds how many ports one HTTP rule may cover: each judged port is a kernel key.
+const maxHTTPPortRange = 1024
 
 // PolicyID is the stable number that attributes kernel entries to a policy origin.
 func PolicyID(origin string) uint32 {
@@ -116,10 +140,23 @@ func Lower(in Input) Result {
 		r.State.Endpoints[ifindex] = dep
 		l.direction(uint32(ifindex), datapath.Ingress, &inRS.DirectionPolicy, name)
 		l.direction(uint32(ifindex), datapath.Egress, &egRS.DirectionPolicy, name)
+		var addrs []netip.Addr
+		for _, s := range ep.IPs {
+			if a, err := netip.ParseAddr(s); err == nil {
+				addrs = append(addrs, a.Unmap())
+			}
+		}
+		l.http(uint32(ifindex), addrs, &inRS.DirectionPolicy, name)
 	}
 	slices.Sort(r.Missing)
 	slices.Sort(r.Unsupported)
 	slices.Sort(r.L7AtL4)
+	slices.SortFunc(r.HTTPRuleSets, func(a, b HTTPRuleSet) int {
+		return cmp.Or(cmp.Compare(a.EndpointID, b.EndpointID), cmp.Compare(a.Port, b.Port), cmp.Compare(a.PeerIdentity, b.PeerIdentity))
+	})
+	slices.SortFunc(r.HTTPPorts, func(a, b HTTPPort) int {
+		return cmp.Or(cmp.Compare(a.EndpointID, b.EndpointID), a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+	})
 	return r
 }
 
@@ -340,7 +377,7 @@ func (l *lowerer) direction(epID uint32, dir datapath.Direction, dp *v1alpha1.Di
 		pid := PolicyID(origin)
 		l.r.Policies[pid] = origin
 		val := datapath.PolicyEntry{Action: datapath.Allow, Audit: e.Audit, L7: len(e.HTTP) > 0, PolicyID: pid}
-		if val.L7 && e.Action != "Deny" {
+		if val.L7 && e.Action != "Deny" && dir == datapath.Egress {
 			l.r.L7AtL4 = append(l.r.L7AtL4, fmt.Sprintf("%s %s %s/%s from %s (%s)", ep, dir, e.Protocol, e.Ports, e.Peer, origin))
 		}
 		if e.Action == "Deny" {
@@ -361,6 +398,102 @@ func (l *lowerer) direction(epID uint32, dir datapath.Direction, dp *v1alpha1.Di
 					l.r.State.Policy[k] = merge(l.r.State.Policy[k], val)
 				}
 			}
+		}
+	}
+}
+
+// http computes the HTTP rule sets of an endpoint's ingress: for each TCP port that has HTTP rules,
+// each peer allowed there gets the union of the HTTP rules that apply to it (its own and those for
+// every peer: the kernel looks up a peer's own set first and does not fall back), or ["any"] when an
+// L4-only rule also allows it there (Cilium: an L4 allow on the same port wins over L7 rules).
+func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPolicy, ep string) {
+	type portPeer struct {
+		port uint16
+		peer datapath.Identity
+	}
+	rules := map[portPeer]map[string]bool{}
+	l4 := map[portPeer]bool{}
+	judged := map[uint16]bool{}
+	type allow struct {
+		lo, hi uint16
+		ids    []datapath.Identity
+	}
+	var l4allows []allow
+	for _, e := range dp.Entries {
+		if e.Action == "Deny" || (e.Audit && len(dp.EnforcedBy) > 0) || (e.Protocol != "TCP" && e.Protocol != "ANY") {
+			continue
+		}
+		ids, why := l.peers(e.Peer)
+		if why != "" {
+			continue
+		}
+		lo, hi, err := portRange(e.Ports)
+		if err != nil {
+			continue
+		}
+		if len(e.HTTP) == 0 {
+			l4allows = append(l4allows, allow{lo, hi, ids})
+			continue
+		}
+		if lo == 0 || int(hi)-int(lo) >= maxHTTPPortRange {
+			l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s ingress HTTP rules on ports %s: at most %d ports per rule", ep, e.Ports, maxHTTPPortRange))
+			continue
+		}
+		for p := int(lo); p <= int(hi); p++ {
+			judged[uint16(p)] = true
+			for _, id := range ids {
+				k := portPeer{uint16(p), id}
+				if rules[k] == nil {
+					rules[k] = map[string]bool{}
+				}
+				for _, r := range e.HTTP {
+					rules[k][r] = true
+				}
+			}
+		}
+	}
+	for port := range judged {
+		for _, a := range l4allows {
+			if a.lo == 0 || (port >= a.lo && port <= a.hi) {
+				for _, id := range a.ids {
+					l4[portPeer{port, id}] = true
+				}
+			}
+		}
+		peers := map[datapath.Identity]bool{}
+		for k := range rules {
+			if k.port == port {
+				peers[k.peer] = true
+			}
+		}
+		for k := range l4 {
+			if k.port == port {
+				peers[k.peer] = true
+			}
+		}
+		anyPeer := portPeer{port, datapath.IdentityAny}
+		for peer := range peers {
+			k := portPeer{port, peer}
+			var set []string
+			if l4[k] || l4[anyPeer] {
+				set = []string{"any"}
+			} else {
+				union := map[string]bool{}
+				for r := range rules[k] {
+					union[r] = true
+				}
+				for r := range rules[anyPeer] {
+					union[r] = true
+				}
+				for r := range union {
+					set = append(set, r)
+				}
+				slices.Sort(set)
+			}
+			l.r.HTTPRuleSets = append(l.r.HTTPRuleSets, HTTPRuleSet{EndpointID: epID, PeerIdentity: peer, Port: port, Rules: set})
+		}
+		for _, a := range addrs {
+			l.r.HTTPPorts = append(l.r.HTTPPorts, HTTPPort{Addr: a, Port: port, EndpointID: epID})
 		}
 	}
 }

@@ -154,8 +154,22 @@ func TestPolicyEntries(t *testing.T) {
 			t.Errorf("the identity-pending endpoint got an entry: %v", k)
 		}
 	}
-	if len(r.L7AtL4) != 1 || !strings.Contains(r.L7AtL4[0], "TCP/8080") {
-		t.Errorf("the HTTP entry enforced at L4 is not reported: %v", r.L7AtL4)
+	// HTTP: 300 gets the rule; 301, also allowed by an L4-only rule on the port, gets every request.
+	wantSets := []HTTPRuleSet{
+		{EndpointID: 11, PeerIdentity: 300, Port: 8080, Rules: []string{`method="POST"`}},
+		{EndpointID: 11, PeerIdentity: 301, Port: 8080, Rules: []string{"any"}},
+	}
+	if len(r.HTTPRuleSets) != len(wantSets) {
+		t.Fatalf("HTTP rule sets %+v, want %+v", r.HTTPRuleSets, wantSets)
+	}
+	for i, w := range wantSets {
+		g := r.HTTPRuleSets[i]
+		if g.EndpointID != w.EndpointID || g.PeerIdentity != w.PeerIdentity || g.Port != w.Port || !slices.Equal(g.Rules, w.Rules) {
+			t.Errorf("HTTP rule set %d = %+v, want %+v", i, g, w)
+		}
+	}
+	if len(r.HTTPPorts) != 1 || r.HTTPPorts[0] != (HTTPPort{Addr: netip.MustParseAddr("10.0.1.10"), Port: 8080, EndpointID: 11}) {
+		t.Errorf("judged ports %+v", r.HTTPPorts)
 	}
 	if !slices.ContainsFunc(r.Unsupported, func(s string) bool { return strings.Contains(s, "toFQDNs") }) {
 		t.Errorf("the unresolved FQDN peer is not reported: %v", r.Unsupported)
@@ -176,5 +190,36 @@ func TestLoweringIsDeterministic(t *testing.T) {
 		if b.State.IPCache[p] != id {
 			t.Fatalf("ipcache %v differs", p)
 		}
+	}
+}
+
+func TestHTTPRulesForEveryPeerFoldIntoEachPeersSet(t *testing.T) {
+	s := &v1alpha1.NodePolicySpec{
+		NodeName:   "node-a",
+		PeerGroups: []v1alpha1.PeerGroup{{Name: "g", Identities: []uint32{300}}},
+		Endpoints:  []v1alpha1.NodeEndpoint{{Namespace: "p", Pod: "api", IPs: []string{"10.0.1.20", "fd00::20"}, Identity: 400, IngressRuleSet: "in", EgressRuleSet: "eg"}},
+		RuleSets: []v1alpha1.RuleSet{
+			{Name: "eg"},
+			{Name: "in", DirectionPolicy: v1alpha1.DirectionPolicy{Enforced: true, EnforcedBy: []string{"ap/p/x"}, Entries: []v1alpha1.PolicyEntry{
+				{Peer: "any", Protocol: "TCP", Ports: "9000", Action: "Allow", HTTP: []string{`method="GET" path="/a"`}, Origins: []string{"ap/p/x"}},
+				{Peer: "group:g", Protocol: "TCP", Ports: "9000", Action: "Allow", HTTP: []string{`method="POST" path="/b"`}, Origins: []string{"ap/p/y"}},
+			}}},
+		},
+	}
+	r := Lower(Input{Node: "node-a", Spec: s, Interfaces: map[string]int{"p/api": 21}})
+	want := map[datapath.Identity][]string{
+		datapath.IdentityAny: {`method="GET" path="/a"`},
+		300:                  {`method="GET" path="/a"`, `method="POST" path="/b"`},
+	}
+	if len(r.HTTPRuleSets) != len(want) {
+		t.Fatalf("rule sets %+v", r.HTTPRuleSets)
+	}
+	for _, rs := range r.HTTPRuleSets {
+		if !slices.Equal(rs.Rules, want[rs.PeerIdentity]) || rs.Port != 9000 || rs.EndpointID != 21 {
+			t.Errorf("rule set %+v, want rules %v", rs, want[rs.PeerIdentity])
+		}
+	}
+	if len(r.HTTPPorts) != 2 {
+		t.Errorf("both addresses of the endpoint are judged on 9000: %+v", r.HTTPPorts)
 	}
 }
