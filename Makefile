@@ -30,8 +30,8 @@ manifests: ## Generate CRDs (config/crd/bases) and the operator and agent Cluste
 	cp config/rbac/agent/role.yaml charts/portcullis/templates/rbac-agent.yaml
 
 .PHONY: bpf
-bpf: ## Rebuild the BPF objects (clang-14, pinned) and their Go bindings in internal/datapath.
-	go generate ./internal/datapath/...
+bpf: ## Rebuild the BPF objects (clang-14, pinned) and their Go bindings in internal/datapath and internal/l7.
+	go generate ./internal/datapath/... ./internal/l7/...
 
 .PHONY: fmt
 fmt: ## Format the Go code.
@@ -44,8 +44,8 @@ vet: ## Run go vet.
 .PHONY: verify
 verify: generate manifests bpf ## Fail when regenerating code, BPF objects or manifests changes anything, or code is not formatted.
 	@test -z "$$(gofmt -s -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -s -l $$(git ls-files '*.go'); exit 1; }
-	@git diff --exit-code -- api config charts internal/datapath || { echo "generated files are stale: run make generate manifests bpf and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- api config charts internal/datapath)" || { git status --porcelain -- api config charts internal/datapath; echo "untracked generated files"; exit 1; }
+	@git diff --exit-code -- api config charts internal/datapath internal/l7 || { echo "generated files are stale: run make generate manifests bpf and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api config charts internal/datapath internal/l7)" || { git status --porcelain -- api config charts internal/datapath internal/l7; echo "untracked generated files"; exit 1; }
 
 ##@ Build
 

@@ -7,8 +7,9 @@
  *     whose (local address, local port) is in l7_ports gets a state entry
  *     and goes into the l7_socks SOCKHASH (key: socket cookie).
  *   l7_parser (sk_skb/stream_parser): frames each request and judges its
- *     header block with the shared matcher (http_match.h); bodies are
- *     streamed as Content-Length chunks, never buffered whole.
+ *     header block with the shared matcher (http_match.h); bodies
+ *     (Content-Length or chunked) are streamed piece by piece, never
+ *     buffered whole.
  *   l7_verdict (sk_skb/stream_verdict): drops every message of a denied
  *     connection (deny is sticky), passes the rest.
  *   l7_guard (cgroup_skb/ingress, same cgroup): drops data segments of a
@@ -57,6 +58,30 @@ struct {
 	__uint(max_entries, 65536);
 } l7_socks SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, __u64); /* socket cookie */
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} l7_egress_socks SEC(".maps");
+
+/* Client-side connections are keyed by their 4-tuple, not the cookie:
+ * sk_msg programs cannot call bpf_get_socket_cookie on this kernel. */
+struct l7_tuple {
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 local_port;  /* host byte order */
+	__u16 remote_port; /* host byte order */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct l7_tuple);
+	__type(value, struct l7_sock_state);
+	__uint(max_entries, 65536);
+} l7_egress_state SEC(".maps");
+
 /* Names the shared types in the object's BTF for bpf2go -type. */
 struct l7_btf_anchor {
 	struct l7_test_ctx test_ctx;
@@ -65,6 +90,8 @@ struct l7_btf_anchor {
 	enum l7_reason reason;
 	enum l7_decision decision;
 	enum l7_phase phase;
+	enum l7_direction direction;
+	struct l7_tuple tuple;
 	struct sock_common sock_common;
 };
 struct l7_btf_anchor l7_btf_anchor SEC(".portcullis.btf_anchor");
@@ -125,6 +152,32 @@ static __always_inline int addr_from(__u8 *dst, __u32 family, __u32 ip4, const _
 	return -1;
 }
 
+static __always_inline int ops_tuple(struct bpf_sock_ops *ops, struct l7_tuple *t)
+{
+	__u32 l6[4] = {ops->local_ip6[0], ops->local_ip6[1], ops->local_ip6[2], ops->local_ip6[3]};
+	__u32 r6[4] = {ops->remote_ip6[0], ops->remote_ip6[1], ops->remote_ip6[2], ops->remote_ip6[3]};
+	__u32 family = ops->family;
+
+	if (addr_from(t->local, family, ops->local_ip4, l6) || addr_from(t->remote, family, ops->remote_ip4, r6))
+		return -1;
+	t->local_port = ops->local_port;
+	t->remote_port = (__u16)bpf_htonl(ops->remote_port);
+	return 0;
+}
+
+static __always_inline int msg_tuple(struct sk_msg_md *msg, struct l7_tuple *t)
+{
+	__u32 l6[4] = {msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2], msg->local_ip6[3]};
+	__u32 r6[4] = {msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2], msg->remote_ip6[3]};
+	__u32 family = msg->family;
+
+	if (addr_from(t->local, family, msg->local_ip4, l6) || addr_from(t->remote, family, msg->remote_ip4, r6))
+		return -1;
+	t->local_port = msg->local_port;
+	t->remote_port = (__u16)bpf_htonl(msg->remote_port);
+	return 0;
+}
+
 SEC("sockops")
 int l7_sockops(struct bpf_sock_ops *ops)
 {
@@ -133,18 +186,22 @@ int l7_sockops(struct bpf_sock_ops *ops)
 	struct l7_port_key pk = {};
 	struct l7_port_value *ep;
 	struct l7_ipcache_value *peer;
-	__u32 op = ops->op;
+	struct l7_tuple tk = {};
+	__u32 op = ops->op, egress;
 	__u64 cookie;
 
 	if (op == BPF_SOCK_OPS_STATE_CB) {
 		if (ops->args[1] == BPF_TCP_CLOSE) {
 			cookie = bpf_get_socket_cookie(ops);
 			bpf_map_delete_elem(&l7_state, &cookie);
+			if (ops_tuple(ops, &tk) == 0)
+				bpf_map_delete_elem(&l7_egress_state, &tk);
 		}
 		return 1;
 	}
-	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
+	egress = op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
 
 	{
 		__u32 l6[4] = {ops->local_ip6[0], ops->local_ip6[1], ops->local_ip6[2], ops->local_ip6[3]};
@@ -153,7 +210,9 @@ int l7_sockops(struct bpf_sock_ops *ops)
 
 		if (addr_from(pk.addr, family, ops->local_ip4, l6))
 			return 1;
-		pk.port = ops->local_port;
+		/* remote_port holds the big-endian port in its upper half. */
+		pk.port = egress ? (__u16)bpf_htonl(ops->remote_port) : ops->local_port;
+		pk.direction = egress;
 		ep = bpf_map_lookup_elem(&l7_ports, &pk);
 		if (!ep)
 			return 1;
@@ -164,16 +223,22 @@ int l7_sockops(struct bpf_sock_ops *ops)
 	st.endpoint_id = ep->endpoint_id;
 	st.peer_identity = peer ? peer->identity : IDENTITY_WORLD;
 	st.port = pk.port;
+	st.direction = egress;
 
 	cookie = bpf_get_socket_cookie(ops);
-	if (bpf_map_update_elem(&l7_state, &cookie, &st, BPF_ANY)) {
-		/* Not inserted either: l7_guard drops the connection's data. */
+	if (egress) {
+		if (ops_tuple(ops, &tk) || bpf_map_update_elem(&l7_egress_state, &tk, &st, BPF_ANY)) {
+			count(L7_R_STATE_FAILED);
+			return 1;
+		}
+	} else if (bpf_map_update_elem(&l7_state, &cookie, &st, BPF_ANY)) {
+		/* Not inserted either: the guards drop the connection's data. */
 		count(L7_R_STATE_FAILED);
 		return 1;
 	}
 	bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
-	if (bpf_sock_hash_update(ops, &l7_socks, &cookie, BPF_NOEXIST))
-		count(L7_R_INSERT_FAILED); /* l7_guard drops its data */
+	if (bpf_sock_hash_update(ops, egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie, BPF_NOEXIST))
+		count(L7_R_INSERT_FAILED); /* the guards drop its data */
 	return 1;
 }
 
@@ -185,6 +250,90 @@ static __always_inline int deny_all(struct l7_sock_state *st, __u32 reason, int 
 	}
 	count(reason);
 	return avail; /* the whole rest is one message, dropped by l7_verdict */
+}
+
+#define CHUNK_LINE_MAX 16 /* 8 hex digits + CRLF fit; power of two for masking */
+
+/*
+ * Frames the chunked body of an allowed request, strictly: size line = 1-8
+ * hex digits and CRLF (no extensions, no whitespace), then exactly that many
+ * bytes, then CRLF; the last chunk "0" CRLF is followed by CRLF (no trailers).
+ * Anything else is denied: framing that could differ from the server's is
+ * how a request hides inside a body. Each piece is its own message, so it
+ * passes while the connection is allowed.
+ *
+ * b holds the first n (<= CHUNK_LINE_MAX) bytes at the current position.
+ * Returns the length of the next piece of framing, 0 when more bytes are
+ * needed, -1 to deny. Chunk data is not handled here (phase CHUNK_DATA is
+ * streamed like a Content-Length body).
+ */
+static __always_inline int chunk_step(const __u8 *b, __u32 n, struct l7_sock_state *st)
+{
+	__u64 size = 0;
+	__u32 k;
+
+	if (n == 0)
+		return 0;
+	if (st->phase == L7_PHASE_CHUNK_CRLF || st->phase == L7_PHASE_CHUNK_END) {
+		if (b[0] != '\r' || (n > 1 && b[1] != '\n'))
+			return -1;
+		if (n < 2)
+			return 0;
+		st->phase = st->phase == L7_PHASE_CHUNK_CRLF ? L7_PHASE_CHUNK_SIZE : L7_PHASE_HEADERS;
+		return 2;
+	}
+	if (st->phase != L7_PHASE_CHUNK_SIZE)
+		return -1;
+
+	for (k = 0; k < CHUNK_LINE_MAX; k++) {
+		__u8 c = b[k];
+
+		if (k >= n)
+			return 0; /* the line is not complete yet */
+		if (c >= '0' && c <= '9')
+			c -= '0';
+		else if (c >= 'a' && c <= 'f')
+			c -= 'a' - 10;
+		else if (c >= 'A' && c <= 'F')
+			c -= 'A' - 10;
+		else if (c == '\r' && k > 0)
+			break;
+		else
+			return -1;
+		if (k >= 8)
+			return -1;
+		size = (size << 4) | c;
+	}
+	if (k + 1 >= CHUNK_LINE_MAX)
+		return -1;
+	if (k + 1 >= n)
+		return 0; /* CR seen, LF not yet */
+	if (b[(k + 1) & (CHUNK_LINE_MAX - 1)] != '\n')
+		return -1;
+	if (size == 0) {
+		st->phase = L7_PHASE_CHUNK_END;
+	} else {
+		st->phase = L7_PHASE_CHUNK_DATA;
+		st->body_remaining = size;
+	}
+	return k + 2;
+}
+
+static __always_inline int chunk_framing(struct __sk_buff *skb, struct l7_sock_state *st, __s64 off,
+					 __s64 avail)
+{
+	__u8 b[CHUNK_LINE_MAX] = {};
+	__u32 n = avail > CHUNK_LINE_MAX ? CHUNK_LINE_MAX : (__u32)avail;
+	int r;
+
+	if (n == 0)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off, b, n))
+		return deny_all(st, L7_R_BAD_CHUNK, avail);
+	r = chunk_step(b, n, st);
+	if (r < 0)
+		return deny_all(st, L7_R_BAD_CHUNK, avail);
+	return r;
 }
 
 SEC("sk_skb/stream_parser")
@@ -215,15 +364,22 @@ int l7_parser(struct __sk_buff *skb)
 	if (st->denied)
 		return deny_all(st, L7_R_STICKY, avail);
 
-	if (st->phase == L7_PHASE_BODY) {
+	switch (st->phase) {
+	case L7_PHASE_HEADERS:
+		break;
+	case L7_PHASE_BODY:
+	case L7_PHASE_CHUNK_DATA: {
 		__u64 n64 = st->body_remaining;
 
 		if ((__u64)avail < n64)
 			n64 = avail;
 		st->body_remaining -= n64;
 		if (st->body_remaining == 0)
-			st->phase = L7_PHASE_HEADERS;
+			st->phase = st->phase == L7_PHASE_BODY ? L7_PHASE_HEADERS : L7_PHASE_CHUNK_CRLF;
 		return n64;
+	}
+	default:
+		return chunk_framing(skb, st, off, avail);
 	}
 
 	slot = slot_enter();
@@ -254,7 +410,9 @@ int l7_parser(struct __sk_buff *skb)
 
 	count(L7_R_ALLOWED);
 	st->requests++;
-	if (out.body_len) {
+	if (out.chunked) {
+		st->phase = L7_PHASE_CHUNK_SIZE;
+	} else if (out.body_len) {
 		st->phase = L7_PHASE_BODY;
 		st->body_remaining = out.body_len;
 	}
@@ -275,8 +433,13 @@ int l7_verdict(struct __sk_buff *skb)
 	return SK_PASS;
 }
 
-SEC("cgroup_skb/ingress")
-int l7_guard(struct __sk_buff *skb)
+/*
+ * Drops data segments of a judged connection whose socket is not in its
+ * SOCKHASH (failed insert, entry removed, MPTCP subflow, connection older
+ * than the attachment). Ingress: (local address, local port) judged by
+ * l7_socks; egress: (local address, remote port) judged by l7_egress_socks.
+ */
+static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 {
 	struct l7_port_key pk = {};
 	struct bpf_sock *sk = skb->sk, *member;
@@ -298,7 +461,8 @@ int l7_guard(struct __sk_buff *skb)
 		if (addr_from(pk.addr, family, sk->src_ip4, s6))
 			return 1;
 	}
-	pk.port = sk->src_port;
+	pk.port = egress ? bpf_ntohs(sk->dst_port) : sk->src_port;
+	pk.direction = egress;
 	if (!bpf_map_lookup_elem(&l7_ports, &pk))
 		return 1;
 
@@ -323,13 +487,147 @@ int l7_guard(struct __sk_buff *skb)
 		return 1;
 judged:
 	cookie = bpf_get_socket_cookie(skb);
-	member = bpf_map_lookup_elem(&l7_socks, &cookie);
+	member = bpf_map_lookup_elem(egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie);
 	if (member) {
 		bpf_sk_release(member);
 		return 1;
 	}
 	count(L7_R_GUARD_DROP);
 	return 0;
+}
+
+SEC("cgroup_skb/ingress")
+int l7_guard(struct __sk_buff *skb)
+{
+	return guard(skb, L7_INGRESS);
+}
+
+SEC("cgroup_skb/egress")
+int l7_guard_egress(struct __sk_buff *skb)
+{
+	return guard(skb, L7_EGRESS);
+}
+
+/*
+ * Client side: judges each request the endpoint writes. A denied request
+ * fails the writer's send with EACCES and the connection stays denied. An
+ * incomplete header block is corked until more is written; an allowed
+ * block is released alone (apply_bytes), so that a body or a pipelined
+ * request in the same write is judged on its own.
+ */
+SEC("sk_msg")
+int l7_egress(struct sk_msg_md *msg)
+{
+	struct judge_out out = {};
+	struct l7_sock_state *st = 0;
+	struct l7_tuple tk = {};
+	struct l7_scratch *sc;
+	__u32 size = msg->size, n, slot;
+	void *data, *data_end;
+
+	if (msg_tuple(msg, &tk) == 0)
+		st = bpf_map_lookup_elem(&l7_egress_state, &tk);
+	if (!st) {
+		count(L7_R_NO_STATE);
+		return SK_DROP;
+	}
+	if (st->denied) {
+		count(L7_R_STICKY);
+		return SK_DROP;
+	}
+	if (size == 0)
+		return SK_PASS;
+	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA) {
+		n = size;
+		if (st->body_remaining < n)
+			n = st->body_remaining;
+		st->body_remaining -= n;
+		if (st->body_remaining == 0)
+			st->phase = st->phase == L7_PHASE_BODY ? L7_PHASE_HEADERS : L7_PHASE_CHUNK_CRLF;
+		bpf_msg_apply_bytes(msg, n);
+		count(L7_R_MSG_PASSED);
+		return SK_PASS;
+	}
+	if (st->phase != L7_PHASE_HEADERS) {
+		__u8 b[CHUNK_LINE_MAX] = {};
+		int r;
+
+		n = size > CHUNK_LINE_MAX ? CHUNK_LINE_MAX : size;
+		if (bpf_msg_pull_data(msg, 0, n, 0))
+			goto deny_busy;
+		data = msg->data;
+		data_end = msg->data_end;
+		if (data + n > data_end || n == 0 || n > CHUNK_LINE_MAX || bpf_probe_read_kernel(b, n, data))
+			goto deny_busy;
+		r = chunk_step(b, n, st);
+		if (r < 0) {
+			st->denied = 1;
+			st->reason = L7_R_BAD_CHUNK;
+			count(L7_R_BAD_CHUNK);
+			return SK_DROP;
+		}
+		if (r == 0) {
+			bpf_msg_cork_bytes(msg, size + 1);
+			return SK_PASS;
+		}
+		bpf_msg_apply_bytes(msg, r);
+		count(L7_R_MSG_PASSED);
+		return SK_PASS;
+	}
+
+	n = size > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : size;
+	if (bpf_msg_pull_data(msg, 0, n, 0))
+		goto deny_busy;
+	data = msg->data;
+	data_end = msg->data_end;
+	if (data + n > data_end)
+		goto deny_busy;
+	slot = slot_enter();
+	if (slot >= L7_SCRATCH_SLOTS)
+		goto deny_busy;
+	sc = scratch(slot);
+	if (!sc || n == 0 || n > L7_SCAN_LIMIT || bpf_probe_read_kernel(sc->buf, n, data)) {
+		slot_leave();
+		goto deny_busy;
+	}
+	out.slot = slot;
+	out.len = size;
+	out.endpoint_id = st->endpoint_id;
+	out.peer = st->peer_identity;
+	out.port = st->port;
+	out.direction = L7_EGRESS;
+	judge(&out);
+	slot_leave();
+
+	if (out.verdict == L7_NEED_MORE) {
+		/* Run again once at least one more byte is written. */
+		bpf_msg_cork_bytes(msg, size + 1);
+		return SK_PASS;
+	}
+	if (out.verdict != L7_ALLOW || out.hdr_len == 0 || out.hdr_len > n) {
+		st->denied = 1;
+		st->reason = out.reason ? out.reason : L7_R_BAD_HEADER;
+		count(st->reason);
+		count(L7_R_MSG_DROPPED);
+		return SK_DROP;
+	}
+	count(L7_R_ALLOWED);
+	count(L7_R_MSG_PASSED);
+	st->requests++;
+	if (out.chunked) {
+		st->phase = L7_PHASE_CHUNK_SIZE;
+	} else if (out.body_len) {
+		st->phase = L7_PHASE_BODY;
+		st->body_remaining = out.body_len;
+	}
+	bpf_msg_apply_bytes(msg, out.hdr_len);
+	return SK_PASS;
+
+deny_busy:
+	st->denied = 1;
+	st->reason = L7_R_BUSY;
+	count(L7_R_BUSY);
+	return SK_DROP;
 }
 
 /*
@@ -366,11 +664,13 @@ int l7_test_judge(struct l7_test_ctx *ctx)
 	out.endpoint_id = ctx->endpoint_id;
 	out.peer = ctx->peer_identity;
 	out.port = ctx->port;
+	out.direction = ctx->direction;
 	judge(&out);
 	ctx->verdict = out.verdict;
 	ctx->reason = out.reason;
 	ctx->hdr_len = out.hdr_len;
 	ctx->rule = out.rule;
+	ctx->chunked = out.chunked;
 	ctx->body_len = out.body_len;
 	return 0;
 }

@@ -133,7 +133,11 @@ struct walk {
  */
 struct scan {
 	struct walk w;
-	struct l7_ruleset_key key; /* the rule set found (valid when have_rs) */
+	struct l7_ruleset_key key;
+	/* A copy of the rule set taken once per request: a concurrent update
+	 * must not mix an old rule's header checks with a new rule's matching.
+	 * The tables it references are not reused for a second after release. */
+	struct l7_ruleset rs;
 	__u64 method;
 	__u64 version;
 	__u64 w0, w1, w2; /* current header name, lower-cased */
@@ -150,7 +154,9 @@ struct scan {
 	__u32 vlen;
 	__u32 nstart, nlen;
 	__u32 vstart, vend, vstarted, vws;
-	__u32 cl_ok, ncl;
+	__u64 vw; /* first 8 bytes of the value, lower-cased */
+	__u32 cl_ok, ncl, nte;
+	__u32 cl_ok_ws_free; /* no whitespace inside the current value */
 	__u32 nhost, hstart, hend;
 	__u32 hdr_len;
 	__u32 have_rs;
@@ -244,9 +250,7 @@ static int req_cb(__u32 idx, __u32 *slotp)
 
 	if (!s)
 		return 1;
-	rs = bpf_map_lookup_elem(&l7_rulesets, &s->key);
-	if (!rs)
-		return 1;
+	rs = &s->rs;
 	if (rule >= rs->nrules || rule >= L7_MAX_RULES)
 		return 1;
 	r = &rs->rules[rule & (L7_MAX_RULES - 1)];
@@ -285,9 +289,17 @@ static __always_inline int header_line(struct scan *s)
 			return reject(s, L7_R_BAD_CONTENT_LENGTH);
 		s->content_length = s->cl;
 	}
+	/* Transfer-Encoding: only a single "chunked" (any case, as Go's server
+	 * reads it) on HTTP/1.1. Go ignores Transfer-Encoding on HTTP/1.0, so
+	 * judging a 1.0 body as chunked would let the "body" be a request the
+	 * server reads unjudged. Content-Length with it is checked at the end. */
 	if (s->nlen == 17 && s->w0 == L8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') &&
-	    s->w1 == L8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n') && s->w2 == 'g')
-		return reject(s, L7_R_TRANSFER_ENCODING);
+	    s->w1 == L8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n') && s->w2 == 'g') {
+		if (++s->nte > 1 || s->version != C8('H', 'T', 'T', 'P', '/', '1', '.', '1') ||
+		    s->vend - s->vstart != 7 || !s->cl_ok_ws_free ||
+		    s->vw != L8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0))
+			return reject(s, L7_R_TRANSFER_ENCODING);
+	}
 	if (s->nlen == 4 && s->w0 == L8('h', 'o', 's', 't', 0, 0, 0, 0)) {
 		if (++s->nhost > 1)
 			return reject(s, L7_R_DUP_HOST);
@@ -390,8 +402,10 @@ static int scan_cb(__u32 i, __u32 *slotp)
 			s->st = ST_VALUE;
 			s->vstart = s->vend = 0;
 			s->vstarted = s->vws = 0;
+			s->vw = 0;
 			s->cl = 0;
 			s->cl_ok = 1;
+			s->cl_ok_ws_free = 1;
 			return 0;
 		}
 		/* Whitespace before the colon is a known smuggling vector. */
@@ -417,8 +431,12 @@ static int scan_cb(__u32 i, __u32 *slotp)
 			s->vstarted = 1;
 			s->vstart = i;
 		}
-		if (s->vws)
+		if (s->vws) {
 			s->cl_ok = 0; /* whitespace inside the value */
+			s->cl_ok_ws_free = 0;
+		}
+		if (i - s->vstart < 8)
+			s->vw |= (__u64)lower(c) << ((i - s->vstart) * 8);
 		s->vend = i + 1;
 		if (c >= '0' && c <= '9' && s->cl < 100000000000000ULL)
 			s->cl = s->cl * 10 + (c - '0');
@@ -512,8 +530,8 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 
 	if (!s)
 		return 1;
-	rs = bpf_map_lookup_elem(&l7_rulesets, &s->key);
-	if (!rs || idx >= rs->nrules || idx >= L7_MAX_RULES)
+	rs = &s->rs;
+	if (idx >= rs->nrules || idx >= L7_MAX_RULES)
 		return 1;
 	r = &rs->rules[idx & (L7_MAX_RULES - 1)];
 	if (r->nheaders > L7_MAX_HEADERS)
@@ -538,13 +556,15 @@ struct judge_out {
 	__u32 endpoint_id;
 	__u32 peer;
 	__u32 port;
-	__u32 pad;
+	__u32 direction;
 	/* out */
 	__u64 body_len;
 	__u32 verdict;
 	__u32 reason;
 	__u32 hdr_len;
 	__u32 rule;
+	__u32 chunked;
+	__u32 pad2;
 };
 
 /*
@@ -556,12 +576,14 @@ static __noinline int judge(struct judge_out *out)
 {
 	__u32 slot = out->slot, len = out->len;
 	struct scan *sp = bpf_map_lookup_elem(&l7_scans, &slot);
+	struct l7_ruleset *rs;
 
 	out->verdict = L7_DENY;
 	out->reason = L7_R_NONE;
 	out->hdr_len = 0;
 	out->body_len = 0;
 	out->rule = 0;
+	out->chunked = 0;
 	out->reason = L7_R_BUSY;
 	if (!sp)
 		return 0;
@@ -573,11 +595,15 @@ static __noinline int judge(struct judge_out *out)
 	sp->key.endpoint_id = out->endpoint_id;
 	sp->key.peer_identity = out->peer;
 	sp->key.port = out->port;
-	if (bpf_map_lookup_elem(&l7_rulesets, &sp->key)) {
-		sp->have_rs = 1;
-	} else {
+	sp->key.direction = out->direction;
+	rs = bpf_map_lookup_elem(&l7_rulesets, &sp->key);
+	if (!rs) {
 		sp->key.peer_identity = 0;
-		sp->have_rs = bpf_map_lookup_elem(&l7_rulesets, &sp->key) != 0;
+		rs = bpf_map_lookup_elem(&l7_rulesets, &sp->key);
+	}
+	if (rs) {
+		__builtin_memcpy(&sp->rs, rs, sizeof(sp->rs));
+		sp->have_rs = 1;
 	}
 
 	bpf_loop(sp->len, scan_cb, &slot, 0);
@@ -594,8 +620,13 @@ static __noinline int judge(struct judge_out *out)
 		out->verdict = L7_NEED_MORE;
 		return 0;
 	}
+	if (sp->ncl && sp->nte) {
+		out->reason = L7_R_TRANSFER_ENCODING; /* CL + TE: request smuggling */
+		return 0;
+	}
 	out->hdr_len = sp->hdr_len;
 	out->body_len = sp->content_length;
+	out->chunked = sp->nte;
 	if (!sp->have_rs) {
 		out->reason = L7_R_NO_RULESET;
 		return 0;

@@ -19,11 +19,17 @@
 #define L7_HEADER_NAME_MAX 64  /* bytes, lower-cased */
 #define L7_HEADER_VALUE_MAX 192
 
-/* l7_ports: which accepted sockets are judged. IPv4 as ::ffff:a.b.c.d. */
+enum l7_direction {
+	L7_INGRESS = 0, /* server side: accepted sockets, sk_skb */
+	L7_EGRESS = 1,  /* client side: connected sockets, sk_msg */
+};
+
+/* l7_ports: which sockets are judged. Ingress: (local address, local port);
+ * egress: (local address, remote port). IPv4 as ::ffff:a.b.c.d. */
 struct l7_port_key {
 	__u8 addr[16];
 	__u16 port; /* host byte order */
-	__u16 pad;
+	__u16 direction;
 };
 
 struct l7_port_value {
@@ -40,12 +46,13 @@ struct l7_ipcache_value {
 	__u32 identity;
 };
 
-/* l7_rulesets key; peer_identity 0 is the wildcard looked up second. */
+/* l7_rulesets key; peer_identity 0 is the wildcard looked up second. The
+ * port is the server's: local for ingress, remote for egress. */
 struct l7_ruleset_key {
 	__u32 endpoint_id;
 	__u32 peer_identity;
 	__u16 port; /* host byte order */
-	__u16 pad;
+	__u16 direction;
 };
 
 /* One HTTP rule: DFA ids (0 = any value) and header requirement ids. */
@@ -88,7 +95,11 @@ struct l7_header {
 
 enum l7_phase {
 	L7_PHASE_HEADERS = 0,
-	L7_PHASE_BODY = 1,
+	L7_PHASE_BODY = 1,       /* Content-Length body, body_remaining bytes left */
+	L7_PHASE_CHUNK_SIZE = 2, /* expecting a chunk-size line */
+	L7_PHASE_CHUNK_DATA = 3, /* chunk data, body_remaining bytes left */
+	L7_PHASE_CHUNK_CRLF = 4, /* the CRLF after chunk data */
+	L7_PHASE_CHUNK_END = 5,  /* the CRLF after the last chunk (no trailers) */
 };
 
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
@@ -101,7 +112,7 @@ struct l7_sock_state {
 	__u8 denied; /* sticky: every later byte of the connection is dropped */
 	__u32 reason; /* why it was denied */
 	__u32 requests; /* requests allowed so far */
-	__u32 pad;
+	__u32 direction;
 };
 
 struct l7_scratch {
@@ -129,7 +140,7 @@ enum l7_reason {
 	L7_R_BAD_HEADER,       /* obs-fold, bare CR/LF, bad name, control or non-ASCII byte */
 	L7_R_DUP_CONTENT_LENGTH,
 	L7_R_BAD_CONTENT_LENGTH,
-	L7_R_TRANSFER_ENCODING, /* chunked not implemented: denied */
+	L7_R_TRANSFER_ENCODING, /* anything but one "chunked" on HTTP/1.1 without Content-Length */
 	L7_R_DUP_HOST,
 	L7_R_STICKY,           /* message on a connection already denied */
 	L7_R_NO_STATE,         /* socket in the SOCKHASH without state */
@@ -140,6 +151,7 @@ enum l7_reason {
 	L7_R_MSG_PASSED,       /* messages passed by the verdict program */
 	L7_R_MSG_DROPPED,      /* messages dropped by the verdict program */
 	L7_R_RESET,            /* denied connections reset by l7_reset */
+	L7_R_BAD_CHUNK,        /* chunk framing other than strict size CRLF data CRLF */
 	L7_R_MAX,
 };
 
@@ -154,6 +166,8 @@ struct l7_test_ctx {
 	__u32 reason;
 	__u32 hdr_len;
 	__u32 rule; /* index + 1 of the rule that allowed */
+	__u32 chunked;
+	__u32 direction;
 	__u64 body_len;
 };
 

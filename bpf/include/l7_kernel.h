@@ -99,6 +99,21 @@ struct bpf_sock_ops {
 	__u32 local_port;  /* host byte order */
 };
 
+/* UAPI struct sk_msg_md. */
+struct sk_msg_md {
+	__bpf_md_ptr(void *, data);
+	__bpf_md_ptr(void *, data_end);
+	__u32 family;
+	__u32 remote_ip4;
+	__u32 local_ip4;
+	__u32 remote_ip6[4];
+	__u32 local_ip6[4];
+	__u32 remote_port; /* network byte order */
+	__u32 local_port;  /* host byte order */
+	__u32 size;        /* total size of the message */
+	__bpf_md_ptr(struct bpf_sock *, sk);
+};
+
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
@@ -114,6 +129,7 @@ struct bpf_sock_ops {
 #define BPF_NOEXIST 1
 
 /* sock_ops (enum bpf_sock_ops_cb, BPF_SOCK_OPS_*_FLAG, BPF_TCP_*). */
+#define BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB 4
 #define BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB 5
 #define BPF_SOCK_OPS_STATE_CB 10
 #define BPF_SOCK_OPS_STATE_CB_FLAG (1 << 2)
@@ -131,6 +147,10 @@ static long (*bpf_map_update_elem)(void *map, const void *key, const void *value
 static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
 static long (*bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32 len) = (void *)26;
 static __u64 (*bpf_get_socket_cookie)(void *ctx) = (void *)46;
+static long (*bpf_msg_apply_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *)61;
+static long (*bpf_msg_cork_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *)62;
+static long (*bpf_msg_pull_data)(struct sk_msg_md *msg, __u32 start, __u32 end, __u64 flags) = (void *)63;
+static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
 static long (*bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *ops, int flags) = (void *)59;
 static long (*bpf_sock_hash_update)(struct bpf_sock_ops *ops, void *map, void *key, __u64 flags) = (void *)70;
 static long (*bpf_sk_release)(void *sk) = (void *)86;

@@ -22,6 +22,7 @@ import (
 	"github.com/portcullis-dev/portcullis/controllers/agent"
 	"github.com/portcullis-dev/portcullis/internal/datapath"
 	"github.com/portcullis-dev/portcullis/internal/kube"
+	"github.com/portcullis-dev/portcullis/internal/l7"
 )
 
 type config struct {
@@ -30,6 +31,7 @@ type config struct {
 	pinDir      string
 	cgroupRoot  string
 	netns       string
+	http        bool
 	interval    time.Duration
 	metricsAddr string
 	probeAddr   string
@@ -43,6 +45,7 @@ func main() {
 	flag.StringVar(&c.pinDir, "pin-dir", "", "where maps and links are pinned (default <bpffs>/portcullis)")
 	flag.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the cgroup v2 mount (HTTP rules attach sock_ops there)")
 	flag.StringVar(&c.netns, "netns", "", "work on the interfaces of this network namespace (a path; the lab's nodes) instead of the agent's own")
+	flag.BoolVar(&c.http, "http", true, "judge HTTP requests at the socket for ports with HTTP rules (needs sockmap and cgroup v2); with false, such ports are enforced at L3/L4 only and reported Degraded")
 	flag.DurationVar(&c.interval, "drift-check-interval", 5*time.Second, "how often the kernel is compared with the desired state and repaired")
 	flag.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
 	flag.StringVar(&c.probeAddr, "health-probe-bind-address", ":9963", "address of /healthz and /readyz (0 disables it)")
@@ -93,6 +96,19 @@ func run(c config) error {
 		return fmt.Errorf("load BPF dataplane: %w", err)
 	}
 	defer dp.Close()
+	var http7 *l7.L7
+	if c.http {
+		// The HTTP programs share the datapath's IP cache, and their sock_ops program sits on the
+		// cgroup that holds the node's pods.
+		http7, err = l7.Load(l7.Options{PinDir: filepath.Join(c.pinDir, "l7"), IPCache: dp.IPCacheMap()})
+		if err != nil {
+			return fmt.Errorf("load the HTTP programs (run with --http=false to enforce L3/L4 only): %w", err)
+		}
+		defer http7.Close()
+		if err := http7.AttachCgroup(c.cgroupRoot); err != nil {
+			return fmt.Errorf("attach the HTTP programs to %s: %w", c.cgroupRoot, err)
+		}
+	}
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
@@ -113,7 +129,7 @@ func run(c config) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	if _, err := agent.Setup(mgr, agent.Options{NodeName: c.nodeName, DriftCheckInterval: c.interval, Datapath: dp, Netns: c.netns, Flows: flows}); err != nil {
+	if _, err := agent.Setup(mgr, agent.Options{NodeName: c.nodeName, DriftCheckInterval: c.interval, Datapath: dp, Netns: c.netns, Flows: flows, L7: http7}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

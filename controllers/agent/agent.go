@@ -32,6 +32,7 @@ import (
 
 	v1alpha1 "github.com/portcullis-dev/portcullis/api/v1alpha1"
 	"github.com/portcullis-dev/portcullis/internal/datapath"
+	"github.com/portcullis-dev/portcullis/internal/l7"
 	"github.com/portcullis-dev/portcullis/internal/lowering"
 	"github.com/portcullis-dev/portcullis/internal/netns"
 )
@@ -89,6 +90,9 @@ type Options struct {
 	// API server. The lab sets it; on a real node the agent runs in the host namespace and leaves it
 	// empty.
 	Netns string
+	// L7, when set, judges HTTP requests at the socket for the ports that have HTTP rules; its
+	// sock_ops program must already be attached to the node's (or pods') cgroup.
+	L7 *l7.L7
 	// Flows, when set, receives the names of addresses and policies after every converge, and is
 	// started with the manager. Serve it at /flows (see cmd/portcullis-agent).
 	Flows *Flows
@@ -110,6 +114,8 @@ type Reconciler struct {
 
 	mu       sync.Mutex
 	policies map[uint32]string
+
+	http httpState
 }
 
 // Setup registers the agent's reconciler with the manager. The manager's cache must be limited to
@@ -234,6 +240,12 @@ func (r *Reconciler) converge(ctx context.Context, np *v1alpha1.NodePolicy, low 
 		out.err, out.reason, out.message = err, ReasonMapUpdateFailed, err.Error()
 		return out
 	}
+	if n, err := r.convergeHTTP(low); err != nil {
+		out.err, out.reason, out.message = err, ReasonMapUpdateFailed, err.Error()
+		return out
+	} else if n > 0 {
+		log.FromContext(ctx).Info("converged HTTP rules", "generation", np.Generation, "changes", n)
+	}
 	mapWrites.Add(float64(ch.Endpoints.Total() + ch.IPCache.Total() + ch.Policy.Total()))
 	if !ch.Empty() {
 		log.FromContext(ctx).Info("converged kernel maps", "generation", np.Generation, "changes", ch.String(), "drift", sameDesired)
@@ -298,9 +310,9 @@ func (r *Reconciler) converge(ctx context.Context, np *v1alpha1.NodePolicy, low 
 	case len(low.Unsupported) > 0:
 		out.reason = ReasonUnsupportedRules
 		out.message = "enforced as deny (not lowered): " + strings.Join(low.Unsupported, "; ")
-	case len(low.L7AtL4) > 0:
+	case r.opts.L7 == nil && len(low.HTTPPorts) > 0:
 		out.reason = ReasonHTTPRulesAtL4
-		out.message = "HTTP rules are not judged in the kernel yet; these ports are open at L4 to the allowed peers for every request: " + strings.Join(low.L7AtL4, "; ")
+		out.message = fmt.Sprintf("HTTP judging is off (--http=false): %d judged ports are open at L4 to the allowed peers for every request", len(low.HTTPPorts))
 	default:
 		out.message = fmt.Sprintf("%d endpoints, %d policy entries in the kernel", out.endpoints, out.entries)
 	}

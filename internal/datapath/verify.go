@@ -96,3 +96,7 @@ func (d *Datapath) RepairPins() ([]string, error) {
 	slices.Sort(repaired)
 	return repaired, nil
 }
+
+// IPCacheMap is the IP cache map, for programs that share its key and value layout (the socket-level
+// HTTP programs look peers up in it). The Datapath still owns it.
+func (d *Datapath) IPCacheMap() *ebpf.Map { return d.objs.Ipcache }

@@ -31,6 +31,13 @@ type httpL7Dfa struct {
 	Classes  [256]uint8
 }
 
+type httpL7Direction uint32
+
+const (
+	httpL7DirectionL7INGRESS httpL7Direction = 0
+	httpL7DirectionL7EGRESS  httpL7Direction = 1
+)
+
 type httpL7Header struct {
 	_        structs.HostLayout
 	NameLen  uint32
@@ -54,15 +61,19 @@ type httpL7IpcacheValue struct {
 type httpL7Phase uint32
 
 const (
-	httpL7PhaseL7PHASE_HEADERS httpL7Phase = 0
-	httpL7PhaseL7PHASE_BODY    httpL7Phase = 1
+	httpL7PhaseL7PHASE_HEADERS    httpL7Phase = 0
+	httpL7PhaseL7PHASE_BODY       httpL7Phase = 1
+	httpL7PhaseL7PHASE_CHUNK_SIZE httpL7Phase = 2
+	httpL7PhaseL7PHASE_CHUNK_DATA httpL7Phase = 3
+	httpL7PhaseL7PHASE_CHUNK_CRLF httpL7Phase = 4
+	httpL7PhaseL7PHASE_CHUNK_END  httpL7Phase = 5
 )
 
 type httpL7PortKey struct {
-	_    structs.HostLayout
-	Addr [16]uint8
-	Port uint16
-	Pad  uint16
+	_         structs.HostLayout
+	Addr      [16]uint8
+	Port      uint16
+	Direction uint16
 }
 
 type httpL7PortValue struct {
@@ -95,7 +106,8 @@ const (
 	httpL7ReasonL7R_MSG_PASSED         httpL7Reason = 19
 	httpL7ReasonL7R_MSG_DROPPED        httpL7Reason = 20
 	httpL7ReasonL7R_RESET              httpL7Reason = 21
-	httpL7ReasonL7R_MAX                httpL7Reason = 22
+	httpL7ReasonL7R_BAD_CHUNK          httpL7Reason = 22
+	httpL7ReasonL7R_MAX                httpL7Reason = 23
 )
 
 type httpL7Rule struct {
@@ -119,7 +131,7 @@ type httpL7RulesetKey struct {
 	EndpointId   uint32
 	PeerIdentity uint32
 	Port         uint16
-	Pad          uint16
+	Direction    uint16
 }
 
 type httpL7Scratch struct {
@@ -139,7 +151,7 @@ type httpL7SockState struct {
 	Denied        uint8
 	Reason        uint32
 	Requests      uint32
-	Pad           uint32
+	Direction     uint32
 }
 
 type httpL7TestCtx struct {
@@ -152,7 +164,18 @@ type httpL7TestCtx struct {
 	Reason       uint32
 	HdrLen       uint32
 	Rule         uint32
+	Chunked      uint32
+	Direction    uint32
 	BodyLen      uint64
+}
+
+type httpL7Tuple struct {
+	_          structs.HostLayout
+	Local      [16]uint8
+	Remote     [16]uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Pad        uint32
 }
 
 type httpScan struct {
@@ -168,6 +191,7 @@ type httpScan struct {
 		Slot    uint32
 	}
 	Key           httpL7RulesetKey
+	Rs            httpL7Ruleset
 	Method        uint64
 	Version       uint64
 	W0            uint64
@@ -191,39 +215,46 @@ type httpScan struct {
 	Vend          uint32
 	Vstarted      uint32
 	Vws           uint32
+	_             [4]byte
+	Vw            uint64
 	ClOk          uint32
 	Ncl           uint32
+	Nte           uint32
+	ClOkWsFree    uint32
 	Nhost         uint32
 	Hstart        uint32
 	Hend          uint32
 	HdrLen        uint32
 	HaveRs        uint32
 	Matched       uint32
-	_             [4]byte
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	httpMapL7Counters   = "l7_counters"
-	httpMapL7DfaCells   = "l7_dfa_cells"
-	httpMapL7Dfas       = "l7_dfas"
-	httpMapL7Headers    = "l7_headers"
-	httpMapL7Ipcache    = "l7_ipcache"
-	httpMapL7Nesting    = "l7_nesting"
-	httpMapL7Ports      = "l7_ports"
-	httpMapL7Rulesets   = "l7_rulesets"
-	httpMapL7Scans      = "l7_scans"
-	httpMapL7Scratch    = "l7_scratch"
-	httpMapL7Socks      = "l7_socks"
-	httpMapL7State      = "l7_state"
-	httpProgL7Guard     = "l7_guard"
-	httpProgL7Parser    = "l7_parser"
-	httpProgL7Reset     = "l7_reset"
-	httpProgL7Sockops   = "l7_sockops"
-	httpProgL7TestJudge = "l7_test_judge"
-	httpProgL7Verdict   = "l7_verdict"
+	httpMapL7Counters     = "l7_counters"
+	httpMapL7DfaCells     = "l7_dfa_cells"
+	httpMapL7Dfas         = "l7_dfas"
+	httpMapL7EgressSocks  = "l7_egress_socks"
+	httpMapL7EgressState  = "l7_egress_state"
+	httpMapL7Headers      = "l7_headers"
+	httpMapL7Ipcache      = "l7_ipcache"
+	httpMapL7Nesting      = "l7_nesting"
+	httpMapL7Ports        = "l7_ports"
+	httpMapL7Rulesets     = "l7_rulesets"
+	httpMapL7Scans        = "l7_scans"
+	httpMapL7Scratch      = "l7_scratch"
+	httpMapL7Socks        = "l7_socks"
+	httpMapL7State        = "l7_state"
+	httpProgL7Egress      = "l7_egress"
+	httpProgL7Guard       = "l7_guard"
+	httpProgL7GuardEgress = "l7_guard_egress"
+	httpProgL7Parser      = "l7_parser"
+	httpProgL7Reset       = "l7_reset"
+	httpProgL7Sockops     = "l7_sockops"
+	httpProgL7TestJudge   = "l7_test_judge"
+	httpProgL7Verdict     = "l7_verdict"
 )
 
 // loadHttp returns the embedded CollectionSpec for http.
@@ -268,30 +299,34 @@ type httpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpProgramSpecs struct {
-	L7Guard     *ebpf.ProgramSpec `ebpf:"l7_guard"`
-	L7Parser    *ebpf.ProgramSpec `ebpf:"l7_parser"`
-	L7Reset     *ebpf.ProgramSpec `ebpf:"l7_reset"`
-	L7Sockops   *ebpf.ProgramSpec `ebpf:"l7_sockops"`
-	L7TestJudge *ebpf.ProgramSpec `ebpf:"l7_test_judge"`
-	L7Verdict   *ebpf.ProgramSpec `ebpf:"l7_verdict"`
+	L7Egress      *ebpf.ProgramSpec `ebpf:"l7_egress"`
+	L7Guard       *ebpf.ProgramSpec `ebpf:"l7_guard"`
+	L7GuardEgress *ebpf.ProgramSpec `ebpf:"l7_guard_egress"`
+	L7Parser      *ebpf.ProgramSpec `ebpf:"l7_parser"`
+	L7Reset       *ebpf.ProgramSpec `ebpf:"l7_reset"`
+	L7Sockops     *ebpf.ProgramSpec `ebpf:"l7_sockops"`
+	L7TestJudge   *ebpf.ProgramSpec `ebpf:"l7_test_judge"`
+	L7Verdict     *ebpf.ProgramSpec `ebpf:"l7_verdict"`
 }
 
 // httpMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpMapSpecs struct {
-	L7Counters *ebpf.MapSpec `ebpf:"l7_counters"`
-	L7DfaCells *ebpf.MapSpec `ebpf:"l7_dfa_cells"`
-	L7Dfas     *ebpf.MapSpec `ebpf:"l7_dfas"`
-	L7Headers  *ebpf.MapSpec `ebpf:"l7_headers"`
-	L7Ipcache  *ebpf.MapSpec `ebpf:"l7_ipcache"`
-	L7Nesting  *ebpf.MapSpec `ebpf:"l7_nesting"`
-	L7Ports    *ebpf.MapSpec `ebpf:"l7_ports"`
-	L7Rulesets *ebpf.MapSpec `ebpf:"l7_rulesets"`
-	L7Scans    *ebpf.MapSpec `ebpf:"l7_scans"`
-	L7Scratch  *ebpf.MapSpec `ebpf:"l7_scratch"`
-	L7Socks    *ebpf.MapSpec `ebpf:"l7_socks"`
-	L7State    *ebpf.MapSpec `ebpf:"l7_state"`
+	L7Counters    *ebpf.MapSpec `ebpf:"l7_counters"`
+	L7DfaCells    *ebpf.MapSpec `ebpf:"l7_dfa_cells"`
+	L7Dfas        *ebpf.MapSpec `ebpf:"l7_dfas"`
+	L7EgressSocks *ebpf.MapSpec `ebpf:"l7_egress_socks"`
+	L7EgressState *ebpf.MapSpec `ebpf:"l7_egress_state"`
+	L7Headers     *ebpf.MapSpec `ebpf:"l7_headers"`
+	L7Ipcache     *ebpf.MapSpec `ebpf:"l7_ipcache"`
+	L7Nesting     *ebpf.MapSpec `ebpf:"l7_nesting"`
+	L7Ports       *ebpf.MapSpec `ebpf:"l7_ports"`
+	L7Rulesets    *ebpf.MapSpec `ebpf:"l7_rulesets"`
+	L7Scans       *ebpf.MapSpec `ebpf:"l7_scans"`
+	L7Scratch     *ebpf.MapSpec `ebpf:"l7_scratch"`
+	L7Socks       *ebpf.MapSpec `ebpf:"l7_socks"`
+	L7State       *ebpf.MapSpec `ebpf:"l7_state"`
 }
 
 // httpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -320,18 +355,20 @@ func (o *httpObjects) Close() error {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpMaps struct {
-	L7Counters *ebpf.Map `ebpf:"l7_counters"`
-	L7DfaCells *ebpf.Map `ebpf:"l7_dfa_cells"`
-	L7Dfas     *ebpf.Map `ebpf:"l7_dfas"`
-	L7Headers  *ebpf.Map `ebpf:"l7_headers"`
-	L7Ipcache  *ebpf.Map `ebpf:"l7_ipcache"`
-	L7Nesting  *ebpf.Map `ebpf:"l7_nesting"`
-	L7Ports    *ebpf.Map `ebpf:"l7_ports"`
-	L7Rulesets *ebpf.Map `ebpf:"l7_rulesets"`
-	L7Scans    *ebpf.Map `ebpf:"l7_scans"`
-	L7Scratch  *ebpf.Map `ebpf:"l7_scratch"`
-	L7Socks    *ebpf.Map `ebpf:"l7_socks"`
-	L7State    *ebpf.Map `ebpf:"l7_state"`
+	L7Counters    *ebpf.Map `ebpf:"l7_counters"`
+	L7DfaCells    *ebpf.Map `ebpf:"l7_dfa_cells"`
+	L7Dfas        *ebpf.Map `ebpf:"l7_dfas"`
+	L7EgressSocks *ebpf.Map `ebpf:"l7_egress_socks"`
+	L7EgressState *ebpf.Map `ebpf:"l7_egress_state"`
+	L7Headers     *ebpf.Map `ebpf:"l7_headers"`
+	L7Ipcache     *ebpf.Map `ebpf:"l7_ipcache"`
+	L7Nesting     *ebpf.Map `ebpf:"l7_nesting"`
+	L7Ports       *ebpf.Map `ebpf:"l7_ports"`
+	L7Rulesets    *ebpf.Map `ebpf:"l7_rulesets"`
+	L7Scans       *ebpf.Map `ebpf:"l7_scans"`
+	L7Scratch     *ebpf.Map `ebpf:"l7_scratch"`
+	L7Socks       *ebpf.Map `ebpf:"l7_socks"`
+	L7State       *ebpf.Map `ebpf:"l7_state"`
 }
 
 func (m *httpMaps) Close() error {
@@ -339,6 +376,8 @@ func (m *httpMaps) Close() error {
 		m.L7Counters,
 		m.L7DfaCells,
 		m.L7Dfas,
+		m.L7EgressSocks,
+		m.L7EgressState,
 		m.L7Headers,
 		m.L7Ipcache,
 		m.L7Nesting,
@@ -361,17 +400,21 @@ type httpVariables struct {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpPrograms struct {
-	L7Guard     *ebpf.Program `ebpf:"l7_guard"`
-	L7Parser    *ebpf.Program `ebpf:"l7_parser"`
-	L7Reset     *ebpf.Program `ebpf:"l7_reset"`
-	L7Sockops   *ebpf.Program `ebpf:"l7_sockops"`
-	L7TestJudge *ebpf.Program `ebpf:"l7_test_judge"`
-	L7Verdict   *ebpf.Program `ebpf:"l7_verdict"`
+	L7Egress      *ebpf.Program `ebpf:"l7_egress"`
+	L7Guard       *ebpf.Program `ebpf:"l7_guard"`
+	L7GuardEgress *ebpf.Program `ebpf:"l7_guard_egress"`
+	L7Parser      *ebpf.Program `ebpf:"l7_parser"`
+	L7Reset       *ebpf.Program `ebpf:"l7_reset"`
+	L7Sockops     *ebpf.Program `ebpf:"l7_sockops"`
+	L7TestJudge   *ebpf.Program `ebpf:"l7_test_judge"`
+	L7Verdict     *ebpf.Program `ebpf:"l7_verdict"`
 }
 
 func (p *httpPrograms) Close() error {
 	return _HttpClose(
+		p.L7Egress,
 		p.L7Guard,
+		p.L7GuardEgress,
 		p.L7Parser,
 		p.L7Reset,
 		p.L7Sockops,

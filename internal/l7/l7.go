@@ -1,10 +1,11 @@
 // Package l7 loads and drives the kernel half of Portcullis' HTTP/1.1 policy: programs that judge each
-// request at the server's socket (sock_ops → SOCKHASH → sk_skb stream parser and verdict), built
-// from ../../bpf/http.c. The map layout, scan limits and what is denied by design are documented in
+// request at the server's socket (sock_ops → SOCKHASH → sk_skb stream parser and verdict) and at the
+// client's (sock_ops → SOCKHASH → sk_msg, a denied write fails with EACCES), built from
+// ../../bpf/http.c. The map layout, scan limits and what is denied by design are documented in
 // bpf/README.md ("L7: HTTP/1.1 at the socket").
 //
 // Use: Load, AttachCgroup for each endpoint's cgroup, SetPort for each (endpoint address, port) with
-// HTTP rules, SetIdentity for peer addresses (or share the L3/L4 ipcache through
+// ingress HTTP rules and SetEgressPort for each (endpoint address, server port) with egress ones, SetIdentity for peer addresses (or share the L3/L4 ipcache through
 // Options.IPCache), and SetRules per (endpoint, peer identity, port). Judge runs the same matcher on
 // a buffer through BPF_PROG_TEST_RUN.
 package l7
@@ -12,6 +13,7 @@ package l7
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net/netip"
 	"os"
@@ -100,9 +102,14 @@ func Load(opts Options) (_ *L7, err error) {
 	for _, a := range []struct {
 		prog *ebpf.Program
 		typ  ebpf.AttachType
-	}{{l.objs.L7Parser, ebpf.AttachSkSKBStreamParser}, {l.objs.L7Verdict, ebpf.AttachSkSKBStreamVerdict}} {
+		m    *ebpf.Map
+	}{
+		{l.objs.L7Parser, ebpf.AttachSkSKBStreamParser, l.objs.L7Socks},
+		{l.objs.L7Verdict, ebpf.AttachSkSKBStreamVerdict, l.objs.L7Socks},
+		{l.objs.L7Egress, ebpf.AttachSkMsgVerdict, l.objs.L7EgressSocks},
+	} {
 		if err := link.RawAttachProgram(link.RawAttachProgramOptions{
-			Target: l.objs.L7Socks.FD(), Program: a.prog, Attach: a.typ,
+			Target: a.m.FD(), Program: a.prog, Attach: a.typ,
 		}); err != nil {
 			return nil, fmt.Errorf("attach %s to the l7 sockhash: %w", a.typ, err)
 		}
@@ -140,8 +147,9 @@ func (l *L7) ResetDenied(netnsPath string) error {
 	return nil
 }
 
-// AttachCgroup attaches the sock_ops program (which puts accepted sockets of judged ports into the
-// SOCKHASH) and the guard (which drops data of judged ports outside it) to a cgroup v2 directory.
+// AttachCgroup attaches the sock_ops program (which puts accepted and connected sockets of judged
+// ports into their SOCKHASH) and the two guards (which drop data of judged ports outside it) to a
+// cgroup v2 directory.
 // Attaching a cgroup already attached does nothing.
 func (l *L7) AttachCgroup(path string) error {
 	l.mu.Lock()
@@ -156,8 +164,12 @@ func (l *L7) AttachCgroup(path string) error {
 	for _, a := range []struct {
 		prog *ebpf.Program
 		typ  ebpf.AttachType
-	}{{l.objs.L7Guard, ebpf.AttachCGroupInetIngress}, {l.objs.L7Sockops, ebpf.AttachCGroupSockOps}} {
-		lk, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: a.prog})
+	}{
+		{l.objs.L7Guard, ebpf.AttachCGroupInetIngress},
+		{l.objs.L7GuardEgress, ebpf.AttachCGroupInetEgress},
+		{l.objs.L7Sockops, ebpf.AttachCGroupSockOps},
+	} {
+		lk, err := l.attachCgroupLink(path, a.typ, a.prog)
 		if err != nil {
 			for _, lk := range links {
 				lk.Close()
@@ -170,6 +182,43 @@ func (l *L7) AttachCgroup(path string) error {
 	return nil
 }
 
+// cgroupLinkPin is where the link of one program on one cgroup is pinned: the programs keep judging
+// while the agent restarts, and the next agent updates the pinned links in place instead of
+// attaching a second copy.
+func (l *L7) cgroupLinkPin(path string, typ ebpf.AttachType) string {
+	h := fnv.New64a()
+	h.Write([]byte(path))
+	return filepath.Join(l.pinDir, "cgroup-links", fmt.Sprintf("%016x-%d", h.Sum64(), typ))
+}
+
+func (l *L7) attachCgroupLink(path string, typ ebpf.AttachType, prog *ebpf.Program) (link.Link, error) {
+	if l.pinDir == "" {
+		return link.AttachCgroup(link.CgroupOptions{Path: path, Attach: typ, Program: prog})
+	}
+	pin := l.cgroupLinkPin(path, typ)
+	if lk, err := link.LoadPinnedLink(pin, nil); err == nil {
+		if err := lk.Update(prog); err == nil {
+			return lk, nil
+		}
+		// Defunct (the cgroup went away) or not updatable: replace it.
+		_ = lk.Unpin()
+		lk.Close()
+	}
+	lk, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: typ, Program: prog})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		lk.Close()
+		return nil, fmt.Errorf("cgroup link pin directory: %w", err)
+	}
+	if err := lk.Pin(pin); err != nil {
+		lk.Close()
+		return nil, fmt.Errorf("pin cgroup link: %w", err)
+	}
+	return lk, nil
+}
+
 // DetachCgroup removes the programs AttachCgroup attached to a cgroup.
 func (l *L7) DetachCgroup(path string) error {
 	l.mu.Lock()
@@ -177,6 +226,11 @@ func (l *L7) DetachCgroup(path string) error {
 	path = filepath.Clean(path)
 	var errs []error
 	for _, lk := range l.cg[path] {
+		if l.pinDir != "" {
+			if err := lk.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin cgroup link of %s: %w", path, err))
+			}
+		}
 		if err := lk.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach from cgroup %s: %w", path, err))
 		}
@@ -192,10 +246,28 @@ func addr16(a netip.Addr) [16]byte {
 	return a.As16()
 }
 
-// SetPort makes accepted TCP connections to (addr, port) judged by HTTP rules of endpointID. IPv4
-// addresses are stored IPv4-mapped, which also covers dual-stack sockets.
+// SetPort makes accepted TCP connections to (addr, port) judged by the ingress HTTP rules of
+// endpointID. IPv4 addresses are stored IPv4-mapped, which also covers dual-stack sockets.
 func (l *L7) SetPort(addr netip.Addr, port uint16, endpointID uint32) error {
+	return l.setPort(addr, port, endpointID, false)
+}
+
+// SetEgressPort makes TCP connections that the endpoint at local address addr opens to any server
+// port `port` judged by the egress HTTP rules of endpointID (RuleKey.Egress).
+func (l *L7) SetEgressPort(addr netip.Addr, port uint16, endpointID uint32) error {
+	return l.setPort(addr, port, endpointID, true)
+}
+
+func portKey(addr netip.Addr, port uint16, egress bool) httpL7PortKey {
 	k := httpL7PortKey{Addr: addr16(addr), Port: port}
+	if egress {
+		k.Direction = 1
+	}
+	return k
+}
+
+func (l *L7) setPort(addr netip.Addr, port uint16, endpointID uint32, egress bool) error {
+	k := portKey(addr, port, egress)
 	want := httpL7PortValue{EndpointId: endpointID}
 	var have httpL7PortValue
 	if err := l.objs.L7Ports.Lookup(&k, &have); err == nil && have == want {
@@ -209,7 +281,17 @@ func (l *L7) SetPort(addr netip.Addr, port uint16, endpointID uint32) error {
 
 // DeletePort stops judging new connections to (addr, port); it is not an error when absent.
 func (l *L7) DeletePort(addr netip.Addr, port uint16) error {
-	k := httpL7PortKey{Addr: addr16(addr), Port: port}
+	return l.deletePort(addr, port, false)
+}
+
+// DeleteEgressPort stops judging new connections from addr to server port `port`; it is not an
+// error when absent.
+func (l *L7) DeleteEgressPort(addr netip.Addr, port uint16) error {
+	return l.deletePort(addr, port, true)
+}
+
+func (l *L7) deletePort(addr netip.Addr, port uint16, egress bool) error {
+	k := portKey(addr, port, egress)
 	if err := l.objs.L7Ports.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete l7 port %s: %w", netip.AddrPortFrom(addr, port), err)
 	}
@@ -247,11 +329,15 @@ func (l *L7) DeleteIdentity(prefix netip.Prefix) error {
 	return nil
 }
 
-// Sockets returns the socket cookies in the SOCKHASH (connections being judged).
-func (l *L7) Sockets() ([]uint64, error) {
+// Sockets returns the socket cookies in the ingress (or egress) SOCKHASH: connections being judged.
+func (l *L7) Sockets(egress bool) ([]uint64, error) {
 	var out []uint64
 	var k uint64
-	it := l.objs.L7Socks.Iterate()
+	m := l.objs.L7Socks
+	if egress {
+		m = l.objs.L7EgressSocks
+	}
+	it := m.Iterate()
 	var v uint64
 	for it.Next(&k, &v) {
 		out = append(out, k)
@@ -262,10 +348,14 @@ func (l *L7) Sockets() ([]uint64, error) {
 	return out, nil
 }
 
-// RemoveSocket removes a socket from the SOCKHASH (the guard then drops its data). For tests and
-// for repairing state; it is not an error when absent.
-func (l *L7) RemoveSocket(cookie uint64) error {
-	if err := l.objs.L7Socks.Delete(&cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+// RemoveSocket removes a socket from the ingress (or egress) SOCKHASH; the guard then drops its
+// data. For tests and for repairing state; it is not an error when absent.
+func (l *L7) RemoveSocket(cookie uint64, egress bool) error {
+	m := l.objs.L7Socks
+	if egress {
+		m = l.objs.L7EgressSocks
+	}
+	if err := m.Delete(&cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("remove socket %d from the l7 sockhash: %w", cookie, err)
 	}
 	return nil
@@ -322,8 +412,8 @@ func (l *L7) Unpin() error {
 	}
 	var errs []error
 	for _, m := range []*ebpf.Map{l.objs.L7Counters, l.objs.L7DfaCells, l.objs.L7Dfas, l.objs.L7Headers,
-		l.objs.L7Ipcache, l.objs.L7Nesting, l.objs.L7Ports, l.objs.L7Rulesets, l.objs.L7Scratch,
-		l.objs.L7Socks, l.objs.L7State} {
+		l.objs.L7Ipcache, l.objs.L7Nesting, l.objs.L7Ports, l.objs.L7Rulesets, l.objs.L7Scans,
+		l.objs.L7Scratch, l.objs.L7Socks, l.objs.L7EgressSocks, l.objs.L7State, l.objs.L7EgressState} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, err)

@@ -16,7 +16,7 @@ var (
 		"X-Token: t", "x-token:", "Authorization: Bearer abc", "authorization: bearer abc", "X-Mode: admin", "X-Mode:\tadmin\t",
 		"X-R3: 1", "x-r15: 2", "Content-Length: 5", "Content-Length: 0", "content-length: 007", "Content-Length: 1 2", "Content-Length: -1",
 		"Content-Length: 99999999999999999999", "Content-Length: 999999999999999", "Content-Length: 1000000000000000", "Content-Length:",
-		"Transfer-Encoding: chunked", "Accept: */*", "User-Agent: t/1", "X-Empty:", "X_Under: 1", "X-A: a\xc2\xa0", "X-B: a\x7f",
+		"Transfer-Encoding: chunked", "transfer-encoding: CHUNKED", "Transfer-Encoding: gzip", "Transfer-Encoding: chunked ,", "Accept: */*", "User-Agent: t/1", "X-Empty:", "X_Under: 1", "X-A: a\xc2\xa0", "X-B: a\x7f",
 	}
 )
 
@@ -99,7 +99,12 @@ var matcherCases = []struct {
 	{"NUL in the target", 2, "GET /a\x00 HTTP/1.1\r\n\r\n", Deny},
 	{"two Content-Length", 2, "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nab", Deny},
 	{"Content-Length and Transfer-Encoding", 2, "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", Deny},
-	{"chunked is not implemented", 2, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Deny},
+	{"chunked on HTTP/1.1", 2, "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n", Allow},
+	{"chunked on HTTP/1.0 (Go ignores it there)", 2, "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Deny},
+	{"two Transfer-Encoding", 2, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Deny},
+	{"Transfer-Encoding other than chunked", 2, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Deny},
+	{"Transfer-Encoding with a space inside", 2, "POST / HTTP/1.1\r\nTransfer-Encoding: chun ked\r\n\r\n", Deny},
+	{"Content-Length after Transfer-Encoding", 2, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Deny},
 	{"obs-fold", 2, "GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n", Deny},
 	{"bare LF", 2, "GET / HTTP/1.1\nHost: a\r\n\r\n", Deny},
 	{"space before colon", 2, "GET / HTTP/1.1\r\nHost : a\r\n\r\n", Deny},

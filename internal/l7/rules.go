@@ -41,13 +41,14 @@ const (
 	ReasonMessagePassed
 	ReasonMessageDropped
 	ReasonReset
+	ReasonBadChunk
 	numReasons
 )
 
 var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set", "too-long", "bad-method",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
-	"guard-drop", "message-passed", "message-dropped", "reset"}
+	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
@@ -84,15 +85,22 @@ func (d Decision) String() string {
 }
 
 // RuleKey selects the rules that judge a request: the local endpoint, the peer's identity (0: any
-// peer, looked up when no entry for the peer's own identity exists) and the local port.
+// peer, looked up when no entry for the peer's own identity exists), the server's port (the local
+// port for ingress, the remote port for egress) and the direction.
 type RuleKey struct {
 	EndpointID   uint32
 	PeerIdentity uint32
 	Port         uint16
+	// Egress selects the endpoint's client-side rules (requests it sends).
+	Egress bool
 }
 
 func (k RuleKey) kernel() httpL7RulesetKey {
-	return httpL7RulesetKey{EndpointId: k.EndpointID, PeerIdentity: k.PeerIdentity, Port: k.Port}
+	out := httpL7RulesetKey{EndpointId: k.EndpointID, PeerIdentity: k.PeerIdentity, Port: k.Port}
+	if k.Egress {
+		out.Direction = 1
+	}
+	return out
 }
 
 // HeaderRequirement is a header a rule requires: Name lower-cased; Value empty for presence only.
@@ -200,7 +208,7 @@ func adoptTables(objs *httpObjects) (*tables, error) {
 	var v httpL7Ruleset
 	it := objs.L7Rulesets.Iterate()
 	for it.Next(&k, &v) {
-		key := RuleKey{EndpointID: k.EndpointId, PeerIdentity: k.PeerIdentity, Port: k.Port}
+		key := RuleKey{EndpointID: k.EndpointId, PeerIdentity: k.PeerIdentity, Port: k.Port, Egress: k.Direction != 0}
 		for _, r := range v.Rules[:min(int(v.Nrules), MaxRules)] {
 			for _, id := range []uint32{r.MethodDfa, r.PathDfa, r.HostDfa} {
 				if id == 0 || id >= t.maxDFA {
@@ -552,6 +560,8 @@ type Result struct {
 	HeaderLen int
 	// BodyLen is the Content-Length of an allowed request.
 	BodyLen uint64
+	// Chunked is true when an allowed request's body is chunked (framed by the stream parser).
+	Chunked bool
 	// Rule is the index of the first rule that allowed the request, or -1.
 	Rule int
 }
@@ -580,11 +590,13 @@ func (l *L7) Judge(key RuleKey, req []byte) (Result, error) {
 	if err := l.objs.L7Scratch.Update(testSlot, per, ebpf.UpdateAny); err != nil {
 		return Result{}, fmt.Errorf("judge: write scratch buffer: %w", err)
 	}
-	in := httpL7TestCtx{EndpointId: key.EndpointID, PeerIdentity: key.PeerIdentity, Port: uint32(key.Port), Len: uint32(len(req))}
+	k := key.kernel()
+	in := httpL7TestCtx{EndpointId: k.EndpointId, PeerIdentity: k.PeerIdentity, Port: uint32(k.Port),
+		Direction: uint32(k.Direction), Len: uint32(len(req))}
 	var out httpL7TestCtx
 	if _, err := l.objs.L7TestJudge.Run(&ebpf.RunOptions{Context: in, ContextOut: &out}); err != nil {
 		return Result{}, fmt.Errorf("judge: run matcher: %w", err)
 	}
 	return Result{Decision: Decision(out.Verdict), Reason: Reason(out.Reason), HeaderLen: int(out.HdrLen),
-		BodyLen: out.BodyLen, Rule: int(out.Rule) - 1}, nil
+		BodyLen: out.BodyLen, Chunked: out.Chunked != 0, Rule: int(out.Rule) - 1}, nil
 }

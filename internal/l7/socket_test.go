@@ -34,7 +34,11 @@ func TestHelperServerProcess(t *testing.T) {
 	}
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(os.Getenv("L7_TEST_SERVER_MPTCP") == "1")
-	ln, err := lc.Listen(context.Background(), "tcp4", addr)
+	network := os.Getenv("L7_TEST_SERVER_NET")
+	if network == "" {
+		network = "tcp4"
+	}
+	ln, err := lc.Listen(context.Background(), network, addr)
 	if err != nil {
 		fmt.Println("listen:", err)
 		os.Exit(1)
@@ -60,6 +64,8 @@ type testEnv struct {
 	cgroup   string
 	srvAddr  netip.Addr
 	cliAddr  netip.Addr
+	srvAddr6 netip.Addr
+	cliAddr6 netip.Addr
 	mu       sync.Mutex
 	seen     []string
 	seenCond chan struct{}
@@ -115,7 +121,8 @@ func newTestEnv(t *testing.T) *testEnv {
 	}
 	id := strconv.Itoa(os.Getpid())
 	e := &testEnv{srvNS: "pcl-l7-s" + id, cliNS: "pcl-l7-c" + id, cgroup: filepath.Join(cgroupRoot, "pcl-l7-"+id),
-		srvAddr: netip.MustParseAddr("10.199.0.1"), cliAddr: netip.MustParseAddr("10.199.0.2"), seenCond: make(chan struct{}, 1024)}
+		srvAddr: netip.MustParseAddr("10.199.0.1"), cliAddr: netip.MustParseAddr("10.199.0.2"),
+		srvAddr6: netip.MustParseAddr("fd00:199::1"), cliAddr6: netip.MustParseAddr("fd00:199::2"), seenCond: make(chan struct{}, 1024)}
 	for _, ns := range []string{e.srvNS, e.cliNS} {
 		cmdRun(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() {
@@ -128,6 +135,8 @@ func newTestEnv(t *testing.T) *testEnv {
 	for _, c := range [][]string{
 		{"-n", e.srvNS, "addr", "add", e.srvAddr.String() + "/24", "dev", "l7s" + id},
 		{"-n", e.cliNS, "addr", "add", e.cliAddr.String() + "/24", "dev", "l7c" + id},
+		{"-n", e.srvNS, "addr", "add", e.srvAddr6.String() + "/64", "dev", "l7s" + id, "nodad"},
+		{"-n", e.cliNS, "addr", "add", e.cliAddr6.String() + "/64", "dev", "l7c" + id, "nodad"},
 		{"-n", e.srvNS, "link", "set", "l7s" + id, "up"}, {"-n", e.cliNS, "link", "set", "l7c" + id, "up"},
 		{"-n", e.srvNS, "link", "set", "lo", "up"}, {"-n", e.cliNS, "link", "set", "lo", "up"},
 	} {
@@ -163,8 +172,15 @@ func newTestEnv(t *testing.T) *testEnv {
 	return e
 }
 
-// startServer starts the server process in the server namespace and the test cgroup.
+// startServer starts the server process on (server IPv4 address, port) in the server namespace and
+// the test cgroup.
 func (e *testEnv) startServer(t *testing.T, port uint16, mptcp bool) {
+	t.Helper()
+	e.startServerAt(t, "tcp4", netip.AddrPortFrom(e.srvAddr, port).String(), mptcp)
+}
+
+// startServerAt starts the server process listening on (network, addr).
+func (e *testEnv) startServerAt(t *testing.T, network, addr string, mptcp bool) {
 	t.Helper()
 	cg, err := os.Open(e.cgroup)
 	if err != nil {
@@ -172,7 +188,7 @@ func (e *testEnv) startServer(t *testing.T, port uint16, mptcp bool) {
 	}
 	defer cg.Close()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperServerProcess$", "-test.v=false")
-	cmd.Env = append(os.Environ(), "L7_TEST_SERVER="+netip.AddrPortFrom(e.srvAddr, port).String())
+	cmd.Env = append(os.Environ(), "L7_TEST_SERVER="+addr, "L7_TEST_SERVER_NET="+network)
 	if mptcp {
 		cmd.Env = append(cmd.Env, "L7_TEST_SERVER_MPTCP=1")
 	}
@@ -239,13 +255,18 @@ func (e *testEnv) waitSeen(t *testing.T, target string) {
 
 func (e *testEnv) dial(t *testing.T, port uint16, mptcp bool) net.Conn {
 	t.Helper()
+	return e.dialAddr(t, netip.AddrPortFrom(e.srvAddr, port), mptcp)
+}
+
+func (e *testEnv) dialAddr(t *testing.T, ap netip.AddrPort, mptcp bool) net.Conn {
+	t.Helper()
 	var c net.Conn
 	var err error
 	inNS(t, e.cliNS, func() {
 		var d net.Dialer
 		d.Timeout = 5 * time.Second
 		d.SetMultipathTCP(mptcp)
-		c, err = d.Dial("tcp4", netip.AddrPortFrom(e.srvAddr, port).String())
+		c, err = d.Dial("tcp", ap.String())
 	})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
@@ -410,6 +431,46 @@ func TestPrivilegedHTTPAtTheSocket(t *testing.T) {
 		}
 		e.waitSeen(t, "/allowed/after-body")
 	})
+	t.Run("chunked bodies are framed and the requests after them judged", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		head := "POST /upload HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\n\r\n"
+		for _, part := range []string{head + "5\r", "\nhel", "lo\r\na\r\n0123456789\r\n0\r", "\n\r\n" +
+			req("GET", "/allowed/after-chunked") + req("GET", "/secret-after-chunked")} {
+			io.WriteString(c, part)
+			time.Sleep(100 * time.Millisecond)
+		}
+		if n, err := readResponses(c, 2, 5*time.Second); n != 2 {
+			t.Fatalf("got %d responses: %v", n, err)
+		}
+		e.waitSeen(t, "/allowed/after-chunked")
+		e.mu.Lock()
+		sawBody := false
+		for _, l := range e.seen {
+			sawBody = sawBody || l == "POST /upload 15"
+		}
+		e.mu.Unlock()
+		if !sawBody {
+			t.Fatalf("the server did not get the 15-byte chunked body: %v", e.seen)
+		}
+		e.expectDenied(t, c, "/secret-after-chunked")
+	})
+	t.Run("a request hidden where a chunk belongs is denied", func(t *testing.T) {
+		for name, body := range map[string]string{
+			"request as chunk size":      "5\r\nhello\r\n" + req("GET", "/secret-smuggled-1"),
+			"chunk longer than its size": "5\r\nhello" + req("GET", "/secret-smuggled-2") + "\r\n0\r\n\r\n",
+			"chunk extension":            "5;x=1\r\nhello\r\n0\r\n\r\n" + req("GET", "/secret-smuggled-3"),
+			"trailer":                    "0\r\nX-T: 1\r\n\r\n" + req("GET", "/secret-smuggled-4"),
+		} {
+			c := e.dial(t, port, false)
+			io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\n\r\n"+body)
+			time.Sleep(300 * time.Millisecond)
+			for i := 1; i <= 4; i++ {
+				if e.sawTarget("/secret-smuggled-" + strconv.Itoa(i)) {
+					t.Fatalf("%s: the server saw the smuggled request", name)
+				}
+			}
+		}
+	})
 	t.Run("an over-long header block is denied", func(t *testing.T) {
 		c := e.dial(t, port, false)
 		io.WriteString(c, req("GET", "/allowed/long", "X-Pad: "+strings.Repeat("a", ScanLimit)))
@@ -417,7 +478,9 @@ func TestPrivilegedHTTPAtTheSocket(t *testing.T) {
 	})
 	t.Run("malformed requests are denied", func(t *testing.T) {
 		for _, raw := range []string{
-			"GET /allowed/te HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+			"GET /allowed/te HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+			"GET /allowed/te10 HTTP/1.0\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+			"GET /allowed/clte HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 			"GET /allowed/cl HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
 			"GET /allowed/fold HTTP/1.1\r\nHost: s\r\nX: a\r\n b\r\n\r\n",
 			"get /allowed/lower HTTP/1.1\r\nHost: s\r\n\r\n",
@@ -445,12 +508,12 @@ func TestPrivilegedHTTPAtTheSocket(t *testing.T) {
 			t.Fatalf("no response: %v", err)
 		}
 		drops := e.counter(t, ReasonGuardDrop)
-		socks, err := e.l.Sockets()
+		socks, err := e.l.Sockets(false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, s := range socks {
-			if err := e.l.RemoveSocket(s); err != nil {
+			if err := e.l.RemoveSocket(s, false); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -480,4 +543,51 @@ func TestPrivilegedHTTPAtTheSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("kernel counters: %v", counters)
+}
+
+// IPv6, and the usual Go server (":port" is one dual-stack IPv6 socket that also accepts IPv4, with
+// IPv4-mapped addresses), are judged like IPv4.
+func TestPrivilegedHTTPAtTheSocketIPv6AndDualStack(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	const v6Port, dualPort, peer = 8082, 8083, 5000
+	for _, p := range []struct {
+		addr netip.Addr
+		port uint16
+	}{{e.srvAddr6, v6Port}, {e.srvAddr, dualPort}, {e.srvAddr6, dualPort}} {
+		if err := e.l.SetPort(p.addr, p.port, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.l.SetRules(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: p.port}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, a := range []netip.Addr{e.cliAddr, e.cliAddr6} {
+		if err := e.l.SetIdentity(netip.PrefixFrom(a, a.BitLen()), peer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.startServerAt(t, "tcp6", netip.AddrPortFrom(e.srvAddr6, v6Port).String(), false)
+	e.startServerAt(t, "tcp", fmt.Sprintf(":%d", dualPort), false)
+	for _, tc := range []struct {
+		name string
+		ap   netip.AddrPort
+	}{
+		{"IPv6", netip.AddrPortFrom(e.srvAddr6, v6Port)},
+		{"IPv4 to a dual-stack socket", netip.AddrPortFrom(e.srvAddr, dualPort)},
+		{"IPv6 to a dual-stack socket", netip.AddrPortFrom(e.srvAddr6, dualPort)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tag := strings.ReplaceAll(tc.name, " ", "-")
+			c := e.dialAddr(t, tc.ap, false)
+			io.WriteString(c, req("GET", "/allowed/"+tag))
+			if n, err := readResponses(c, 1, 5*time.Second); n != 1 {
+				t.Fatalf("no response: %v", err)
+			}
+			e.waitSeen(t, "/allowed/"+tag)
+			c2 := e.dialAddr(t, tc.ap, false)
+			io.WriteString(c2, req("GET", "/secret-"+tag))
+			e.expectDenied(t, c2, "/secret-"+tag)
+		})
+	}
 }

@@ -121,8 +121,6 @@ func SeedChecks() []Check {
 // Pending says why a check cannot give the outcome the policy calls for yet, or "" when it can.
 func (ch Check) Pending() string {
 	switch {
-	case ch.L7:
-		return "HTTP rules are not enforced in the kernel yet (the port is allowed at L4)"
 	case strings.Contains(ch.Name, "toFQDNs"):
 		return "toFQDNs needs DNS-based address learning, not built yet: the egress stays in default deny"
 	}

@@ -45,11 +45,9 @@ type Result struct {
 	// Unsupported lists entries the dataplane cannot enforce yet, with the reason; they enforce
 	// nothing (a missing allow is a deny), which is the safe side.
 	Unsupported []string
-	// L7AtL4 lists allow entries with HTTP rules that the dataplane enforces at L3/L4 only (the peer
-	// reaches the port whatever the request): egress HTTP rules, until the client side is judged.
-	L7AtL4 []string
-	// HTTPRuleSets are the HTTP rules that judge the requests each peer sends to each judged port of
-	// an endpoint (ingress). A peer that an L4-only rule also allows on that port gets ["any"].
+	// HTTPRuleSets are the HTTP rules that judge the requests on each judged port of an endpoint, per
+	// peer: requests peers send to it (ingress) and requests it sends to them (egress). A peer that an
+	// L4-only rule also allows on that port gets ["any"].
 	HTTPRuleSets []HTTPRuleSet
 	// HTTPPorts are the local addresses and ports whose requests are judged.
 	HTTPPorts []HTTPPort
@@ -63,8 +61,10 @@ type Result struct {
 type HTTPRuleSet struct {
 	EndpointID   uint32
 	PeerIdentity datapath.Identity
-	Port         uint16
-	Rules        []string
+	// Port is the server's port: the endpoint's own for ingress, the peer's for egress.
+	Port   uint16
+	Egress bool
+	Rules  []string
 }
 
 // HTTPPort is a local address and port of an endpoint whose requests are judged at the socket.
@@ -72,6 +72,8 @@ type HTTPPort struct {
 	Addr       netip.Addr
 	Port       uint16
 	EndpointID uint32
+	// Egress: connections the endpoint opens to port on any server are judged (client side).
+	Egress bool
 }
 
 // maxHTTPPortRange bounds how many ports one HTTP rule may cover: each judged port is a kernel key.
@@ -146,16 +148,16 @@ func Lower(in Input) Result {
 				addrs = append(addrs, a.Unmap())
 			}
 		}
-		l.http(uint32(ifindex), addrs, &inRS.DirectionPolicy, name)
+		l.http(uint32(ifindex), addrs, &inRS.DirectionPolicy, name, false)
+		l.http(uint32(ifindex), addrs, &egRS.DirectionPolicy, name, true)
 	}
 	slices.Sort(r.Missing)
 	slices.Sort(r.Unsupported)
-	slices.Sort(r.L7AtL4)
 	slices.SortFunc(r.HTTPRuleSets, func(a, b HTTPRuleSet) int {
-		return cmp.Or(cmp.Compare(a.EndpointID, b.EndpointID), cmp.Compare(a.Port, b.Port), cmp.Compare(a.PeerIdentity, b.PeerIdentity))
+		return cmp.Or(cmp.Compare(a.EndpointID, b.EndpointID), compareBool(a.Egress, b.Egress), cmp.Compare(a.Port, b.Port), cmp.Compare(a.PeerIdentity, b.PeerIdentity))
 	})
 	slices.SortFunc(r.HTTPPorts, func(a, b HTTPPort) int {
-		return cmp.Or(cmp.Compare(a.EndpointID, b.EndpointID), a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+		return cmp.Or(cmp.Compare(a.EndpointID, b.EndpointID), compareBool(a.Egress, b.Egress), a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 	})
 	return r
 }
@@ -377,9 +379,6 @@ func (l *lowerer) direction(epID uint32, dir datapath.Direction, dp *v1alpha1.Di
 		pid := PolicyID(origin)
 		l.r.Policies[pid] = origin
 		val := datapath.PolicyEntry{Action: datapath.Allow, Audit: e.Audit, L7: len(e.HTTP) > 0, PolicyID: pid}
-		if val.L7 && e.Action != "Deny" && dir == datapath.Egress {
-			l.r.L7AtL4 = append(l.r.L7AtL4, fmt.Sprintf("%s %s %s/%s from %s (%s)", ep, dir, e.Protocol, e.Ports, e.Peer, origin))
-		}
 		if e.Action == "Deny" {
 			val.Action = datapath.Deny
 		}
@@ -406,7 +405,7 @@ func (l *lowerer) direction(epID uint32, dir datapath.Direction, dp *v1alpha1.Di
 // each peer allowed there gets the union of the HTTP rules that apply to it (its own and those for
 // every peer: the kernel looks up a peer's own set first and does not fall back), or ["any"] when an
 // L4-only rule also allows it there (Cilium: an L4 allow on the same port wins over L7 rules).
-func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPolicy, ep string) {
+func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPolicy, ep string, egress bool) {
 	type portPeer struct {
 		port uint16
 		peer datapath.Identity
@@ -436,7 +435,7 @@ func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPo
 			continue
 		}
 		if lo == 0 || int(hi)-int(lo) >= maxHTTPPortRange {
-			l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s ingress HTTP rules on ports %s: at most %d ports per rule", ep, e.Ports, maxHTTPPortRange))
+			l.r.Unsupported = append(l.r.Unsupported, fmt.Sprintf("%s HTTP rules on ports %s: at most %d ports per rule", ep, e.Ports, maxHTTPPortRange))
 			continue
 		}
 		for p := int(lo); p <= int(hi); p++ {
@@ -490,12 +489,22 @@ func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPo
 				}
 				slices.Sort(set)
 			}
-			l.r.HTTPRuleSets = append(l.r.HTTPRuleSets, HTTPRuleSet{EndpointID: epID, PeerIdentity: peer, Port: port, Rules: set})
+			l.r.HTTPRuleSets = append(l.r.HTTPRuleSets, HTTPRuleSet{EndpointID: epID, PeerIdentity: peer, Port: port, Egress: egress, Rules: set})
 		}
 		for _, a := range addrs {
-			l.r.HTTPPorts = append(l.r.HTTPPorts, HTTPPort{Addr: a, Port: port, EndpointID: epID})
+			l.r.HTTPPorts = append(l.r.HTTPPorts, HTTPPort{Addr: a, Port: port, EndpointID: epID, Egress: egress})
 		}
 	}
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case !a:
+		return -1
+	}
+	return 1
 }
 
 // merge combines two entries for one key: a deny beats an allow (and an enforced deny an audited

@@ -141,7 +141,44 @@ spec:
       rules: {http: [{method: GET, path: "/v1/invoices/[^/]+"}]}
 `
 
-func TestPrivilegedPolicyChangeAppliesToNewConnections(t *testing.T) {
+const billingPolicyL4 = `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: billing-service-policy, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: billing-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: %s}}]
+    toPorts:
+    - ports: [{port: "9000", protocol: TCP}]
+`
+
+// On an L4-only port, a policy change applies to new connections; established ones keep flowing
+// (connection tracking), as documented in docs/limitations.md.
+func TestPrivilegedPolicyChangeAtL4AppliesToNewConnections(t *testing.T) {
+	needLab(t)
+	apply(t, fmt.Sprintf(billingPolicyL4, "reporting-service"))
+	t.Cleanup(func() { apply(t, fmt.Sprintf(billingPolicy, "reporting-service")) })
+	ka, err := dialFrom(t, reporting, billing, 9000)
+	if err != nil {
+		t.Fatalf("allowed connection: %v", err)
+	}
+	if err := ka.get("/internal/metrics"); err != nil {
+		t.Fatalf("request on the allowed connection: %v", err)
+	}
+	apply(t, fmt.Sprintf(billingPolicyL4, "nobody"))
+	if got := request(t, reporting, billing, 9000, "GET", "/v1/invoices/2"); got != dropped {
+		t.Errorf("a new connection after the revocation was %s, want dropped", got)
+	}
+	if err := ka.get("/v1/invoices/3"); err != nil {
+		t.Errorf("the established connection was cut by the policy change: %v", err)
+	}
+}
+
+// Edge case 2 of the seed article: on a port with HTTP rules, every request of a keep-alive
+// connection is judged, so a request after a policy change follows the new policy, and the server
+// never sees a denied one.
+func TestPrivilegedKeepAliveRequestsFollowAPolicyChange(t *testing.T) {
 	needLab(t)
 	apply(t, fmt.Sprintf(billingPolicy, "reporting-service"))
 	t.Cleanup(func() { apply(t, fmt.Sprintf(billingPolicy, "reporting-service")) })
@@ -149,18 +186,37 @@ func TestPrivilegedPolicyChangeAppliesToNewConnections(t *testing.T) {
 	if err != nil {
 		t.Fatalf("allowed connection: %v", err)
 	}
-	if err := ka.get("/v1/invoices/1"); err != nil {
-		t.Fatalf("request on the allowed connection: %v", err)
+	if err := ka.get("/v1/invoices/inv-7"); err != nil {
+		t.Fatalf("allowed request: %v", err)
 	}
-	// Revoke reporting-service's access.
-	apply(t, fmt.Sprintf(billingPolicy, "nobody"))
-	if got := request(t, reporting, billing, 9000, "GET", "/v1/invoices/2"); got != dropped {
-		t.Errorf("a new connection after the revocation was %s, want dropped", got)
+	// Narrow the rule: invoice ids are numbers now.
+	apply(t, strings.Replace(fmt.Sprintf(billingPolicy, "reporting-service"), "/v1/invoices/[^/]+", "/v1/invoices/[0-9]+", 1))
+	if err := ka.get("/v1/invoices/123"); err != nil {
+		t.Fatalf("a request the new rule allows, on the same connection: %v", err)
 	}
-	// Established connections keep flowing (connection tracking), as documented in docs/agent.md.
-	if err := ka.get("/v1/invoices/3"); err != nil {
-		t.Errorf("the established connection was cut by the policy change: %v", err)
+	before := serverSaw(t, billing, "/v1/invoices/inv-8")
+	if err := ka.get("/v1/invoices/inv-8"); err == nil {
+		t.Errorf("a request the new rule denies got an answer on the old connection")
 	}
+	if after := serverSaw(t, billing, "/v1/invoices/inv-8"); after != before {
+		t.Errorf("the server saw the denied request")
+	}
+}
+
+// serverSaw counts the requests for path the lab server of pod has recorded.
+func serverSaw(t *testing.T, pod, path string) int {
+	t.Helper()
+	reqs, err := cluster.Net.Requests(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range reqs {
+		if r.Path == path {
+			n++
+		}
+	}
+	return n
 }
 
 // metric reads one counter from an agent's /metrics.
@@ -217,7 +273,7 @@ func TestPrivilegedAgentRestartKeepsEnforcing(t *testing.T) {
 		defer wg.Done()
 		for ctx.Err() == nil {
 			if err := ka.get("/v1/invoices/7"); err != nil {
-				loadErr.Store(fmt.Errorf("established connection broke: %w", err))
+				loadErr.Store(fmt.Errorf("established connection broke at %s: %w", time.Now().Format("15:04:05.000"), err))
 				return
 			}
 			established.Add(1)
@@ -242,10 +298,12 @@ func TestPrivilegedAgentRestartKeepsEnforcing(t *testing.T) {
 	}()
 
 	time.Sleep(500 * time.Millisecond)
+	t.Logf("killing the agent at %s", time.Now().Format("15:04:05.000"))
 	if err := cluster.StopAgent("node-a", syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second) // the gap
+	t.Logf("starting the agent at %s", time.Now().Format("15:04:05.000"))
 	if err := cluster.StartAgent("node-a"); err != nil {
 		t.Fatal(err)
 	}

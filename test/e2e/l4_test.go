@@ -2,11 +2,14 @@ package e2e_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/portcullis-dev/portcullis/controllers/agent"
+	"github.com/portcullis-dev/portcullis/internal/lab"
 	"github.com/portcullis-dev/portcullis/internal/labcluster"
 )
 
@@ -41,24 +44,72 @@ func runChecks(t *testing.T, checks []check) {
 	}
 }
 
-// The scripted demonstration of the README's main command, minus the checks that wait on HTTP rules
-// in the kernel or on toFQDNs (Check.Pending says which), must give exactly the expected outcome.
-func TestPrivilegedSeedScenariosAtL3L4(t *testing.T) {
+// The scripted demonstration of the README's main command, minus the checks that wait on toFQDNs
+// (Check.Pending says which), must give exactly the expected outcome — HTTP rules included, judged in
+// the kernel — and the server must see exactly the requests that were allowed.
+func TestPrivilegedSeedScenarios(t *testing.T) {
 	needLab(t)
 	settle(t)
-	ran := 0
+	ran, l7 := 0, 0
 	for _, ch := range labcluster.SeedChecks() {
 		if ch.Pending() != "" {
 			continue
 		}
 		ran++
+		server := strings.HasPrefix(ch.To, "production/") && !ch.UDP
+		before := 0
+		if server {
+			before = serverSaw(t, ch.To, ch.Path)
+		}
 		got, err := cluster.Run(ctxT(t, 5*time.Second), ch)
 		if got != ch.Want {
 			t.Errorf("%s: %s → %s:%d was %s (%v), want %s", ch.Name, ch.From, ch.To, ch.Port, got, err, ch.Want)
 		}
+		if !server {
+			continue
+		}
+		if ch.L7 {
+			l7++
+		}
+		seen := serverSaw(t, ch.To, ch.Path) - before
+		switch {
+		case ch.Want == labcluster.Allowed && seen != 1:
+			t.Errorf("%s: the server saw the allowed request %d times", ch.Name, seen)
+		case ch.Want == labcluster.Dropped && seen != 0:
+			t.Errorf("%s: the server saw a denied request", ch.Name)
+		}
 	}
-	if ran < 8 {
-		t.Errorf("only %d seed checks are enforceable at L3/L4", ran)
+	if ran < 14 || l7 < 6 {
+		t.Errorf("only %d seed checks ran (%d judged by HTTP rules)", ran, l7)
+	}
+}
+
+func TestPrivilegedEgressHTTPRulesFailTheWrite(t *testing.T) {
+	needLab(t)
+	apply(t, `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: reporting-reads-invoices, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: reporting-service}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: billing-service}}]
+    toPorts:
+    - ports: [{port: "9000", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/v1/invoices/.*"}]}
+`)
+	t.Cleanup(func() { deleteYAML(t, "accesspolicy", "production", "reporting-reads-invoices") })
+	const billingPod = "production/billing-service"
+	if got := request(t, reporting, billingPod, 9000, "GET", "/v1/invoices/5"); got != allowed {
+		t.Fatalf("allowed request was %s", got)
+	}
+	before := serverSaw(t, billingPod, "/v1/invoices/6")
+	_, err := cluster.Net.HTTP(ctxT(t, 3*time.Second), reporting, billingPod, 9000, "DELETE", "/v1/invoices/6", nil)
+	if !errors.Is(err, lab.ErrDenied) {
+		t.Errorf("a request the client's egress rules deny: %v, want the write to fail with EACCES", err)
+	}
+	if serverSaw(t, billingPod, "/v1/invoices/6") != before {
+		t.Errorf("the server saw a request its client's egress rules deny")
 	}
 }
 

@@ -1,0 +1,189 @@
+package l7
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The client half of TestPrivilegedEgressHTTPAtTheSocket: a child process in the test cgroup (so
+// that sock_ops sees its connections) that connects to L7_TEST_CLIENT, performs the writes listed
+// (base64 JSON) in L7_TEST_CLIENT_WRITES with a pause between them, and prints "write ok" or
+// "write err ERROR" for each, then "responses N" for the HTTP responses read within a second.
+func TestHelperClientProcess(t *testing.T) {
+	addr := os.Getenv("L7_TEST_CLIENT")
+	if addr == "" {
+		t.Skip("helper process for TestPrivilegedEgressHTTPAtTheSocket")
+	}
+	raw, _ := base64.StdEncoding.DecodeString(os.Getenv("L7_TEST_CLIENT_WRITES"))
+	var writes []string
+	json.Unmarshal(raw, &writes)
+	var d net.Dialer
+	d.SetMultipathTCP(os.Getenv("L7_TEST_CLIENT_MPTCP") == "1")
+	c, err := d.Dial("tcp4", addr)
+	if err != nil {
+		fmt.Println("dial err", err)
+		os.Exit(1)
+	}
+	for _, w := range writes {
+		if _, err := c.Write([]byte(w)); err != nil {
+			fmt.Println("write err", err)
+		} else {
+			fmt.Println("write ok")
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	n, _ := readResponses(c, 10, time.Second)
+	fmt.Println("responses", n)
+	os.Exit(0)
+}
+
+// runClient runs the client helper in the client namespace and the test cgroup and returns its
+// output lines.
+func (e *testEnv) runClient(t *testing.T, port uint16, writes ...string) []string {
+	t.Helper()
+	return e.runClientOpts(t, port, false, writes...)
+}
+
+func (e *testEnv) runClientOpts(t *testing.T, port uint16, mptcp bool, writes ...string) []string {
+	t.Helper()
+	cg, err := os.Open(e.cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	js, _ := json.Marshal(writes)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperClientProcess$", "-test.v=false")
+	cmd.Env = append(os.Environ(), "L7_TEST_CLIENT="+netip.AddrPortFrom(e.srvAddr, port).String(),
+		"L7_TEST_CLIENT_WRITES="+base64.StdEncoding.EncodeToString(js))
+	if mptcp {
+		cmd.Env = append(cmd.Env, "L7_TEST_CLIENT_MPTCP=1")
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inNS(t, e.cliNS, func() { err = cmd.Start() })
+	if err != nil {
+		t.Fatalf("start client: %v", err)
+	}
+	pid := cmd.Process.Pid
+	done := make(chan []string)
+	go func() {
+		var lines []string
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if l := sc.Text(); strings.HasPrefix(l, "write ") || strings.HasPrefix(l, "responses ") || strings.HasPrefix(l, "dial ") {
+				lines = append(lines, l)
+			}
+		}
+		done <- lines
+	}()
+	select {
+	case lines := <-done:
+		cmd.Wait()
+		return lines
+	case <-time.After(20 * time.Second):
+		_ = syscall.Kill(pid, syscall.SIGKILL) // only the process this test started, by its PID
+		cmd.Wait()
+		t.Fatal("client helper hung")
+		return nil
+	}
+}
+
+func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	const port = 8090
+	if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: port, Egress: true}, []string{
+		`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload(-c)?"`,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.startServer(t, port, false) // not an ingress L7 port: only the client side judges
+	const mptcpPort = 8091
+	if err := e.l.SetEgressPort(e.cliAddr, mptcpPort, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: mptcpPort, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
+		t.Fatal(err)
+	}
+	e.startServer(t, mptcpPort, true)
+	t.Run("an MPTCP connection cannot bypass egress rules", func(t *testing.T) {
+		failed := e.counter(t, ReasonInsertFailed)
+		got := e.runClientOpts(t, mptcpPort, true, req("GET", "/secret-e-mptcp"))
+		t.Logf("client: %q", got)
+		time.Sleep(200 * time.Millisecond)
+		if e.sawTarget("/secret-e-mptcp") {
+			t.Fatal("the server saw the denied request")
+		}
+		if e.counter(t, ReasonInsertFailed) == failed {
+			t.Fatal("the MPTCP subflow was not refused by the SOCKHASH; what judged it?")
+		}
+	})
+
+	for _, tc := range []struct {
+		name   string
+		writes []string
+		want   []string // expected output lines
+		seen   []string
+		unseen []string
+	}{
+		{"allowed request is sent", []string{req("GET", "/allowed/e1")},
+			[]string{"write ok", "responses 1"}, []string{"/allowed/e1"}, nil},
+		{"denied request fails the write with EACCES", []string{req("GET", "/secret-e2"), req("GET", "/allowed/e2-after")},
+			[]string{"write err write tcp4 %s: write: permission denied", "write err write tcp4 %s: write: permission denied", "responses 0"}, nil, []string{"/secret-e2", "/allowed/e2-after"}},
+		{"a request split over writes is judged once complete", []string{"GET /allo", "wed/e3 HTTP/1.1\r\nHost: s\r\n", "\r\n"},
+			[]string{"write ok", "write ok", "write ok", "responses 1"}, []string{"/allowed/e3"}, nil},
+		{"pipelined requests and a body in one write are judged each",
+			[]string{req("GET", "/allowed/e4") + req("POST", "/upload", "Content-Length: 5") + "hello" + req("GET", "/allowed/e4b")},
+			[]string{"write ok", "responses 3"}, []string{"/allowed/e4", "/allowed/e4b"}, nil},
+		{"chunked uploads are framed, split over writes", []string{req("POST", "/upload-c", "Transfer-Encoding: chunked") + "5\r", "\nhel",
+			"lo\r\n0\r\n", "\r\n" + req("GET", "/allowed/after-chunked-e")},
+			[]string{"write ok", "write ok", "write ok", "write ok", "responses 2"}, []string{"/upload-c", "/allowed/after-chunked-e"}, nil},
+		{"a request hidden where a chunk size belongs is refused", []string{req("POST", "/upload", "Transfer-Encoding: chunked") + "5\r\nhello\r\n" + req("GET", "/secret-e-smuggled")},
+			nil, nil, []string{"/secret-e-smuggled"}},
+		{"a denied request pipelined after an allowed one is not sent", []string{req("GET", "/allowed/e5") + req("GET", "/secret-e5")},
+			nil, []string{"/allowed/e5"}, []string{"/secret-e5"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := e.runClient(t, port, tc.writes...)
+			t.Logf("client: %q", got)
+			if tc.want != nil {
+				if len(got) != len(tc.want) {
+					t.Fatalf("client said %q, want %q", got, tc.want)
+				}
+				for i, w := range tc.want {
+					if strings.Contains(w, "%s") {
+						w = strings.Split(w, "%s")[0]
+					}
+					if !strings.HasPrefix(got[i], w) || (strings.Contains(tc.want[i], "permission denied") && !strings.HasSuffix(got[i], "permission denied")) {
+						t.Fatalf("client said %q, want %q", got, tc.want)
+					}
+				}
+			}
+			for _, s := range tc.seen {
+				e.waitSeen(t, s)
+			}
+			time.Sleep(200 * time.Millisecond)
+			for _, s := range tc.unseen {
+				if e.sawTarget(s) {
+					t.Fatalf("the server saw %s", s)
+				}
+			}
+		})
+	}
+}
