@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -251,4 +252,132 @@ func enforcedOn(ctx context.Context, b *testing.B, node, policy string, gen int6
 		}
 	}
 	return false
+}
+
+const benchHTTPPolicy = `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: bench-l4, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: user-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: auth-service}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules:
+        http:
+%s`
+
+// httpRules returns n HTTP rules: n-1 that the benchmark's requests do not match (regular
+// expressions over other paths), and a last one that matches GET /bench.
+func httpRules(n int) string {
+	var b strings.Builder
+	for i := 0; i < n-1; i++ {
+		fmt.Fprintf(&b, "        - {method: \"GET|HEAD\", path: \"/api/v1/resource%d/[0-9]+(/items)?\"}\n", i)
+	}
+	b.WriteString("        - {method: GET, path: \"/bench\"}\n")
+	return b.String()
+}
+
+// startHAProxy runs HAProxy inside the client pod, as a sidecar would, doing the same method and path
+// check in user space and forwarding to the server; it returns the URL to load and a stop function.
+func startHAProxy(b *testing.B, client, server string) (string, func()) {
+	b.Helper()
+	st, err := cluster.State()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := filepath.Join(b.TempDir(), "haproxy.cfg")
+	conf := fmt.Sprintf(`global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:18080
+    acl allowed method GET
+    acl allowed_path path_reg ^/bench$
+    http-request deny unless allowed allowed_path
+    default_backend be
+backend be
+    server s1 %s:8080
+`, server)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	pod := st.Pods[client]
+	cmd := exec.Command("nsenter", "--net="+pod.Netns, "--", "haproxy", "-db", "-f", cfg)
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("haproxy: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	return "http://127.0.0.1:18080/bench", func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+}
+
+// BenchmarkLabHTTPRules compares, between two lab pods on one node and in the same run: no policy;
+// an L3/L4 policy; HTTP rules that allow every request; 16 HTTP rules with regular expressions (the
+// current per-peer limit of the kernel matcher), the request matching the last; and HAProxy in the
+// client pod doing the same method and path check in user space.
+func BenchmarkLabHTTPRules(b *testing.B) {
+	needBenchLab(b)
+	ip, err := cluster.Net.PodIPs("production/user-service")
+	if err != nil {
+		b.Fatal(err)
+	}
+	deleteYAML(b, "accesspolicy", "production", "--all")
+	b.Cleanup(func() {
+		if err := cluster.Apply(context.Background(), filepath.Join(root, "examples", "seed")); err != nil {
+			b.Error(err)
+		}
+		waitConverged(b)
+	})
+	const client = "production/auth-service"
+	url := fmt.Sprintf("http://%s:8080/bench", ip.IPv4)
+	modes := []struct {
+		name   string
+		policy string
+	}{
+		{"none", ""},
+		{"l4", fmt.Sprintf(benchPolicy, "auth-service")},
+		{"http-allow-all", fmt.Sprintf(benchHTTPPolicy, "        - {}\n")},
+		{"http-16-rules", fmt.Sprintf(benchHTTPPolicy, httpRules(16))},
+		{"haproxy", ""},
+	}
+	for _, conns := range []int{1, 16} {
+		b.Run(fmt.Sprintf("c=%d", conns), func(b *testing.B) {
+			results := map[string][]wrkResult{}
+			for range b.N {
+				for round := 0; round < 3; round++ {
+					for _, m := range modes {
+						deleteYAML(b, "accesspolicy", "production", "bench-l4")
+						target := url
+						stop := func() {}
+						if m.policy != "" {
+							if err := cluster.ApplyYAML(context.Background(), []byte(m.policy)); err != nil {
+								b.Fatal(err)
+							}
+							waitConverged(b)
+						}
+						if m.name == "haproxy" {
+							target, stop = startHAProxy(b, client, ip.IPv4.String())
+						}
+						results[m.name] = append(results[m.name], runWrk(b, client, target, conns, 3*time.Second))
+						stop()
+					}
+				}
+			}
+			base := median(results["none"])
+			for _, m := range modes {
+				r := median(results[m.name])
+				b.ReportMetric(r.rps/base.rps, m.name+"-ratio")
+				b.ReportMetric(float64((r.p50 - base.p50).Microseconds()), m.name+"-added-p50-µs")
+				b.ReportMetric(float64(r.p99.Microseconds()), m.name+"-p99-µs")
+			}
+			b.ReportMetric(base.rps, "none-req/s")
+		})
+	}
+	deleteYAML(b, "accesspolicy", "production", "bench-l4")
 }
