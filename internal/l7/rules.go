@@ -121,20 +121,29 @@ var errRule = errors.New("http rule cannot be enforced in the kernel")
 // CompileRules lowers normalized HTTP rule strings (policy.HTTPRule.String form) for the kernel.
 // logHeader requirements are for the record only and are ignored.
 func CompileRules(rules []string) ([]CompiledRule, error) {
-	if len(rules) > MaxRules {
-		return nil, fmt.Errorf("%w: %d rules, at most %d", errRule, len(rules), MaxRules)
-	}
-	out := make([]CompiledRule, 0, len(rules))
+	parsed := make([]policy.HTTPRule, 0, len(rules))
+	texts := make([]string, 0, len(rules))
 	for _, text := range rules {
 		r, err := policy.ParseHTTPRule(text)
 		if err != nil {
 			return nil, err
 		}
+		parsed = append(parsed, r)
+		texts = append(texts, text)
+	}
+	parsed, texts = mergePaths(parsed, texts)
+	if len(parsed) > MaxRules {
+		return nil, fmt.Errorf("%w: %d rules (after merging rules that differ only in path), at most %d", errRule, len(parsed), MaxRules)
+	}
+	out := make([]CompiledRule, 0, len(parsed))
+	for i, r := range parsed {
+		text := texts[i]
 		cr := CompiledRule{Patterns: [3]string{r.Method, r.Path, r.Host}}
 		for i, dst := range []**dfa.DFA{&cr.Method, &cr.Path, &cr.Host} {
 			if cr.Patterns[i] == "" {
 				continue
 			}
+			var err error
 			if *dst, err = dfa.Compile(cr.Patterns[i], dfa.Options{}); err != nil {
 				return nil, fmt.Errorf("http rule %q: %w", text, err)
 			}
@@ -153,6 +162,69 @@ func CompileRules(rules []string) ([]CompiledRule, error) {
 		out = append(out, cr)
 	}
 	return out, nil
+}
+
+// mergePaths folds rules that differ only in their path into one rule whose path is the alternation
+// of theirs: OR-ing such rules is matching their common method, host and headers and any of their
+// paths, so the kernel walks one path DFA instead of one per rule, and a peer can have far more path
+// rules than the kernel's rules per key. A rule without a path (any path) absorbs the others of its
+// group. A group whose alternation needs more DFA states than the budget stays as it was.
+func mergePaths(rules []policy.HTTPRule, texts []string) ([]policy.HTTPRule, []string) {
+	type group struct {
+		first int
+		paths []string
+		any   bool
+	}
+	groups := map[string]*group{}
+	var order []string
+	for i, r := range rules {
+		k := strings.Join([]string{r.Method, r.Host, strings.Join(r.Headers, "\x00"), strings.Join(r.LogHeaders, "\x00")}, "\x01")
+		g, ok := groups[k]
+		if !ok {
+			g = &group{first: i}
+			groups[k] = g
+			order = append(order, k)
+		}
+		if r.Path == "" {
+			g.any = true
+		} else if !slices.Contains(g.paths, r.Path) {
+			g.paths = append(g.paths, r.Path)
+		}
+	}
+	var outRules []policy.HTTPRule
+	var outTexts []string
+	for _, k := range order {
+		g := groups[k]
+		base := rules[g.first]
+		switch {
+		case g.any:
+			base.Path = ""
+			outRules, outTexts = append(outRules, base), append(outTexts, base.String())
+			continue
+		case len(g.paths) == 1:
+			base.Path = g.paths[0]
+			outRules, outTexts = append(outRules, base), append(outTexts, base.String())
+			continue
+		}
+		sorted := slices.Clone(g.paths)
+		slices.Sort(sorted)
+		alts := make([]string, len(sorted))
+		for i, p := range sorted {
+			alts[i] = "(?:" + p + ")"
+		}
+		merged := strings.Join(alts, "|")
+		if _, err := dfa.Compile(merged, dfa.Options{}); err == nil {
+			base.Path = merged
+			outRules, outTexts = append(outRules, base), append(outTexts, base.String())
+			continue
+		}
+		for _, p := range g.paths {
+			r := base
+			r.Path = p
+			outRules, outTexts = append(outRules, r), append(outTexts, r.String())
+		}
+	}
+	return outRules, outTexts
 }
 
 // quarantine is how long a freed DFA or header id, or a freed cell range, is not reused: a program

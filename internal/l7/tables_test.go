@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -47,9 +48,10 @@ func TestReleasedCellRangesCoalesce(t *testing.T) {
 }
 
 func TestCompileRulesRejectsWhatTheKernelCannotHold(t *testing.T) {
+	// Rules that differ in method cannot be merged.
 	many := make([]string, MaxRules+1)
 	for i := range many {
-		many[i] = "any"
+		many[i] = fmt.Sprintf(`method="M%d"`, i)
 	}
 	for name, rules := range map[string][]string{
 		"too many rules":   many,
@@ -72,6 +74,34 @@ func TestCompileRulesRejectsWhatTheKernelCannotHold(t *testing.T) {
 	}
 	if got[1].Method != nil || got[1].Path != nil || got[1].Host != nil || got[1].Headers != nil {
 		t.Fatalf(`"any" compiled to %+v`, got[1])
+	}
+}
+
+func TestRulesThatDifferOnlyInPathShareOneDFA(t *testing.T) {
+	var rules []string
+	for i := 0; i < 100; i++ {
+		rules = append(rules, fmt.Sprintf(`method="GET" path="/api/v1/resource%d/[0-9]+"`, i))
+	}
+	rules = append(rules, `method="POST" path="/v1/users"`, `method="POST" path="/v1/users"`)
+	got, err := CompileRules(rules)
+	if err != nil {
+		t.Fatalf("100 path rules for one method: %v", err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("compiled to %d rules, want 2 (one per method)", len(got))
+	}
+	for _, c := range []struct {
+		path string
+		want bool
+	}{{"/api/v1/resource0/1", true}, {"/api/v1/resource99/42", true}, {"/api/v1/resource100/1", false}, {"/api/v1/resource7/x", false}, {"/v1/users", false}} {
+		if m := got[0].Path.Match([]byte(c.path)); m != c.want {
+			t.Errorf("merged path DFA on %s = %v, want %v", c.path, m, c.want)
+		}
+	}
+	// A rule with any path absorbs the other paths of its method.
+	got, err = CompileRules([]string{`method="GET" path="/a"`, `method="GET"`})
+	if err != nil || len(got) != 1 || got[0].Path != nil {
+		t.Fatalf("GET /a or GET anything: %+v, %v", got, err)
 	}
 }
 
