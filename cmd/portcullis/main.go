@@ -252,10 +252,7 @@ func labExec(args []string) error {
 		}
 		return fmt.Errorf("no pod %q in the lab (pods: %s)", args[0], strings.Join(names, ", "))
 	}
-	// Join the pod's cgroup first (sockets belong to the cgroup of the process that opens them),
-	// then its network namespace. nsenter, not `ip netns exec`, which would remount /sys.
-	script := `echo $$ > "$0/cgroup.procs" && exec "$@"`
-	cmd := exec.Command("nsenter", append([]string{"--net=" + pod.Netns, "--", "sh", "-c", script, pod.Cgroup}, args[2:]...)...)
+	cmd := pod.Command(args[2:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	err = cmd.Run()
 	var exit *exec.ExitError

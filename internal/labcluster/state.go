@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 )
 
@@ -66,4 +67,12 @@ func LoadState(path string) (State, error) {
 		return st, fmt.Errorf("lab state %s: %w", path, err)
 	}
 	return st, nil
+}
+
+// Command returns a command that runs argv inside the pod: in its cgroup first (sockets belong to the
+// cgroup of the process that opens them, and the HTTP programs sit on the node's cgroup), then its
+// network namespace, entered with nsenter — not `ip netns exec`, which would remount /sys.
+func (p PodState) Command(argv ...string) *exec.Cmd {
+	script := `echo $$ > "$0/cgroup.procs" && exec "$@"`
+	return exec.Command("nsenter", append([]string{"--net=" + p.Netns, "--", "sh", "-c", script, p.Cgroup}, argv...)...)
 }

@@ -66,11 +66,8 @@ func runWrk(b *testing.B, client, url string, conns int, d time.Duration) wrkRes
 	if err != nil {
 		b.Fatal(err)
 	}
-	pod := st.Pods[client]
 	threads := min(conns, 2)
-	script := `echo $$ > "$0/cgroup.procs" && exec "$@"`
-	cmd := exec.Command("nsenter", "--net="+pod.Netns, "--", "sh", "-c", script, pod.Cgroup,
-		"wrk", "--latency", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), url)
+	cmd := st.Pods[client].Command("wrk", "--latency", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), url)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		b.Fatalf("wrk: %v\n%s", err, out)
