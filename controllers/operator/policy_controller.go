@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -169,8 +170,16 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		r.Recorder.Eventf(s.obj, nil, "Warning", ReasonInvalidSpec, "Validate", "%s", s.invalid.ToAggregate().Error())
 		return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("%s is invalid: %w", s.key, s.invalid.ToAggregate()))
 	}
+	if s.report.enforcing < len(s.report.nodes) {
+		// Waiting on the agents: NodePolicy events normally bring the policy back, and this requeue
+		// makes sure a missed one cannot leave it Reconciling.
+		return ctrl.Result{RequeueAfter: rolloutRecheck}, nil
+	}
 	return ctrl.Result{}, nil
 }
+
+// rolloutRecheck is how often a policy that is rolling out looks at the agents' reports again.
+const rolloutRecheck = 2 * time.Second
 
 // compile validates the policy and, when valid, gives it to the compiler; either way it computes the
 // status fan-in from the compiled state.
