@@ -99,14 +99,7 @@ func BenchmarkLabHTTPWithL4Policy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The baseline is user-service with no policy at all: take the seed policies away for the run.
-	deleteYAML(b, "accesspolicy", "production", "--all")
-	b.Cleanup(func() {
-		if err := cluster.Apply(context.Background(), filepath.Join(root, "examples", "seed")); err != nil {
-			b.Error(err)
-		}
-		waitConverged(b)
-	})
+	withoutSeedPolicies(b)
 	for _, tc := range []struct {
 		name   string
 		client string
@@ -142,6 +135,19 @@ func BenchmarkLabHTTPWithL4Policy(b *testing.B) {
 			b.ReportMetric(float64(mp.p99.Microseconds()), "policy-p99-µs")
 		})
 	}
+}
+
+// withoutSeedPolicies takes the seed policies away for a benchmark, so that its baseline is
+// user-service with no policy at all, and puts them back when it ends.
+func withoutSeedPolicies(b *testing.B) {
+	b.Helper()
+	deleteYAML(b, "accesspolicy", "production", "--all")
+	b.Cleanup(func() {
+		if err := cluster.Apply(context.Background(), filepath.Join(root, "examples", "seed")); err != nil {
+			b.Error(err)
+		}
+		waitConverged(b)
+	})
 }
 
 func median(rs []wrkResult) wrkResult {
@@ -324,13 +330,7 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	deleteYAML(b, "accesspolicy", "production", "--all")
-	b.Cleanup(func() {
-		if err := cluster.Apply(context.Background(), filepath.Join(root, "examples", "seed")); err != nil {
-			b.Error(err)
-		}
-		waitConverged(b)
-	})
+	withoutSeedPolicies(b)
 	const client = "production/auth-service"
 	url := fmt.Sprintf("http://%s:8080/bench", ip.IPv4)
 	modes := []struct {
