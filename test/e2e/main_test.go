@@ -153,6 +153,13 @@ func settle(t *testing.T) {
 	t.Helper()
 	ctx := ctxT(t, 20*time.Second)
 	if err := cluster.WaitReady(ctx); err != nil {
+		// What the agents reported, to tell a stuck agent from a stuck fan-in.
+		for _, n := range cluster.Net.Topology().Nodes {
+			if np, err := cluster.NodePolicy(context.Background(), n.Name); err == nil {
+				t.Logf("NodePolicy %s: generation %d, observedGeneration %d, enforcedPolicies %+v, spec.policies %+v, conditions %+v",
+					n.Name, np.Generation, np.Status.ObservedGeneration, np.Status.EnforcedPolicies, np.Spec.Policies, np.Status.Conditions)
+			}
+		}
 		t.Fatal(err)
 	}
 	if err := cluster.WaitNodesConverged(ctx); err != nil {
