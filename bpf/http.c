@@ -10,15 +10,20 @@
  *     header block with the shared matcher (http_match.h); bodies
  *     (Content-Length or chunked) are streamed piece by piece, never
  *     buffered whole.
- *   l7_verdict (sk_skb/stream_verdict): drops every message of a denied
- *     connection (deny is sticky), passes the rest.
+ *   l7_verdict (sk_skb/stream_verdict): answers a denied request with
+ *     403 Forbidden when that cannot overtake an earlier response (the
+ *     request is rewritten in place into a response of the same length and
+ *     redirected to the socket's own egress), drops every other message of a
+ *     denied connection (deny is sticky), passes the rest.
  *   l7_guard (cgroup_skb/ingress, same cgroup): drops data segments of a
  *     judged port whose socket is not in the SOCKHASH (insert failed, entry
  *     removed, MPTCP subflow, connection older than the attachment): no
  *     connection on a judged port is ever left unenforced.
  *   l7_reset (iter/tcp): resets (RST) every denied connection of the network
  *     namespace the iterator is read in, with bpf_sock_destroy: a denied
- *     client gets a reset instead of waiting for its timeout.
+ *     client that could not get a 403 gets a reset instead of waiting for its
+ *     timeout; one that got a 403 and did not close is reset after a grace.
+ *   Every judged request is reported in the l7_events ring buffer.
  *   l7_test_judge (syscall): the matcher on a buffer, for BPF_PROG_TEST_RUN
  *     (input in the test slot of l7_scratch, on every CPU).
  */
@@ -82,6 +87,11 @@ struct {
 	__uint(max_entries, 65536);
 } l7_egress_state SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} l7_events SEC(".maps");
+
 /* Names the shared types in the object's BTF for bpf2go -type. */
 struct l7_btf_anchor {
 	struct l7_test_ctx test_ctx;
@@ -92,6 +102,8 @@ struct l7_btf_anchor {
 	enum l7_phase phase;
 	enum l7_direction direction;
 	struct l7_tuple tuple;
+	struct l7_event event;
+	enum l7_event_verdict event_verdict;
 	struct sock_common sock_common;
 };
 struct l7_btf_anchor l7_btf_anchor SEC(".portcullis.btf_anchor");
@@ -129,6 +141,15 @@ static __always_inline int msg_offset(struct __sk_buff *skb)
 	return cb->strp.strp.offset;
 }
 
+/* Length of the current message (verdict program: what the parser framed). */
+static __always_inline int msg_len(struct __sk_buff *skb)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct sk_skb_cb *cb = (struct sk_skb_cb *)kskb->cb;
+
+	return cb->strp.strp.full_len;
+}
+
 static __always_inline void addr_v4(__u8 *dst, __u32 a)
 {
 	__builtin_memset(dst, 0, 10);
@@ -162,6 +183,32 @@ static __always_inline int ops_tuple(struct bpf_sock_ops *ops, struct l7_tuple *
 		return -1;
 	t->local_port = ops->local_port;
 	t->remote_port = (__u16)bpf_htonl(ops->remote_port);
+	return 0;
+}
+
+static __always_inline int skb_tuple(struct __sk_buff *skb, struct l7_tuple *t)
+{
+	__u32 family = skb->family;
+
+	/* Each context field read on its own: the verifier refuses a load
+	 * through a context pointer the compiler chose between two fields. */
+	if (family == AF_INET) {
+		__u32 l4 = skb->local_ip4, r4 = skb->remote_ip4;
+
+		asm volatile("" : "+r"(l4), "+r"(r4));
+		addr_v4(t->local, l4);
+		addr_v4(t->remote, r4);
+	} else if (family == AF_INET6) {
+		__u32 l6[4] = {skb->local_ip6[0], skb->local_ip6[1], skb->local_ip6[2], skb->local_ip6[3]};
+		__u32 r6[4] = {skb->remote_ip6[0], skb->remote_ip6[1], skb->remote_ip6[2], skb->remote_ip6[3]};
+
+		__builtin_memcpy(t->local, l6, 16);
+		__builtin_memcpy(t->remote, r6, 16);
+	} else {
+		return -1;
+	}
+	t->local_port = skb->local_port;
+	t->remote_port = (__u16)bpf_htonl(skb->remote_port);
 	return 0;
 }
 
@@ -242,14 +289,190 @@ int l7_sockops(struct bpf_sock_ops *ops)
 	return 1;
 }
 
-static __always_inline int deny_all(struct l7_sock_state *st, __u32 reason, int avail)
+static __always_inline void set_denied(struct l7_sock_state *st, __u32 reason)
 {
 	if (!st->denied) {
 		st->denied = 1;
 		st->reason = reason;
+		st->denied_at = bpf_ktime_get_ns();
 	}
 	count(reason);
+}
+
+static __always_inline int deny_all(struct l7_sock_state *st, __u32 reason, int avail)
+{
+	set_denied(st, reason);
 	return avail; /* the whole rest is one message, dropped by l7_verdict */
+}
+
+/* Copies len bytes (at most max) of the scratch buffer at start into dst and
+ * zeroes the rest of dst. The buffer has L7_EV_PATH_MAX bytes of slack, so
+ * the copy never leaves it. */
+static __always_inline void copy_value(__u8 *dst, __u32 max, const struct l7_scratch *sc, __u32 start,
+				       __u32 len)
+{
+	__builtin_memset(dst, 0, max);
+	if (len > max)
+		len = max;
+	if (len)
+		bpf_probe_read_kernel(dst, len, sc->buf + (start & SCAN_MASK));
+}
+
+/* Reports one judged request; slot is the scratch slot judge() used (still
+ * held). */
+static __always_inline void emit(__u32 slot, const struct judge_out *out, const struct l7_sock_state *st,
+				 const struct l7_tuple *t, __u8 verdict, __u32 flags, __u64 t0)
+{
+	struct l7_event *ev;
+	struct l7_scratch *sc;
+	struct scan *s;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 plen = 0, hlen = 0, mlen = 0;
+
+	ev = bpf_ringbuf_reserve(&l7_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(L7_R_EVENT_LOST);
+		return;
+	}
+	ev->time_ns = now;
+	ev->latency_ns = now - t0;
+	ev->endpoint_id = st->endpoint_id;
+	ev->peer_identity = st->peer_identity;
+	__builtin_memcpy(ev->local, t->local, 16);
+	__builtin_memcpy(ev->remote, t->remote, 16);
+	ev->local_port = t->local_port;
+	ev->remote_port = t->remote_port;
+	ev->port = st->port;
+	ev->direction = st->direction;
+	ev->verdict = verdict;
+	ev->reason = out->reason;
+	ev->rule = out->rule;
+	ev->flags = flags;
+	ev->log_missing = out->log_missing;
+	ev->pad = 0;
+	s = bpf_map_lookup_elem(&l7_scans, &slot);
+	sc = scratch(slot);
+	if (s && sc) {
+		mlen = s->mlen;
+		if (s->pend > s->tstart)
+			plen = s->pend - s->tstart;
+		if (s->nhost && s->hend > s->hstart)
+			hlen = s->hend - s->hstart;
+		copy_value(ev->method, L7_EV_METHOD_MAX, sc, 0, mlen);
+		copy_value(ev->path, L7_EV_PATH_MAX, sc, s->tstart, plen);
+		copy_value(ev->host, L7_EV_HOST_MAX, sc, s->hstart, hlen);
+	} else {
+		__builtin_memset(ev->method, 0, L7_EV_METHOD_MAX);
+		__builtin_memset(ev->path, 0, L7_EV_PATH_MAX);
+		__builtin_memset(ev->host, 0, L7_EV_HOST_MAX);
+	}
+	ev->method_len = mlen;
+	ev->path_len = plen;
+	ev->host_len = hlen;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Body framing of a request whose header block passed. */
+static __always_inline void frame_body(struct l7_sock_state *st, const struct judge_out *out)
+{
+	if (out->chunked) {
+		st->phase = L7_PHASE_CHUNK_SIZE;
+	} else if (out->body_len) {
+		st->phase = L7_PHASE_BODY;
+		st->body_remaining = out->body_len;
+	}
+}
+
+/* Remembers where the server's output stood when a request was passed: a
+ * later 403 is in order only once the server has written since then and the
+ * client has acknowledged all of it. */
+static __always_inline void mark_passed(struct __sk_buff *skb, struct l7_sock_state *st)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct tcp_sock *tp;
+
+	st->requests++;
+	if (!sk)
+		return;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		st->snd_mark = tp->write_seq;
+}
+
+/* The shortest 403 the verdict program writes; longer messages are padded
+ * with optional whitespace before "close". */
+#define FORBIDDEN_HEAD_LEN 56
+#define FORBIDDEN_TAIL_LEN 22
+#define FORBIDDEN_MIN (FORBIDDEN_HEAD_LEN + FORBIDDEN_TAIL_LEN)
+static const char forbidden_head[FORBIDDEN_HEAD_LEN + 1] =
+	"HTTP/1.1 403 Forbidden\r\nContent-Length: 13\r\nConnection: ";
+static const char forbidden_tail[FORBIDDEN_TAIL_LEN + 1] = "close\r\n\r\nAccess denied";
+static const char spaces[64] = "                                                                ";
+
+/*
+ * How many bytes of a request denied by policy become the message answered
+ * with 403 Forbidden, or 0 when the connection is to be reset instead. A
+ * 403 needs a message of at least FORBIDDEN_MIN bytes (it replaces the
+ * message byte for byte), and must not overtake a response the server still
+ * owes: it is written for the first request of a connection, or when the
+ * server has written since the last request it was given and the client has
+ * acknowledged everything (a client that waited for its answer). A
+ * pipelining client is reset.
+ */
+static __always_inline __u32 answer_len(struct __sk_buff *skb, const struct l7_sock_state *st,
+					const struct judge_out *out, __u32 n, __s64 avail)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+
+	if (out->reason != L7_R_NO_RULE_MATCH && out->reason != L7_R_NO_RULESET)
+		return 0;
+	if (!out->hdr_len || out->hdr_len > n)
+		return 0;
+	if (st->requests) {
+		sk = skb->sk;
+		if (!sk)
+			return 0;
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (!tp || tp->write_seq == st->snd_mark || tp->snd_una != tp->write_seq)
+			return 0;
+	}
+	if (out->hdr_len >= FORBIDDEN_MIN)
+		return out->hdr_len;
+	if (avail >= FORBIDDEN_MIN)
+		return FORBIDDEN_MIN; /* the rest is later messages, dropped */
+	return 0;
+}
+
+/* Rewrites the current message into the 403 response (same length). */
+static __always_inline int write_forbidden(struct __sk_buff *skb)
+{
+	int off = msg_offset(skb), len = msg_len(skb);
+	__u32 pad, o, k;
+
+	if (off < 0 || len < FORBIDDEN_MIN || len > L7_SCAN_LIMIT)
+		return -1;
+	pad = len - FORBIDDEN_MIN;
+	if (bpf_skb_store_bytes(skb, off, forbidden_head, FORBIDDEN_HEAD_LEN, 0))
+		return -1;
+	o = off + FORBIDDEN_HEAD_LEN;
+	for (k = 0; k < L7_SCAN_LIMIT / 64; k++) {
+		if (pad < 64)
+			break;
+		if (bpf_skb_store_bytes(skb, o, spaces, 64, 0))
+			return -1;
+		o += 64;
+		pad -= 64;
+	}
+	pad &= 63;
+	if (pad) {
+		if (bpf_skb_store_bytes(skb, o, spaces, pad, 0))
+			return -1;
+		o += pad;
+	}
+	if (bpf_skb_store_bytes(skb, o, forbidden_tail, FORBIDDEN_TAIL_LEN, 0))
+		return -1;
+	return 0;
 }
 
 #define CHUNK_LINE_MAX 16 /* 8 hex digits + CRLF fit; power of two for masking */
@@ -342,9 +565,10 @@ int l7_parser(struct __sk_buff *skb)
 	struct judge_out out = {};
 	struct l7_sock_state *st;
 	struct l7_scratch *sc;
+	struct l7_tuple tk = {};
 	__s64 off, avail;
-	__u64 cookie;
-	__u32 slot, n;
+	__u64 cookie, t0;
+	__u32 slot, n, msg;
 
 	/* Never return a negative value: strparser treats it as an error and
 	 * the socket wedges. 0 means "need more data". */
@@ -367,6 +591,8 @@ int l7_parser(struct __sk_buff *skb)
 	switch (st->phase) {
 	case L7_PHASE_HEADERS:
 		break;
+	case L7_PHASE_PASSTHROUGH:
+		return avail;
 	case L7_PHASE_BODY:
 	case L7_PHASE_CHUNK_DATA: {
 		__u64 n64 = st->body_remaining;
@@ -382,6 +608,7 @@ int l7_parser(struct __sk_buff *skb)
 		return chunk_framing(skb, st, off, avail);
 	}
 
+	t0 = bpf_ktime_get_ns();
 	slot = slot_enter();
 	if (slot >= L7_SCRATCH_SLOTS)
 		return deny_all(st, L7_R_BUSY, avail);
@@ -401,22 +628,45 @@ int l7_parser(struct __sk_buff *skb)
 	out.peer = st->peer_identity;
 	out.port = st->port;
 	judge(&out);
-	slot_leave();
-
-	if (out.verdict == L7_NEED_MORE)
+	if (out.verdict == L7_NEED_MORE) {
+		slot_leave();
 		return 0;
-	if (out.verdict != L7_ALLOW || out.hdr_len == 0 || out.hdr_len > n)
-		return deny_all(st, out.reason ? out.reason : L7_R_BAD_HEADER, avail);
-
-	count(L7_R_ALLOWED);
-	st->requests++;
-	if (out.chunked) {
-		st->phase = L7_PHASE_CHUNK_SIZE;
-	} else if (out.body_len) {
-		st->phase = L7_PHASE_BODY;
-		st->body_remaining = out.body_len;
 	}
-	return out.hdr_len;
+	skb_tuple(skb, &tk);
+
+	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
+		emit(slot, &out, st, &tk, L7_EV_ALLOWED, 0, t0);
+		slot_leave();
+		count(L7_R_ALLOWED);
+		mark_passed(skb, st);
+		frame_body(st, &out);
+		return out.hdr_len;
+	}
+	if (out.verdict == L7_ALLOW || !out.reason)
+		out.reason = L7_R_BAD_HEADER;
+	if (out.audit) {
+		/* Forward and report. A well-formed request keeps the framing;
+		 * after a malformed one the rest of the connection passes. */
+		emit(slot, &out, st, &tk, L7_EV_AUDITED, 0, t0);
+		slot_leave();
+		count(L7_R_AUDITED);
+		if (out.hdr_len && out.hdr_len <= n) {
+			mark_passed(skb, st);
+			frame_body(st, &out);
+			return out.hdr_len;
+		}
+		st->phase = L7_PHASE_PASSTHROUGH;
+		return avail;
+	}
+	msg = answer_len(skb, st, &out, n, avail);
+	emit(slot, &out, st, &tk, L7_EV_DENIED, msg ? L7_EVF_FORBIDDEN : L7_EVF_RESET, t0);
+	slot_leave();
+	set_denied(st, out.reason);
+	if (msg) {
+		st->flags |= L7_SF_ANSWER;
+		return msg;
+	}
+	return avail;
 }
 
 SEC("sk_skb/stream_verdict")
@@ -425,12 +675,23 @@ int l7_verdict(struct __sk_buff *skb)
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 
-	if (!st || st->denied) {
-		count(L7_R_MSG_DROPPED);
-		return SK_DROP;
+	if (st && !st->denied) {
+		count(L7_R_MSG_PASSED);
+		return SK_PASS;
 	}
-	count(L7_R_MSG_PASSED);
-	return SK_PASS;
+	if (st && (st->flags & L7_SF_ANSWER)) {
+		/* The denied request itself: it becomes the 403, sent back on
+		 * this socket. If that fails the connection is reset instead
+		 * (l7_reset, once the grace is over). */
+		st->flags &= ~L7_SF_ANSWER;
+		if (write_forbidden(skb) == 0 && bpf_sk_redirect_hash(skb, &l7_socks, &cookie, 0) == SK_PASS) {
+			st->flags |= L7_SF_ANSWERED;
+			count(L7_R_FORBIDDEN);
+			return SK_PASS;
+		}
+	}
+	count(L7_R_MSG_DROPPED);
+	return SK_DROP;
 }
 
 /*
@@ -524,6 +785,7 @@ int l7_egress(struct sk_msg_md *msg)
 	struct l7_scratch *sc;
 	__u32 size = msg->size, n, slot;
 	void *data, *data_end;
+	__u64 t0;
 
 	if (msg_tuple(msg, &tk) == 0)
 		st = bpf_map_lookup_elem(&l7_egress_state, &tk);
@@ -535,7 +797,7 @@ int l7_egress(struct sk_msg_md *msg)
 		count(L7_R_STICKY);
 		return SK_DROP;
 	}
-	if (size == 0)
+	if (size == 0 || st->phase == L7_PHASE_PASSTHROUGH)
 		return SK_PASS;
 	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA) {
 		n = size;
@@ -561,9 +823,7 @@ int l7_egress(struct sk_msg_md *msg)
 			goto deny_busy;
 		r = chunk_step(b, n, st);
 		if (r < 0) {
-			st->denied = 1;
-			st->reason = L7_R_BAD_CHUNK;
-			count(L7_R_BAD_CHUNK);
+			set_denied(st, L7_R_BAD_CHUNK);
 			return SK_DROP;
 		}
 		if (r == 0) {
@@ -575,6 +835,7 @@ int l7_egress(struct sk_msg_md *msg)
 		return SK_PASS;
 	}
 
+	t0 = bpf_ktime_get_ns();
 	n = size > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : size;
 	if (bpf_msg_pull_data(msg, 0, n, 0))
 		goto deny_busy;
@@ -597,44 +858,59 @@ int l7_egress(struct sk_msg_md *msg)
 	out.port = st->port;
 	out.direction = L7_EGRESS;
 	judge(&out);
-	slot_leave();
-
 	if (out.verdict == L7_NEED_MORE) {
+		slot_leave();
 		/* Run again once at least one more byte is written. */
 		bpf_msg_cork_bytes(msg, size + 1);
 		return SK_PASS;
 	}
-	if (out.verdict != L7_ALLOW || out.hdr_len == 0 || out.hdr_len > n) {
-		st->denied = 1;
-		st->reason = out.reason ? out.reason : L7_R_BAD_HEADER;
-		count(st->reason);
-		count(L7_R_MSG_DROPPED);
-		return SK_DROP;
+	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
+		emit(slot, &out, st, &tk, L7_EV_ALLOWED, 0, t0);
+		slot_leave();
+		count(L7_R_ALLOWED);
+		count(L7_R_MSG_PASSED);
+		st->requests++;
+		frame_body(st, &out);
+		bpf_msg_apply_bytes(msg, out.hdr_len);
+		return SK_PASS;
 	}
-	count(L7_R_ALLOWED);
-	count(L7_R_MSG_PASSED);
-	st->requests++;
-	if (out.chunked) {
-		st->phase = L7_PHASE_CHUNK_SIZE;
-	} else if (out.body_len) {
-		st->phase = L7_PHASE_BODY;
-		st->body_remaining = out.body_len;
+	if (out.verdict == L7_ALLOW || !out.reason)
+		out.reason = L7_R_BAD_HEADER;
+	if (out.audit) {
+		emit(slot, &out, st, &tk, L7_EV_AUDITED, 0, t0);
+		slot_leave();
+		count(L7_R_AUDITED);
+		count(L7_R_MSG_PASSED);
+		if (out.hdr_len && out.hdr_len <= n) {
+			st->requests++;
+			frame_body(st, &out);
+			bpf_msg_apply_bytes(msg, out.hdr_len);
+			return SK_PASS;
+		}
+		st->phase = L7_PHASE_PASSTHROUGH;
+		return SK_PASS;
 	}
-	bpf_msg_apply_bytes(msg, out.hdr_len);
-	return SK_PASS;
+	emit(slot, &out, st, &tk, L7_EV_DENIED, 0, t0);
+	slot_leave();
+	set_denied(st, out.reason);
+	count(L7_R_MSG_DROPPED);
+	return SK_DROP;
 
 deny_busy:
-	st->denied = 1;
-	st->reason = L7_R_BUSY;
-	count(L7_R_BUSY);
+	set_denied(st, L7_R_BUSY);
 	return SK_DROP;
 }
 
+/* How long a client that got a 403 (with Connection: close) has to close
+ * before its connection is reset. */
+#define ANSWER_GRACE_NS (2ULL * 1000000000ULL)
+
 /*
- * A 403 written by the kernel could overtake the application's earlier
- * responses under pipelining; a reset cannot be mistaken for an answer.
- * bpf_sock_destroy is only callable from socket iterators, so user space reads
- * this iterator (per network namespace) after denies.
+ * Resets denied connections: at once when the client got no 403 (a reset
+ * cannot be mistaken for an answer), after ANSWER_GRACE_NS when it did (an
+ * early reset could destroy the 403 before the client read it).
+ * bpf_sock_destroy is only callable from socket iterators, so user space
+ * reads this iterator (per network namespace) after denies.
  */
 SEC("iter/tcp")
 int l7_reset(struct bpf_iter__tcp *ctx)
@@ -648,6 +924,8 @@ int l7_reset(struct bpf_iter__tcp *ctx)
 	cookie = bpf_get_socket_cookie(sk);
 	st = bpf_map_lookup_elem(&l7_state, &cookie);
 	if (!st || !st->denied)
+		return 0;
+	if ((st->flags & (L7_SF_ANSWER | L7_SF_ANSWERED)) && bpf_ktime_get_ns() - st->denied_at < ANSWER_GRACE_NS)
 		return 0;
 	if (!bpf_sock_destroy(sk))
 		count(L7_R_RESET);
@@ -672,5 +950,7 @@ int l7_test_judge(struct l7_test_ctx *ctx)
 	ctx->rule = out.rule;
 	ctx->chunked = out.chunked;
 	ctx->body_len = out.body_len;
+	ctx->log_missing = out.log_missing;
+	ctx->audit = out.audit;
 	return 0;
 }

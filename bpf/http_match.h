@@ -161,6 +161,8 @@ struct scan {
 	__u32 hdr_len;
 	__u32 have_rs;
 	__u32 matched;
+	__u32 log_missing;
+	__u32 pad_end;
 };
 
 struct {
@@ -526,7 +528,8 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 	struct scan *s = scan_state(slotp);
 	struct l7_ruleset *rs;
 	struct l7_rule *r;
-	__u64 mask;
+	__u64 mask, all;
+	__u32 shift;
 
 	if (!s)
 		return 1;
@@ -536,7 +539,10 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 	r = &rs->rules[idx & (L7_MAX_RULES - 1)];
 	if (r->nheaders > L7_MAX_HEADERS)
 		return 0;
-	mask = ((1ULL << r->nheaders) - 1) << ((idx & (L7_MAX_RULES - 1)) * L7_MAX_HEADERS);
+	shift = (idx & (L7_MAX_RULES - 1)) * L7_MAX_HEADERS;
+	all = (1ULL << r->nheaders) - 1;
+	/* headers with mismatch LOG are not required, only reported */
+	mask = (all & ~(__u64)r->log_mask) << shift;
 	if ((s->seen & mask) != mask)
 		return 0;
 	if (!dfa_match(r->method_dfa, 0, s->mlen, s->slot))
@@ -546,6 +552,7 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 	if (!dfa_match(r->host_dfa, s->hstart, s->hend - s->hstart, s->slot))
 		return 0;
 	s->matched = idx + 1;
+	s->log_missing = (__u32)(all & r->log_mask & ~(s->seen >> shift));
 	return 1;
 }
 
@@ -564,6 +571,8 @@ struct judge_out {
 	__u32 hdr_len;
 	__u32 rule;
 	__u32 chunked;
+	__u32 audit;       /* the rule set is in audit mode */
+	__u32 log_missing; /* see l7_event */
 	__u32 pad2;
 };
 
@@ -584,6 +593,8 @@ static __noinline int judge(struct judge_out *out)
 	out->body_len = 0;
 	out->rule = 0;
 	out->chunked = 0;
+	out->audit = 0;
+	out->log_missing = 0;
 	out->reason = L7_R_BUSY;
 	if (!sp)
 		return 0;
@@ -604,6 +615,7 @@ static __noinline int judge(struct judge_out *out)
 	if (rs) {
 		__builtin_memcpy(&sp->rs, rs, sizeof(sp->rs));
 		sp->have_rs = 1;
+		out->audit = sp->rs.flags & L7_RS_AUDIT;
 	}
 
 	bpf_loop(sp->len, scan_cb, &slot, 0);
@@ -639,6 +651,7 @@ static __noinline int judge(struct judge_out *out)
 	out->verdict = L7_ALLOW;
 	out->reason = L7_R_ALLOWED;
 	out->rule = sp->matched;
+	out->log_missing = sp->log_missing;
 	return 0;
 }
 

@@ -55,18 +55,26 @@ struct l7_ruleset_key {
 	__u16 direction;
 };
 
-/* One HTTP rule: DFA ids (0 = any value) and header requirement ids. */
+/* One HTTP rule: DFA ids (0 = any value) and header requirement ids. A
+ * header whose bit is set in log_mask (headerMatches with mismatch: LOG) is
+ * not required: its mismatch is reported in the request's event. */
 struct l7_rule {
 	__u32 method_dfa;
 	__u32 path_dfa;
 	__u32 host_dfa;
 	__u32 nheaders;
+	__u32 log_mask;
+	__u32 pad;
 	__u32 headers[L7_MAX_HEADERS];
 };
 
+/* Rule set flags. AUDIT: a request no rule allows (or a malformed one) is
+ * forwarded and reported as audited instead of denied. */
+#define L7_RS_AUDIT 1
+
 struct l7_ruleset {
 	__u32 nrules;
-	__u32 pad;
+	__u32 flags;
 	struct l7_rule rules[L7_MAX_RULES];
 };
 
@@ -100,7 +108,12 @@ enum l7_phase {
 	L7_PHASE_CHUNK_DATA = 3, /* chunk data, body_remaining bytes left */
 	L7_PHASE_CHUNK_CRLF = 4, /* the CRLF after chunk data */
 	L7_PHASE_CHUNK_END = 5,  /* the CRLF after the last chunk (no trailers) */
+	L7_PHASE_PASSTHROUGH = 6, /* audit mode lost the framing: the rest passes unjudged */
 };
+
+/* l7_sock_state.flags */
+#define L7_SF_ANSWER 1   /* the denied message is to be answered with a 403 */
+#define L7_SF_ANSWERED 2 /* the 403 went out; the client was told to close */
 
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
 struct l7_sock_state {
@@ -113,12 +126,60 @@ struct l7_sock_state {
 	__u32 reason; /* why it was denied */
 	__u32 requests; /* requests allowed so far */
 	__u32 direction;
+	__u32 snd_mark; /* server's write_seq when the last allowed request was passed */
+	__u32 flags;    /* L7_SF_* */
+	__u64 denied_at; /* bpf_ktime_get_ns() of the deny */
 };
 
+/* Bytes copied into an event; longer values are cut (the event keeps the
+ * real length). */
+#define L7_EV_METHOD_MAX 8
+#define L7_EV_PATH_MAX 128
+#define L7_EV_HOST_MAX 64
+
+/* The buffer has L7_EV_PATH_MAX bytes of slack after the scan limit, so that
+ * a fixed-size copy of a value that starts near the end stays inside it. */
 struct l7_scratch {
 	__u32 len;
 	__u32 pad;
-	__u8 buf[L7_SCAN_LIMIT];
+	__u8 buf[L7_SCAN_LIMIT + L7_EV_PATH_MAX];
+};
+
+enum l7_event_verdict {
+	L7_EV_ALLOWED = 1,
+	L7_EV_DENIED = 2,
+	L7_EV_AUDITED = 3, /* would be denied; forwarded (audit mode) */
+};
+
+/* l7_event.flags */
+#define L7_EVF_FORBIDDEN 1 /* answered with 403 Forbidden */
+#define L7_EVF_RESET 2     /* to be reset (RST) by the agent's l7_reset sweep */
+
+/* One judged request, in the l7_events ring buffer. Addresses as in
+ * l7_port_key; local is the endpoint's side. */
+struct l7_event {
+	__u64 time_ns;    /* bpf_ktime_get_ns() at the decision */
+	__u64 latency_ns; /* time spent deciding (scan and rules) */
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 local_port;  /* host byte order */
+	__u16 remote_port; /* host byte order */
+	__u16 port;        /* the server's port */
+	__u8 direction;
+	__u8 verdict;      /* enum l7_event_verdict */
+	__u32 reason;
+	__u32 rule;        /* index + 1 of the rule that allowed, 0 for none */
+	__u32 flags;       /* L7_EVF_* */
+	__u32 log_missing; /* header slots of that rule with mismatch LOG that did not match */
+	__u16 method_len;
+	__u16 path_len;    /* real lengths; the copies below may be cut */
+	__u16 host_len;
+	__u16 pad;
+	__u8 method[L7_EV_METHOD_MAX];
+	__u8 path[L7_EV_PATH_MAX];
+	__u8 host[L7_EV_HOST_MAX];
 };
 
 enum l7_decision {
@@ -152,6 +213,9 @@ enum l7_reason {
 	L7_R_MSG_DROPPED,      /* messages dropped by the verdict program */
 	L7_R_RESET,            /* denied connections reset by l7_reset */
 	L7_R_BAD_CHUNK,        /* chunk framing other than strict size CRLF data CRLF */
+	L7_R_AUDITED,          /* would have been denied; forwarded (audit mode) */
+	L7_R_FORBIDDEN,        /* denied requests answered with 403 Forbidden */
+	L7_R_EVENT_LOST,       /* events not written: ring buffer full */
 	L7_R_MAX,
 };
 
@@ -169,6 +233,8 @@ struct l7_test_ctx {
 	__u32 chunked;
 	__u32 direction;
 	__u64 body_len;
+	__u32 log_missing;
+	__u32 audit;
 };
 
 #endif

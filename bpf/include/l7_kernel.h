@@ -124,6 +124,7 @@ struct sk_msg_md {
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
 #define BPF_MAP_TYPE_LPM_TRIE 11
 #define BPF_MAP_TYPE_SOCKHASH 18
+#define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_F_NO_PREALLOC 1
 #define BPF_ANY 0
 #define BPF_NOEXIST 1
@@ -156,6 +157,22 @@ static long (*bpf_sock_hash_update)(struct bpf_sock_ops *ops, void *map, void *k
 static long (*bpf_sk_release)(void *sk) = (void *)86;
 static struct bpf_sock *(*bpf_sk_fullsock)(struct bpf_sock *sk) = (void *)95;
 static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *)181;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+static long (*bpf_skb_store_bytes)(void *skb, __u32 offset, const void *from, __u32 len, __u64 flags) = (void *)9;
+static long (*bpf_sk_redirect_hash)(struct __sk_buff *skb, void *map, void *key, __u64 flags) = (void *)72;
+static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
+static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
+static void (*bpf_ringbuf_discard)(void *data, __u64 flags) = (void *)133;
+
+/* The TCP sequence numbers the 403 path compares (write_seq: end of what the
+ * application wrote; snd_una: first byte not acknowledged). Not UAPI: read
+ * through bpf_skc_to_tcp_sock with CO-RE relocations against the kernel's
+ * BTF, like the strparser control block in http.c. */
+struct tcp_sock {
+	__u32 snd_una;
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
 
 /* kfuncs, resolved by name against the kernel's BTF at load time. */
 #define __ksym __attribute__((section(".ksyms")))

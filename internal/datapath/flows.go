@@ -9,11 +9,11 @@ import (
 	"iter"
 	"net/netip"
 	"os"
-	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
-	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-dev/portcullis/internal/ktime"
 )
 
 // ReadFlows yields the flow events of the ring buffer until ctx is done (then it ends without error)
@@ -32,7 +32,7 @@ func (d *Datapath) ReadFlows(ctx context.Context) iter.Seq2[Flow, error] {
 		stop := context.AfterFunc(ctx, func() { rd.Close() })
 		defer stop()
 
-		clock := newMonotonicClock()
+		clock := ktime.Now()
 		var rec ringbuf.Record
 		for {
 			if err := rd.ReadInto(&rec); err != nil {
@@ -52,7 +52,7 @@ func (d *Datapath) ReadFlows(ctx context.Context) iter.Seq2[Flow, error] {
 
 var flowEventSize = int(unsafe.Sizeof(portcullisFlowEvent{}))
 
-func decodeFlow(raw []byte, clock monotonicClock) (Flow, error) {
+func decodeFlow(raw []byte, clock ktime.Clock) (Flow, error) {
 	if len(raw) < flowEventSize {
 		return Flow{}, fmt.Errorf("flow event of %d bytes, want %d", len(raw), flowEventSize)
 	}
@@ -63,7 +63,7 @@ func decodeFlow(raw []byte, clock monotonicClock) (Flow, error) {
 	return flowFromEvent(e, clock), nil
 }
 
-func flowFromEvent(e portcullisFlowEvent, clock monotonicClock) Flow {
+func flowFromEvent(e portcullisFlowEvent, clock ktime.Clock) Flow {
 	addr := func(b [16]byte) netip.Addr {
 		a := netip.AddrFrom16(b)
 		if e.Flags&uint8(portcullisFlowFlagsFLOW_F_IPV6) == 0 {
@@ -72,7 +72,7 @@ func flowFromEvent(e portcullisFlowEvent, clock monotonicClock) Flow {
 		return a
 	}
 	return Flow{
-		Time:        clock.toTime(e.TimestampNs),
+		Time:        clock.Time(e.TimestampNs),
 		Src:         addr(e.Saddr),
 		Dst:         addr(e.Daddr),
 		SrcPort:     e.Sport,
@@ -89,21 +89,4 @@ func flowFromEvent(e portcullisFlowEvent, clock monotonicClock) Flow {
 		L7:          e.Flags&uint8(portcullisFlowFlagsFLOW_F_L7) != 0,
 		Fragment:    e.Flags&uint8(portcullisFlowFlagsFLOW_F_FRAGMENT) != 0,
 	}
-}
-
-// monotonicClock converts bpf_ktime_get_ns (CLOCK_MONOTONIC) to wall-clock time, using one offset
-// sampled when reading starts.
-type monotonicClock struct {
-	wall time.Time
-	mono int64
-}
-
-func newMonotonicClock() monotonicClock {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for CLOCK_MONOTONIC
-	return monotonicClock{wall: time.Now(), mono: ts.Nano()}
-}
-
-func (c monotonicClock) toTime(ns uint64) time.Time {
-	return c.wall.Add(time.Duration(int64(ns) - c.mono))
 }

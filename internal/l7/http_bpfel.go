@@ -38,6 +38,40 @@ const (
 	httpL7DirectionL7EGRESS  httpL7Direction = 1
 )
 
+type httpL7Event struct {
+	_            structs.HostLayout
+	TimeNs       uint64
+	LatencyNs    uint64
+	EndpointId   uint32
+	PeerIdentity uint32
+	Local        [16]uint8
+	Remote       [16]uint8
+	LocalPort    uint16
+	RemotePort   uint16
+	Port         uint16
+	Direction    uint8
+	Verdict      uint8
+	Reason       uint32
+	Rule         uint32
+	Flags        uint32
+	LogMissing   uint32
+	MethodLen    uint16
+	PathLen      uint16
+	HostLen      uint16
+	Pad          uint16
+	Method       [8]uint8
+	Path         [128]uint8
+	Host         [64]uint8
+}
+
+type httpL7EventVerdict uint32
+
+const (
+	httpL7EventVerdictL7EV_ALLOWED httpL7EventVerdict = 1
+	httpL7EventVerdictL7EV_DENIED  httpL7EventVerdict = 2
+	httpL7EventVerdictL7EV_AUDITED httpL7EventVerdict = 3
+)
+
 type httpL7Header struct {
 	_        structs.HostLayout
 	NameLen  uint32
@@ -61,12 +95,13 @@ type httpL7IpcacheValue struct {
 type httpL7Phase uint32
 
 const (
-	httpL7PhaseL7PHASE_HEADERS    httpL7Phase = 0
-	httpL7PhaseL7PHASE_BODY       httpL7Phase = 1
-	httpL7PhaseL7PHASE_CHUNK_SIZE httpL7Phase = 2
-	httpL7PhaseL7PHASE_CHUNK_DATA httpL7Phase = 3
-	httpL7PhaseL7PHASE_CHUNK_CRLF httpL7Phase = 4
-	httpL7PhaseL7PHASE_CHUNK_END  httpL7Phase = 5
+	httpL7PhaseL7PHASE_HEADERS     httpL7Phase = 0
+	httpL7PhaseL7PHASE_BODY        httpL7Phase = 1
+	httpL7PhaseL7PHASE_CHUNK_SIZE  httpL7Phase = 2
+	httpL7PhaseL7PHASE_CHUNK_DATA  httpL7Phase = 3
+	httpL7PhaseL7PHASE_CHUNK_CRLF  httpL7Phase = 4
+	httpL7PhaseL7PHASE_CHUNK_END   httpL7Phase = 5
+	httpL7PhaseL7PHASE_PASSTHROUGH httpL7Phase = 6
 )
 
 type httpL7PortKey struct {
@@ -107,7 +142,10 @@ const (
 	httpL7ReasonL7R_MSG_DROPPED        httpL7Reason = 20
 	httpL7ReasonL7R_RESET              httpL7Reason = 21
 	httpL7ReasonL7R_BAD_CHUNK          httpL7Reason = 22
-	httpL7ReasonL7R_MAX                httpL7Reason = 23
+	httpL7ReasonL7R_AUDITED            httpL7Reason = 23
+	httpL7ReasonL7R_FORBIDDEN          httpL7Reason = 24
+	httpL7ReasonL7R_EVENT_LOST         httpL7Reason = 25
+	httpL7ReasonL7R_MAX                httpL7Reason = 26
 )
 
 type httpL7Rule struct {
@@ -116,13 +154,15 @@ type httpL7Rule struct {
 	PathDfa   uint32
 	HostDfa   uint32
 	Nheaders  uint32
+	LogMask   uint32
+	Pad       uint32
 	Headers   [4]uint32
 }
 
 type httpL7Ruleset struct {
 	_      structs.HostLayout
 	Nrules uint32
-	Pad    uint32
+	Flags  uint32
 	Rules  [16]httpL7Rule
 }
 
@@ -138,7 +178,7 @@ type httpL7Scratch struct {
 	_   structs.HostLayout
 	Len uint32
 	Pad uint32
-	Buf [8192]uint8
+	Buf [8320]uint8
 }
 
 type httpL7SockState struct {
@@ -152,6 +192,9 @@ type httpL7SockState struct {
 	Reason        uint32
 	Requests      uint32
 	Direction     uint32
+	SndMark       uint32
+	Flags         uint32
+	DeniedAt      uint64
 }
 
 type httpL7TestCtx struct {
@@ -167,6 +210,8 @@ type httpL7TestCtx struct {
 	Chunked      uint32
 	Direction    uint32
 	BodyLen      uint64
+	LogMissing   uint32
+	Audit        uint32
 }
 
 type httpL7Tuple struct {
@@ -227,6 +272,8 @@ type httpScan struct {
 	HdrLen        uint32
 	HaveRs        uint32
 	Matched       uint32
+	LogMissing    uint32
+	PadEnd        uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -238,6 +285,7 @@ const (
 	httpMapL7Dfas         = "l7_dfas"
 	httpMapL7EgressSocks  = "l7_egress_socks"
 	httpMapL7EgressState  = "l7_egress_state"
+	httpMapL7Events       = "l7_events"
 	httpMapL7Headers      = "l7_headers"
 	httpMapL7Ipcache      = "l7_ipcache"
 	httpMapL7Nesting      = "l7_nesting"
@@ -318,6 +366,7 @@ type httpMapSpecs struct {
 	L7Dfas        *ebpf.MapSpec `ebpf:"l7_dfas"`
 	L7EgressSocks *ebpf.MapSpec `ebpf:"l7_egress_socks"`
 	L7EgressState *ebpf.MapSpec `ebpf:"l7_egress_state"`
+	L7Events      *ebpf.MapSpec `ebpf:"l7_events"`
 	L7Headers     *ebpf.MapSpec `ebpf:"l7_headers"`
 	L7Ipcache     *ebpf.MapSpec `ebpf:"l7_ipcache"`
 	L7Nesting     *ebpf.MapSpec `ebpf:"l7_nesting"`
@@ -360,6 +409,7 @@ type httpMaps struct {
 	L7Dfas        *ebpf.Map `ebpf:"l7_dfas"`
 	L7EgressSocks *ebpf.Map `ebpf:"l7_egress_socks"`
 	L7EgressState *ebpf.Map `ebpf:"l7_egress_state"`
+	L7Events      *ebpf.Map `ebpf:"l7_events"`
 	L7Headers     *ebpf.Map `ebpf:"l7_headers"`
 	L7Ipcache     *ebpf.Map `ebpf:"l7_ipcache"`
 	L7Nesting     *ebpf.Map `ebpf:"l7_nesting"`
@@ -378,6 +428,7 @@ func (m *httpMaps) Close() error {
 		m.L7Dfas,
 		m.L7EgressSocks,
 		m.L7EgressState,
+		m.L7Events,
 		m.L7Headers,
 		m.L7Ipcache,
 		m.L7Nesting,

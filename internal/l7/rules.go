@@ -42,13 +42,17 @@ const (
 	ReasonMessageDropped
 	ReasonReset
 	ReasonBadChunk
+	ReasonAudited
+	ReasonForbidden
+	ReasonEventLost
 	numReasons
 )
 
 var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set", "too-long", "bad-method",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
-	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk"}
+	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
+	"event-lost"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
@@ -114,12 +118,19 @@ type CompiledRule struct {
 	// Patterns are the method, path and host expressions the automata were compiled from.
 	Patterns [3]string
 	Headers  []HeaderRequirement
+	// LogHeaders are compared for the record only (headerMatches with mismatch: LOG); they share
+	// the MaxHeaders slots with Headers.
+	LogHeaders []HeaderRequirement
+	// Text is the normalized rule the kernel rule stands for (rules merged by path: their merge).
+	Text string
+	// Sources are the rules given to CompileRules that this one stands for.
+	Sources []string
 }
 
 var errRule = errors.New("http rule cannot be enforced in the kernel")
 
 // CompileRules lowers normalized HTTP rule strings (policy.HTTPRule.String form) for the kernel.
-// logHeader requirements are for the record only and are ignored.
+// logHeader requirements do not decide; a mismatch is reported in the request's event.
 func CompileRules(rules []string) ([]CompiledRule, error) {
 	parsed := make([]policy.HTTPRule, 0, len(rules))
 	texts := make([]string, 0, len(rules))
@@ -131,14 +142,14 @@ func CompileRules(rules []string) ([]CompiledRule, error) {
 		parsed = append(parsed, r)
 		texts = append(texts, text)
 	}
-	parsed, texts = mergePaths(parsed, texts)
+	parsed, texts, sources := mergePaths(parsed, texts)
 	if len(parsed) > MaxRules {
 		return nil, fmt.Errorf("%w: %d rules (after merging rules that differ only in path), at most %d", errRule, len(parsed), MaxRules)
 	}
 	out := make([]CompiledRule, 0, len(parsed))
 	for i, r := range parsed {
 		text := texts[i]
-		cr := CompiledRule{Patterns: [3]string{r.Method, r.Path, r.Host}}
+		cr := CompiledRule{Patterns: [3]string{r.Method, r.Path, r.Host}, Text: text, Sources: sources[i]}
 		for i, dst := range []**dfa.DFA{&cr.Method, &cr.Path, &cr.Host} {
 			if cr.Patterns[i] == "" {
 				continue
@@ -148,16 +159,21 @@ func CompileRules(rules []string) ([]CompiledRule, error) {
 				return nil, fmt.Errorf("http rule %q: %w", text, err)
 			}
 		}
-		if len(r.Headers) > MaxHeaders {
-			return nil, fmt.Errorf("%w %q: %d headers, at most %d", errRule, text, len(r.Headers), MaxHeaders)
+		if len(r.Headers)+len(r.LogHeaders) > MaxHeaders {
+			return nil, fmt.Errorf("%w %q: %d headers and headerMatches, at most %d", errRule, text, len(r.Headers)+len(r.LogHeaders), MaxHeaders)
 		}
-		for _, h := range r.Headers {
-			n, v := policy.SplitHeader(h)
-			n = strings.ToLower(n)
-			if n == "" || len(n) > MaxHeaderName || len(v) > MaxHeaderValue {
-				return nil, fmt.Errorf("%w %q: header %q: name 1-%d bytes, value at most %d bytes", errRule, text, h, MaxHeaderName, MaxHeaderValue)
+		for _, list := range []struct {
+			in  []string
+			out *[]HeaderRequirement
+		}{{r.Headers, &cr.Headers}, {r.LogHeaders, &cr.LogHeaders}} {
+			for _, h := range list.in {
+				n, v := policy.SplitHeader(h)
+				n = strings.ToLower(n)
+				if n == "" || len(n) > MaxHeaderName || len(v) > MaxHeaderValue {
+					return nil, fmt.Errorf("%w %q: header %q: name 1-%d bytes, value at most %d bytes", errRule, text, h, MaxHeaderName, MaxHeaderValue)
+				}
+				*list.out = append(*list.out, HeaderRequirement{Name: n, Value: v})
 			}
-			cr.Headers = append(cr.Headers, HeaderRequirement{Name: n, Value: v})
 		}
 		out = append(out, cr)
 	}
@@ -169,11 +185,12 @@ func CompileRules(rules []string) ([]CompiledRule, error) {
 // paths, so the kernel walks one path DFA instead of one per rule, and a peer can have far more path
 // rules than the kernel's rules per key. A rule without a path (any path) absorbs the others of its
 // group. A group whose alternation needs more DFA states than the budget stays as it was.
-func mergePaths(rules []policy.HTTPRule, texts []string) ([]policy.HTTPRule, []string) {
+func mergePaths(rules []policy.HTTPRule, texts []string) ([]policy.HTTPRule, []string, [][]string) {
 	type group struct {
 		first int
 		paths []string
 		any   bool
+		texts []string
 	}
 	groups := map[string]*group{}
 	var order []string
@@ -185,6 +202,7 @@ func mergePaths(rules []policy.HTTPRule, texts []string) ([]policy.HTTPRule, []s
 			groups[k] = g
 			order = append(order, k)
 		}
+		g.texts = append(g.texts, texts[i])
 		if r.Path == "" {
 			g.any = true
 		} else if !slices.Contains(g.paths, r.Path) {
@@ -193,17 +211,21 @@ func mergePaths(rules []policy.HTTPRule, texts []string) ([]policy.HTTPRule, []s
 	}
 	var outRules []policy.HTTPRule
 	var outTexts []string
+	var outSources [][]string
+	emit := func(r policy.HTTPRule, sources []string) {
+		outRules, outTexts, outSources = append(outRules, r), append(outTexts, r.String()), append(outSources, sources)
+	}
 	for _, k := range order {
 		g := groups[k]
 		base := rules[g.first]
 		switch {
 		case g.any:
 			base.Path = ""
-			outRules, outTexts = append(outRules, base), append(outTexts, base.String())
+			emit(base, g.texts)
 			continue
 		case len(g.paths) == 1:
 			base.Path = g.paths[0]
-			outRules, outTexts = append(outRules, base), append(outTexts, base.String())
+			emit(base, g.texts)
 			continue
 		}
 		sorted := slices.Clone(g.paths)
@@ -215,16 +237,22 @@ func mergePaths(rules []policy.HTTPRule, texts []string) ([]policy.HTTPRule, []s
 		merged := strings.Join(alts, "|")
 		if _, err := dfa.Compile(merged, dfa.Options{}); err == nil {
 			base.Path = merged
-			outRules, outTexts = append(outRules, base), append(outTexts, base.String())
+			emit(base, g.texts)
 			continue
 		}
 		for _, p := range g.paths {
 			r := base
 			r.Path = p
-			outRules, outTexts = append(outRules, r), append(outTexts, r.String())
+			var src []string
+			for _, t := range g.texts {
+				if pr, err := policy.ParseHTTPRule(t); err == nil && pr.Path == p {
+					src = append(src, t)
+				}
+			}
+			emit(r, src)
 		}
 	}
-	return outRules, outTexts
+	return outRules, outTexts, outSources
 }
 
 // quarantine is how long a freed DFA or header id, or a freed cell range, is not reused: a program
@@ -257,8 +285,9 @@ type tables struct {
 	freeCells []span // sorted by base, coalesced
 	pending   []freed
 	pendHdrs  []freed
-	ruleRefs  map[RuleKey][]uint32 // dfa ids each rule set holds a reference on
-	ruleHdrs  map[RuleKey][]uint32 // header ids each rule set holds a reference on
+	ruleRefs  map[RuleKey][]uint32   // dfa ids each rule set holds a reference on
+	ruleHdrs  map[RuleKey][]uint32   // header ids each rule set holds a reference on
+	ruleSrc   map[RuleKey][][]string // per kernel rule, the rules given to SetRules it stands for
 	now       func() time.Time
 }
 
@@ -268,7 +297,7 @@ func newTables(maxDFA, maxHdr, maxCells uint32) *tables {
 		dfaByKey: map[string]uint32{}, dfaSpan: map[uint32]span{}, dfaRefs: map[uint32]int{},
 		hdrByKey: map[string]uint32{}, hdrRefs: map[uint32]int{},
 		nextDFA: 1, nextHdr: 1, freeCells: []span{{0, maxCells}},
-		ruleRefs: map[RuleKey][]uint32{}, ruleHdrs: map[RuleKey][]uint32{}, now: time.Now,
+		ruleRefs: map[RuleKey][]uint32{}, ruleHdrs: map[RuleKey][]uint32{}, ruleSrc: map[RuleKey][][]string{}, now: time.Now,
 	}
 }
 
@@ -538,20 +567,39 @@ func (l *L7) releaseHeaders(ids []uint32) {
 	}
 }
 
+// RuleSet is what judges the requests of one RuleKey.
+type RuleSet struct {
+	// Rules are normalized HTTP rule strings, OR-ed; "any" matches every request; none denies
+	// every request.
+	Rules []string
+	// Audit forwards the requests the rules would deny (and malformed ones) and reports them as
+	// audited: the direction's default deny comes from Audit-mode policies only.
+	Audit bool
+}
+
 // SetRules makes the kernel judge requests for key by rules (normalized HTTP rule strings, OR-ed;
 // "any" matches every request). An empty list denies every request for key. Tables are written
 // before the rule set that references them and released after it is replaced; the rule set itself
 // is written only when it differs from what the kernel holds.
 func (l *L7) SetRules(key RuleKey, rules []string) error {
-	compiled, err := CompileRules(rules)
+	return l.SetRuleSet(key, RuleSet{Rules: rules})
+}
+
+// SetRuleSet is SetRules with the rule set's mode.
+func (l *L7) SetRuleSet(key RuleKey, rs RuleSet) error {
+	compiled, err := CompileRules(rs.Rules)
 	if err != nil {
 		return fmt.Errorf("set l7 rules for %+v: %w", key, err)
 	}
-	return l.SetCompiledRules(key, compiled)
+	return l.setCompiled(key, compiled, rs.Audit)
 }
 
 // SetCompiledRules is SetRules for rules already lowered by CompileRules.
-func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) (err error) {
+func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) error {
+	return l.setCompiled(key, rules, false)
+}
+
+func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (err error) {
 	if len(rules) > MaxRules {
 		return fmt.Errorf("set l7 rules for %+v: %w: %d rules, at most %d", key, errRule, len(rules), MaxRules)
 	}
@@ -566,6 +614,9 @@ func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) (err error) {
 		}
 	}()
 	want := httpL7Ruleset{Nrules: uint32(len(rules))}
+	if audit {
+		want.Flags = 1 // L7_RS_AUDIT
+	}
 	for i, r := range rules {
 		kr := &want.Rules[i]
 		for j, pair := range []struct {
@@ -582,17 +633,21 @@ func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) (err error) {
 			dfas = append(dfas, id)
 			*pair.dst = id
 		}
-		if len(r.Headers) > MaxHeaders {
-			return fmt.Errorf("set l7 rules for %+v: %w: %d headers, at most %d", key, errRule, len(r.Headers), MaxHeaders)
+		all := append(slices.Clone(r.Headers), r.LogHeaders...)
+		if len(all) > MaxHeaders {
+			return fmt.Errorf("set l7 rules for %+v: %w: %d headers, at most %d", key, errRule, len(all), MaxHeaders)
 		}
-		kr.Nheaders = uint32(len(r.Headers))
-		for j, h := range r.Headers {
+		kr.Nheaders = uint32(len(all))
+		for j, h := range all {
 			id, err := l.internHeader(h)
 			if err != nil {
 				return fmt.Errorf("set l7 rules for %+v: %w", key, err)
 			}
 			hdrs = append(hdrs, id)
 			kr.Headers[j] = id
+			if j >= len(r.Headers) {
+				kr.LogMask |= 1 << j
+			}
 		}
 	}
 	k := key.kernel()
@@ -605,7 +660,29 @@ func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) (err error) {
 	l.releaseDFAs(l.tab.ruleRefs[key])
 	l.releaseHeaders(l.tab.ruleHdrs[key])
 	l.tab.ruleRefs[key], l.tab.ruleHdrs[key] = dfas, hdrs
+	src := make([][]string, len(rules))
+	for i, r := range rules {
+		src[i] = r.Sources
+	}
+	l.tab.ruleSrc[key] = src
 	return nil
+}
+
+// RuleSources returns the rules given to SetRules that the kernel's rule index (Event.Rule) of the
+// rule set judging key stands for: key's own, or the wildcard peer's when key has none. Nil when
+// unknown (a rule set written before a restart, or changed since).
+func (l *L7) RuleSources(key RuleKey, rule int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	src, ok := l.tab.ruleSrc[key]
+	if !ok {
+		key.PeerIdentity = 0
+		src = l.tab.ruleSrc[key]
+	}
+	if rule < 0 || rule >= len(src) {
+		return nil
+	}
+	return src[rule]
 }
 
 // DeleteRules removes the rule set of key: requests for it are then judged by the wildcard-peer
@@ -621,6 +698,7 @@ func (l *L7) DeleteRules(key RuleKey) error {
 	l.releaseHeaders(l.tab.ruleHdrs[key])
 	delete(l.tab.ruleRefs, key)
 	delete(l.tab.ruleHdrs, key)
+	delete(l.tab.ruleSrc, key)
 	return nil
 }
 
@@ -636,6 +714,11 @@ type Result struct {
 	Chunked bool
 	// Rule is the index of the first rule that allowed the request, or -1.
 	Rule int
+	// LogMissing has bit i set when the i-th header slot of that rule (Headers, then LogHeaders)
+	// is a logged headerMatches the request did not meet.
+	LogMissing uint32
+	// Audit is true when the rule set that judged is in audit mode.
+	Audit bool
 }
 
 // testSlot is L7_TEST_SLOT: the scratch buffer only the test program uses, so that Judge on an
@@ -670,5 +753,6 @@ func (l *L7) Judge(key RuleKey, req []byte) (Result, error) {
 		return Result{}, fmt.Errorf("judge: run matcher: %w", err)
 	}
 	return Result{Decision: Decision(out.Verdict), Reason: Reason(out.Reason), HeaderLen: int(out.HdrLen),
-		BodyLen: out.BodyLen, Chunked: out.Chunked != 0, Rule: int(out.Rule) - 1}, nil
+		BodyLen: out.BodyLen, Chunked: out.Chunked != 0, Rule: int(out.Rule) - 1, LogMissing: out.LogMissing,
+		Audit: out.Audit != 0}, nil
 }

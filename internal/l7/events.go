@@ -1,0 +1,159 @@
+package l7
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"iter"
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/portcullis-dev/portcullis/internal/ktime"
+)
+
+// Verdict is what the kernel did with one request.
+type Verdict uint8
+
+// Verdicts, as enum l7_event_verdict in bpf/l7.h.
+const (
+	VerdictAllowed Verdict = 1
+	VerdictDenied  Verdict = 2
+	// VerdictAudited: no rule allowed it (or it was malformed) and the rule set is in audit mode,
+	// so it was forwarded.
+	VerdictAudited Verdict = 3
+)
+
+// String returns ALLOWED, DENIED or AUDITED, as the L3/L4 flows name their verdicts.
+func (v Verdict) String() string {
+	switch v {
+	case VerdictAllowed:
+		return "ALLOWED"
+	case VerdictDenied:
+		return "DENIED"
+	case VerdictAudited:
+		return "AUDITED"
+	}
+	return fmt.Sprintf("verdict(%d)", uint8(v))
+}
+
+// Response is how a denied request was answered.
+type Response uint8
+
+const (
+	// ResponseNone: allowed or audited, or an egress deny (the writer got EACCES).
+	ResponseNone Response = iota
+	// ResponseForbidden: the client got "403 Forbidden" with Connection: close.
+	ResponseForbidden
+	// ResponseReset: the connection is reset (a 403 could have overtaken an earlier response, or
+	// the request was malformed or too short to rewrite).
+	ResponseReset
+)
+
+// String returns "", "403" or "reset".
+func (r Response) String() string {
+	return [...]string{"", "403", "reset"}[min(int(r), 2)]
+}
+
+// Event is one request the kernel judged.
+type Event struct {
+	Time time.Time
+	// Latency is the time the kernel spent deciding (parsing the header block and matching).
+	Latency      time.Duration
+	EndpointID   uint32
+	PeerIdentity uint32
+	Egress       bool
+	// Local is the endpoint's side of the connection, Remote the peer's.
+	Local, Remote      netip.AddrPort
+	Port               uint16 // the server's port
+	Verdict            Verdict
+	Reason             Reason
+	Response           Response
+	Method, Path, Host string
+	PathCut, HostCut   bool // longer than what the event holds
+	Rule               int  // index of the rule that allowed, -1 for none
+	LogMissing         uint32
+}
+
+// Key is the rule key the request was judged under (before the wildcard-peer fallback).
+func (e Event) Key() RuleKey {
+	return RuleKey{EndpointID: e.EndpointID, PeerIdentity: e.PeerIdentity, Port: e.Port, Egress: e.Egress}
+}
+
+var eventSize = int(unsafe.Sizeof(httpL7Event{}))
+
+// ReadEvents yields the kernel's request events until ctx is done (then it ends without error) or
+// reading fails (then it yields the error and ends). One reader at a time. Events the kernel could
+// not queue because the buffer was full are counted under ReasonEventLost.
+func (l *L7) ReadEvents(ctx context.Context) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		rd, err := ringbuf.NewReader(l.objs.L7Events)
+		if err != nil {
+			yield(Event{}, fmt.Errorf("open l7 event ring buffer: %w", err))
+			return
+		}
+		defer rd.Close()
+		stop := context.AfterFunc(ctx, func() { rd.Close() })
+		defer stop()
+		clock := ktime.Now()
+		var rec ringbuf.Record
+		for {
+			if err := rd.ReadInto(&rec); err != nil {
+				if ctx.Err() != nil && (errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed)) {
+					return
+				}
+				yield(Event{}, fmt.Errorf("read l7 event ring buffer: %w", err))
+				return
+			}
+			ev, err := decodeEvent(rec.RawSample, clock)
+			if !yield(ev, err) {
+				return
+			}
+		}
+	}
+}
+
+func decodeEvent(raw []byte, clock ktime.Clock) (Event, error) {
+	if len(raw) < eventSize {
+		return Event{}, fmt.Errorf("l7 event of %d bytes, want %d", len(raw), eventSize)
+	}
+	var e httpL7Event
+	if err := binary.Read(bytes.NewReader(raw[:eventSize]), binary.NativeEndian, &e); err != nil {
+		return Event{}, fmt.Errorf("decode l7 event: %w", err)
+	}
+	text := func(b []byte, n uint16) (string, bool) {
+		if int(n) > len(b) {
+			return string(b), true
+		}
+		return string(b[:n]), false
+	}
+	out := Event{
+		Time:         clock.Time(e.TimeNs),
+		Latency:      time.Duration(e.LatencyNs),
+		EndpointID:   e.EndpointId,
+		PeerIdentity: e.PeerIdentity,
+		Egress:       e.Direction == 1,
+		Local:        netip.AddrPortFrom(netip.AddrFrom16(e.Local).Unmap(), e.LocalPort),
+		Remote:       netip.AddrPortFrom(netip.AddrFrom16(e.Remote).Unmap(), e.RemotePort),
+		Port:         e.Port,
+		Verdict:      Verdict(e.Verdict),
+		Reason:       Reason(e.Reason),
+		Rule:         int(e.Rule) - 1,
+		LogMissing:   e.LogMissing,
+	}
+	switch {
+	case e.Flags&1 != 0: // L7_EVF_FORBIDDEN
+		out.Response = ResponseForbidden
+	case e.Flags&2 != 0: // L7_EVF_RESET
+		out.Response = ResponseReset
+	}
+	out.Method, _ = text(e.Method[:], e.MethodLen)
+	out.Path, out.PathCut = text(e.Path[:], e.PathLen)
+	out.Host, out.HostCut = text(e.Host[:], e.HostLen)
+	return out, nil
+}
