@@ -118,7 +118,13 @@ func run(c config) error {
 	if err != nil {
 		return err
 	}
-	flows := agent.NewFlows(dp, c.nodeName, 4096)
+	var resetter *agent.Resetter
+	if http7 != nil {
+		// Denied HTTP connections that could not get a 403 are reset from inside each pod's
+		// network namespace, found through the processes of the cgroup the programs sit on.
+		resetter = agent.NewResetter(http7, c.cgroupRoot)
+	}
+	flows := agent.NewFlows(dp, http7, resetter, c.nodeName, 4096)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
 		// /flows serves the most recent flow events next to the metrics.
@@ -131,6 +137,11 @@ func run(c config) error {
 	}
 	if _, err := agent.Setup(mgr, agent.Options{NodeName: c.nodeName, DriftCheckInterval: c.interval, Datapath: dp, Netns: c.netns, Flows: flows, L7: http7}); err != nil {
 		return err
+	}
+	if resetter != nil {
+		if err := mgr.Add(resetter); err != nil {
+			return err
+		}
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err

@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -14,6 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/portcullis-dev/portcullis/internal/datapath"
+	"github.com/portcullis-dev/portcullis/internal/l7"
+	"github.com/portcullis-dev/portcullis/internal/policy"
 )
 
 // FlowEndpoint is one end of a flow, named.
@@ -38,6 +42,28 @@ type FlowRecord struct {
 	Dest      FlowEndpoint `json:"destination"`
 	// Policy is the policy whose entry decided (kind/namespace/name); empty for default deny.
 	Policy string `json:"policy,omitempty"`
+	// HTTP is set for a request judged at the socket (Protocol "HTTP"): one record per request.
+	HTTP *HTTPFlow `json:"http,omitempty"`
+}
+
+// HTTPFlow is what the kernel saw of one HTTP request and how it answered.
+type HTTPFlow struct {
+	Method string `json:"method,omitempty"`
+	// Path and Host are cut at 128 and 64 bytes (Cut is then true).
+	Path string `json:"path,omitempty"`
+	Host string `json:"host,omitempty"`
+	Cut  bool   `json:"cut,omitempty"`
+	// Response is how a dropped request was answered: "403" (403 Forbidden, Connection: close) or
+	// "reset" (the connection is reset); empty otherwise, and for egress, where the writer's send
+	// fails with EACCES.
+	Response string `json:"response,omitempty"`
+	// Rule is the HTTP rule that allowed the request (normalized form).
+	Rule string `json:"rule,omitempty"`
+	// HeaderMismatches are the headerMatches with mismatch: LOG of that rule the request did not
+	// meet.
+	HeaderMismatches []string `json:"headerMismatches,omitempty"`
+	// DecisionNanos is the time the kernel spent parsing the header block and matching the rules.
+	DecisionNanos int64 `json:"decisionNanoseconds"`
 }
 
 var (
@@ -45,10 +71,19 @@ var (
 		Name: "portcullis_agent_flows_total",
 		Help: "Flow events read from the kernel, by direction and verdict.",
 	}, []string{"direction", "verdict"})
+	httpRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "portcullis_agent_http_requests_total",
+		Help: "HTTP requests judged at the socket, by direction, verdict, response (403, reset) and deciding policy.",
+	}, []string{"direction", "verdict", "response", "policy"})
+	httpDecisionSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "portcullis_agent_http_decision_seconds",
+		Help:    "Time the kernel spent deciding an HTTP request (header block parse and rule match).",
+		Buckets: prometheus.ExponentialBuckets(250e-9, 2, 12),
+	})
 )
 
 func init() {
-	metrics.Registry.MustRegister(flowsTotal)
+	metrics.Registry.MustRegister(flowsTotal, httpRequests, httpDecisionSeconds)
 }
 
 // names is the lookup the flow recorder uses to name addresses and policies; the reconciler
@@ -58,22 +93,34 @@ type names struct {
 	policies map[uint32]string
 }
 
-// Flows reads the kernel's flow events, names them, counts them, and keeps the most recent ones for
-// the /flows endpoint. It is a manager Runnable.
+// Flows reads the kernel's flow events (L3/L4 connections and, with HTTP judging on, HTTP
+// requests), names them, counts them, and keeps the most recent ones for the /flows endpoint. It is
+// a manager Runnable.
 type Flows struct {
-	dp   *datapath.Datapath
-	node string
+	dp    *datapath.Datapath
+	http  *l7.L7
+	reset *Resetter
+	node  string
 
-	mu    sync.Mutex
-	names names
-	ring  []FlowRecord
-	next  int
-	full  bool
+	mu          sync.Mutex
+	names       names
+	httpOrigins map[l7.RuleKey]map[string][]string
+	ring        []FlowRecord
+	next        int
+	full        bool
 }
 
-// NewFlows returns a recorder that keeps the last size flows.
-func NewFlows(dp *datapath.Datapath, node string, size int) *Flows {
-	return &Flows{dp: dp, node: node, ring: make([]FlowRecord, size), names: names{pods: map[netip.Addr]string{}, policies: map[uint32]string{}}}
+// NewFlows returns a recorder that keeps the last size flows. http and reset may be nil (HTTP
+// judging off); reset, when set, is told about every denied request.
+func NewFlows(dp *datapath.Datapath, http *l7.L7, reset *Resetter, node string, size int) *Flows {
+	return &Flows{dp: dp, http: http, reset: reset, node: node, ring: make([]FlowRecord, size),
+		names: names{pods: map[netip.Addr]string{}, policies: map[uint32]string{}}}
+}
+
+func (f *Flows) setHTTPOrigins(o map[l7.RuleKey]map[string][]string) {
+	f.mu.Lock()
+	f.httpOrigins = o
+	f.mu.Unlock()
 }
 
 func (f *Flows) setNames(n names) {
@@ -98,6 +145,14 @@ func protoName(p datapath.Protocol) string {
 
 // Start reads flows until ctx ends.
 func (f *Flows) Start(ctx context.Context) error {
+	if f.http != nil {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			f.readHTTP(ctx)
+		}()
+	}
 	for fl, err := range f.dp.ReadFlows(ctx) {
 		if err != nil {
 			if ctx.Err() != nil {
@@ -114,15 +169,91 @@ func (f *Flows) Start(ctx context.Context) error {
 			Dest:   FlowEndpoint{IP: fl.Dst.String(), Port: fl.DstPort, Identity: uint32(fl.DstIdentity), Pod: f.names.pods[fl.Dst]},
 			Policy: f.names.policies[fl.PolicyID],
 		}
-		f.ring[f.next] = rec
-		f.next = (f.next + 1) % len(f.ring)
-		if f.next == 0 {
-			f.full = true
-		}
+		f.keepLocked(rec)
 		f.mu.Unlock()
 		flowsTotal.WithLabelValues(rec.Direction, rec.Verdict).Inc()
 	}
 	return nil
+}
+
+func (f *Flows) keepLocked(rec FlowRecord) {
+	f.ring[f.next] = rec
+	f.next = (f.next + 1) % len(f.ring)
+	if f.next == 0 {
+		f.full = true
+	}
+}
+
+// readHTTP reads the kernel's HTTP request events until ctx ends.
+func (f *Flows) readHTTP(ctx context.Context) {
+	for ev, err := range f.http.ReadEvents(ctx) {
+		if err != nil {
+			if ctx.Err() == nil {
+				log.FromContext(ctx).Error(err, "read HTTP event")
+			}
+			continue
+		}
+		if f.reset != nil && ev.Verdict == l7.VerdictDenied && !ev.Egress {
+			f.reset.Notify(ev.Response)
+		}
+		rec := f.httpRecord(ev)
+		f.mu.Lock()
+		f.keepLocked(rec)
+		f.mu.Unlock()
+		flowsTotal.WithLabelValues(rec.Direction, rec.Verdict).Inc()
+		httpRequests.WithLabelValues(rec.Direction, rec.Verdict, rec.HTTP.Response, rec.Policy).Inc()
+		httpDecisionSeconds.Observe(ev.Latency.Seconds())
+	}
+}
+
+// httpRecord names an HTTP event: both pods, the rule that allowed it and its policy, and the
+// logged header mismatches.
+func (f *Flows) httpRecord(ev l7.Event) FlowRecord {
+	h := &HTTPFlow{Method: ev.Method, Path: ev.Path, Host: ev.Host, Cut: ev.PathCut || ev.HostCut,
+		Response: ev.Response.String(), DecisionNanos: ev.Latency.Nanoseconds()}
+	rec := FlowRecord{Time: ev.Time, Node: f.node, Direction: "ingress", Verdict: ev.Verdict.String(),
+		Reason: ev.Reason.String(), Protocol: "HTTP", HTTP: h}
+	f.mu.Lock()
+	local := FlowEndpoint{IP: ev.Local.Addr().String(), Port: ev.Local.Port(), Pod: f.names.pods[ev.Local.Addr()]}
+	remote := FlowEndpoint{IP: ev.Remote.Addr().String(), Port: ev.Remote.Port(), Identity: ev.PeerIdentity, Pod: f.names.pods[ev.Remote.Addr()]}
+	origins := f.httpOrigins
+	f.mu.Unlock()
+	rec.Source, rec.Dest = remote, local
+	if ev.Egress {
+		rec.Direction, rec.Source, rec.Dest = "egress", local, remote
+	}
+	if ev.Rule < 0 {
+		return rec
+	}
+	sources := f.http.RuleSources(ev.Key(), ev.Rule)
+	if len(sources) == 0 {
+		return rec
+	}
+	h.Rule = sources[0]
+	if len(sources) > 1 {
+		h.Rule = fmt.Sprintf("%s (and %d more rules that differ only in path)", sources[0], len(sources)-1)
+	}
+	key := ev.Key()
+	if _, ok := origins[key]; !ok {
+		key.PeerIdentity = 0
+	}
+	var pols []string
+	for _, src := range sources {
+		pols = append(pols, origins[key][src]...)
+	}
+	if len(pols) > 0 {
+		rec.Policy = slices.Min(pols)
+	}
+	if ev.LogMissing != 0 {
+		if r, err := policy.ParseHTTPRule(sources[0]); err == nil {
+			for i, hdr := range r.LogHeaders {
+				if ev.LogMissing&(1<<(len(r.Headers)+i)) != 0 {
+					h.HeaderMismatches = append(h.HeaderMismatches, hdr)
+				}
+			}
+		}
+	}
+	return rec
 }
 
 // Recent returns the kept flows, oldest first.

@@ -14,7 +14,7 @@ import (
 // and a judged port with no rule set for a peer denies (fail closed).
 type httpState struct {
 	ports map[lowering.HTTPPort]bool
-	rules map[l7.RuleKey][]string
+	rules map[l7.RuleKey]l7.RuleSet
 }
 
 // convergeHTTP makes the HTTP rule sets and judged ports equal to the lowering's. Rule sets are
@@ -26,11 +26,17 @@ func (r *Reconciler) convergeHTTP(low lowering.Result) (changed int, err error) 
 		return 0, nil
 	}
 	if r.http.rules == nil {
-		r.http = httpState{ports: map[lowering.HTTPPort]bool{}, rules: map[l7.RuleKey][]string{}}
+		r.http = httpState{ports: map[lowering.HTTPPort]bool{}, rules: map[l7.RuleKey]l7.RuleSet{}}
 	}
-	wantRules := map[l7.RuleKey][]string{}
+	wantRules := map[l7.RuleKey]l7.RuleSet{}
+	origins := map[l7.RuleKey]map[string][]string{}
 	for _, rs := range low.HTTPRuleSets {
-		wantRules[l7.RuleKey{EndpointID: rs.EndpointID, PeerIdentity: uint32(rs.PeerIdentity), Port: rs.Port, Egress: rs.Egress}] = rs.Rules
+		k := l7.RuleKey{EndpointID: rs.EndpointID, PeerIdentity: uint32(rs.PeerIdentity), Port: rs.Port, Egress: rs.Egress}
+		wantRules[k] = l7.RuleSet{Rules: rs.Rules, Audit: rs.Audit}
+		origins[k] = rs.Origins
+	}
+	if r.opts.Flows != nil {
+		r.opts.Flows.setHTTPOrigins(origins)
 	}
 	wantPorts := map[lowering.HTTPPort]bool{}
 	for _, p := range low.HTTPPorts {
@@ -38,10 +44,10 @@ func (r *Reconciler) convergeHTTP(low lowering.Result) (changed int, err error) 
 	}
 	var errs []error
 	for k, rules := range wantRules {
-		if have, ok := r.http.rules[k]; ok && slices.Equal(have, rules) {
+		if have, ok := r.http.rules[k]; ok && have.Audit == rules.Audit && slices.Equal(have.Rules, rules.Rules) {
 			continue
 		}
-		if err := h.SetRules(k, rules); err != nil {
+		if err := h.SetRuleSet(k, rules); err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -29,15 +29,15 @@ const (
 	VerdictAudited Verdict = 3
 )
 
-// String returns ALLOWED, DENIED or AUDITED, as the L3/L4 flows name their verdicts.
+// String returns forwarded, dropped or audited, as the L3/L4 flows name their verdicts.
 func (v Verdict) String() string {
 	switch v {
 	case VerdictAllowed:
-		return "ALLOWED"
+		return "forwarded"
 	case VerdictDenied:
-		return "DENIED"
+		return "dropped"
 	case VerdictAudited:
-		return "AUDITED"
+		return "audited"
 	}
 	return fmt.Sprintf("verdict(%d)", uint8(v))
 }

@@ -21,6 +21,9 @@ const (
 	Allowed Outcome = "allowed"
 	// Dropped: no answer in time; the kernel dropped the connection attempt.
 	Dropped Outcome = "dropped"
+	// Forbidden: the kernel answered the request with "403 Forbidden" and body "Access denied" (an
+	// HTTP rule denied it); the server never saw it.
+	Forbidden Outcome = "forbidden"
 	// Failed: anything else (refused, reset, unexpected status), with the error in the report.
 	Failed Outcome = "failed"
 )
@@ -67,6 +70,9 @@ func (c *Cluster) Run(ctx context.Context, ch Check) (Outcome, error) {
 	if err != nil {
 		return classify(err, false, "")
 	}
+	if resp.Status == http.StatusForbidden && resp.Body == "Access denied" {
+		return Forbidden, nil
+	}
 	if resp.Status != http.StatusOK {
 		return Failed, fmt.Errorf("status %d", resp.Status)
 	}
@@ -100,18 +106,18 @@ func SeedChecks() []Check {
 	)
 	return []Check{
 		{Name: "Scenario 1: auth-service creates a user", From: auth, To: user, Port: 8080, Method: "POST", Path: "/v1/users", Want: Allowed},
-		{Name: "Scenario 1: auth-service may not read a user", From: auth, To: user, Port: 8080, Method: "GET", Path: "/v1/users/42", Want: Dropped, L7: true},
-		{Name: "Scenario 1: auth-service may not update a user", From: auth, To: user, Port: 8080, Method: "PUT", Path: "/v1/users/42", Want: Dropped, L7: true},
+		{Name: "Scenario 1: auth-service may not read a user", From: auth, To: user, Port: 8080, Method: "GET", Path: "/v1/users/42", Want: Forbidden, L7: true},
+		{Name: "Scenario 1: auth-service may not update a user", From: auth, To: user, Port: 8080, Method: "PUT", Path: "/v1/users/42", Want: Forbidden, L7: true},
 		{Name: "Scenario 1: reporting-service may not create users", From: reporting, To: user, Port: 8080, Method: "POST", Path: "/v1/users", Want: Dropped},
 		{Name: "Scenario 2: the scraper with its header reads /private/metrics", From: metrics, To: billing, Port: 9090, Method: "GET", Path: "/private/metrics", Headers: []string{"X-Internal-Scraper: true"}, Want: Allowed},
 		{Name: "Scenario 2: ... on every labelled service, across nodes", From: metrics, To: order, Port: 9090, Method: "GET", Path: "/private/metrics", Headers: []string{"X-Internal-Scraper: true"}, Want: Allowed},
-		{Name: "Scenario 2: the scraper without the header is refused", From: metrics, To: billing, Port: 9090, Method: "GET", Path: "/private/metrics", Want: Dropped, L7: true},
+		{Name: "Scenario 2: the scraper without the header is refused", From: metrics, To: billing, Port: 9090, Method: "GET", Path: "/private/metrics", Want: Forbidden, L7: true},
 		{Name: "Scenario 2: another pod may not scrape", From: auth, To: billing, Port: 9090, Method: "GET", Path: "/private/metrics", Headers: []string{"X-Internal-Scraper: true"}, Want: Dropped},
 		{Name: "Billing: reporting-service reads an invoice", From: reporting, To: billing, Port: 9000, Method: "GET", Path: "/v1/invoices/42", Want: Allowed},
-		{Name: "Billing: reporting-service may not delete an invoice", From: reporting, To: billing, Port: 9000, Method: "DELETE", Path: "/v1/invoices/42", Want: Dropped, L7: true},
-		{Name: "Billing: /internal/metrics stays closed", From: reporting, To: billing, Port: 9000, Method: "GET", Path: "/internal/metrics", Want: Dropped, L7: true},
+		{Name: "Billing: reporting-service may not delete an invoice", From: reporting, To: billing, Port: 9000, Method: "DELETE", Path: "/v1/invoices/42", Want: Forbidden, L7: true},
+		{Name: "Billing: /internal/metrics stays closed", From: reporting, To: billing, Port: 9000, Method: "GET", Path: "/internal/metrics", Want: Forbidden, L7: true},
 		{Name: "Scenario 3: shipping-service calls UpdateOrderStatus (HTTP/1.1 here)", From: shipping, To: order, Port: 50051, Method: "POST", Path: "/proto.OrderService/UpdateOrderStatus", Want: Allowed},
-		{Name: "Scenario 3: shipping-service may not call CreateOrder", From: shipping, To: order, Port: 50051, Method: "POST", Path: "/proto.OrderService/CreateOrder", Want: Dropped, L7: true},
+		{Name: "Scenario 3: shipping-service may not call CreateOrder", From: shipping, To: order, Port: 50051, Method: "POST", Path: "/proto.OrderService/CreateOrder", Want: Forbidden, L7: true},
 		{Name: "Edge case 3: payment-processor reaches api.stripe.com:443 (toFQDNs)", From: payment, To: "stripe", Port: 443, Want: Allowed, L7: false},
 		{Name: "Default deny: user-service takes nothing but port 8080", From: auth, To: user, Port: 5353, UDP: true, Want: Dropped},
 		{Name: "Replies pass: user-service calls out and gets its answers", From: user, To: "stripe", Port: 80, Want: Allowed},

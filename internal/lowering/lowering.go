@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -65,6 +66,12 @@ type HTTPRuleSet struct {
 	Port   uint16
 	Egress bool
 	Rules  []string
+	// Audit: the direction's default deny comes from Audit-mode policies only, so requests the
+	// rules do not allow are forwarded and reported.
+	Audit bool
+	// Origins names, for each rule, the policies it comes from (as PolicyEntry.Origins), so that a
+	// request's event can name the policy that allowed it.
+	Origins map[string][]string
 }
 
 // HTTPPort is a local address and port of an endpoint whose requests are judged at the socket.
@@ -413,6 +420,8 @@ func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPo
 	rules := map[portPeer]map[string]bool{}
 	l4 := map[portPeer]bool{}
 	judged := map[uint16]bool{}
+	origins := map[string]map[string]bool{}
+	audit := dp.Enforced && len(dp.EnforcedBy) == 0 && len(dp.AuditEnforcedBy) > 0
 	type allow struct {
 		lo, hi uint16
 		ids    []datapath.Identity
@@ -447,6 +456,12 @@ func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPo
 				}
 				for _, r := range e.HTTP {
 					rules[k][r] = true
+					if origins[r] == nil {
+						origins[r] = map[string]bool{}
+					}
+					for _, o := range e.Origins {
+						origins[r][o] = true
+					}
 				}
 			}
 		}
@@ -471,6 +486,11 @@ func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPo
 			}
 		}
 		anyPeer := portPeer{port, datapath.IdentityAny}
+		if audit {
+			// Peers without rules of their own are judged by the wildcard set: in audit mode it
+			// must exist (possibly empty), so that their requests are forwarded and reported.
+			peers[datapath.IdentityAny] = true
+		}
 		for peer := range peers {
 			k := portPeer{port, peer}
 			var set []string
@@ -489,7 +509,17 @@ func (l *lowerer) http(epID uint32, addrs []netip.Addr, dp *v1alpha1.DirectionPo
 				}
 				slices.Sort(set)
 			}
-			l.r.HTTPRuleSets = append(l.r.HTTPRuleSets, HTTPRuleSet{EndpointID: epID, PeerIdentity: peer, Port: port, Egress: egress, Rules: set})
+			var orig map[string][]string
+			for _, r := range set {
+				if len(origins[r]) > 0 {
+					if orig == nil {
+						orig = map[string][]string{}
+					}
+					orig[r] = slices.Sorted(maps.Keys(origins[r]))
+				}
+			}
+			l.r.HTTPRuleSets = append(l.r.HTTPRuleSets, HTTPRuleSet{EndpointID: epID, PeerIdentity: peer, Port: port, Egress: egress,
+				Rules: set, Audit: audit, Origins: orig})
 		}
 		for _, a := range addrs {
 			l.r.HTTPPorts = append(l.r.HTTPPorts, HTTPPort{Addr: a, Port: port, EndpointID: epID, Egress: egress})

@@ -190,6 +190,8 @@ type outcome string
 const (
 	allowed outcome = "allowed" // a response came back
 	dropped outcome = "dropped" // no answer: the kernel dropped the connection attempt
+	// forbidden: the kernel answered 403 Forbidden, "Access denied" (an HTTP rule denied the request)
+	forbidden outcome = "forbidden"
 )
 
 // request makes one HTTP request from a pod and classifies the result. A timeout is a drop; any
@@ -204,6 +206,8 @@ func request(t *testing.T, from, to string, port int, method, path string, heade
 	ctx := ctxT(t, 2*time.Second)
 	resp, err := cluster.Net.HTTP(ctx, from, to, port, method, path, h)
 	switch {
+	case err == nil && resp.Status == http.StatusForbidden && resp.Body == "Access denied":
+		return forbidden
 	case err == nil:
 		if resp.Status != http.StatusOK {
 			t.Errorf("%s → %s:%d %s %s: status %d", from, to, port, method, path, resp.Status)

@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/portcullis-dev/portcullis/internal/l7"
+)
+
+// answerGrace is how long the kernel leaves a connection answered with 403 for its client to close
+// (ANSWER_GRACE_NS in bpf/http.c); sweeps continue a little longer than that after a 403.
+const answerGrace = 2 * time.Second
+
+// Resetter resets denied HTTP connections with the kernel's l7_reset socket iterator, which must be
+// read inside each pod's network namespace: at once after a denied request that could not be
+// answered with 403 (the client would otherwise wait for its timeout), and, while connections
+// answered with 403 may still be open, once a second (a client that ignores Connection: close is
+// reset once the grace is over). It is a manager Runnable.
+type Resetter struct {
+	l7         *l7.L7
+	cgroupRoot string
+	kick       chan struct{}
+
+	mu            sync.Mutex
+	answeredUntil time.Time
+}
+
+// NewResetter returns a Resetter for the pods whose processes live under cgroupRoot (the cgroup the
+// HTTP programs are attached to).
+func NewResetter(l *l7.L7, cgroupRoot string) *Resetter {
+	return &Resetter{l7: l, cgroupRoot: cgroupRoot, kick: make(chan struct{}, 1)}
+}
+
+// Notify tells the Resetter how a denied request was answered.
+func (r *Resetter) Notify(resp l7.Response) {
+	if resp == l7.ResponseForbidden {
+		r.mu.Lock()
+		r.answeredUntil = time.Now().Add(answerGrace + 2*time.Second)
+		r.mu.Unlock()
+		return
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default: // a sweep is already due
+	}
+}
+
+// Start sweeps until ctx ends.
+func (r *Resetter) Start(ctx context.Context) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.kick:
+		case <-tick.C:
+			r.mu.Lock()
+			due := time.Now().Before(r.answeredUntil)
+			r.mu.Unlock()
+			if !due {
+				continue
+			}
+		}
+		for _, ns := range podNetns(r.cgroupRoot) {
+			if err := r.l7.ResetDenied(ns); err != nil {
+				log.FromContext(ctx).V(1).Info("reset denied connections", "netns", ns, "error", err.Error())
+			}
+		}
+	}
+}
+
+// podNetns returns one /proc/PID/ns/net path for each network namespace that a process under
+// cgroupRoot is in.
+func podNetns(cgroupRoot string) []string {
+	type nsID struct{ dev, ino uint64 }
+	seen := map[nsID]bool{}
+	var out []string
+	_ = filepath.WalkDir(cgroupRoot, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		f, err := os.Open(filepath.Join(path, "cgroup.procs"))
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			p := "/proc/" + strings.TrimSpace(sc.Text()) + "/ns/net"
+			var st syscall.Stat_t
+			if syscall.Stat(p, &st) != nil {
+				continue // the process is gone
+			}
+			id := nsID{uint64(st.Dev), st.Ino}
+			if !seen[id] {
+				seen[id] = true
+				out = append(out, p)
+			}
+		}
+		return nil
+	})
+	return out
+}
