@@ -222,4 +222,28 @@ func TestHTTPRulesForEveryPeerFoldIntoEachPeersSet(t *testing.T) {
 	if len(r.HTTPPorts) != 2 {
 		t.Errorf("both addresses of the endpoint are judged on 9000: %+v", r.HTTPPorts)
 	}
+	for _, rs := range r.HTTPRuleSets {
+		if rs.Audit {
+			t.Errorf("rule set %+v in audit mode; the direction is enforced by ap/p/x", rs)
+		}
+		if got := rs.Origins[`method="GET" path="/a"`]; !slices.Equal(got, []string{"ap/p/x"}) {
+			t.Errorf("origins of the GET rule: %v", got)
+		}
+	}
+
+	// The same rules when only Audit-mode policies close the direction: every set audits, and the
+	// wildcard set exists for peers without rules (their requests are forwarded and reported).
+	s.RuleSets[1].Entries = s.RuleSets[1].Entries[1:]
+	s.RuleSets[1].EnforcedBy, s.RuleSets[1].AuditEnforcedBy = nil, []string{"ap/p/y"}
+	r = Lower(Input{Node: "node-a", Spec: s, Interfaces: map[string]int{"p/api": 21}})
+	peers := map[datapath.Identity]bool{}
+	for _, rs := range r.HTTPRuleSets {
+		peers[rs.PeerIdentity] = true
+		if !rs.Audit {
+			t.Errorf("rule set %+v not in audit mode", rs)
+		}
+	}
+	if !peers[datapath.IdentityAny] || !peers[300] || len(peers) != 2 {
+		t.Errorf("audit rule sets for peers %v, want the wildcard and 300", peers)
+	}
 }
