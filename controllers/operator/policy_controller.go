@@ -12,10 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1alpha1 "github.com/portcullis-dev/portcullis/api/v1alpha1"
@@ -103,11 +101,14 @@ type PolicyReconciler struct {
 }
 
 // SetupWithManager registers the reconciler. NodePolicy changes (new content, agent status) requeue
-// the policies that the NodePolicy lists.
+// the policies that the NodePolicy lists. A change of the policy's own status requeues it too: the
+// status is written only when it differs from the cached policy, so a reconcile that reads the
+// policy before the cache has seen the previous status write finds nothing to write, and only the
+// event that brings that write into the cache can correct it.
 func (r *PolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named(map[string]string{kindAccessPolicy: "accesspolicy", kindClusterAccessPolicy: "clusteraccesspolicy"}[r.Kind]).
-		For(newPolicy(r.Kind), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		For(newPolicy(r.Kind)).
 		Watches(&v1alpha1.NodePolicy{}, handler.EnqueueRequestsFromMapFunc(r.policiesOfNode)).
 		Complete(r)
 }
