@@ -219,7 +219,10 @@ func (e *testEnv) startServerAt(t *testing.T, network, addr string, mptcp bool) 
 				e.mu.Lock()
 				e.seen = append(e.seen, strings.TrimPrefix(line, "seen "))
 				e.mu.Unlock()
-				e.seenCond <- struct{}{}
+				select { // a wake-up for waitSeen; never block the server's output
+				case e.seenCond <- struct{}{}:
+				default:
+				}
 			}
 		}
 	}()
