@@ -62,6 +62,10 @@ type Operator struct {
 	// nodeEvents and ipcacheEvents wake the publishers.
 	nodeEvents    chan event.GenericEvent
 	ipcacheEvents chan event.GenericEvent
+	// lateWakes are nodes whose wake-up did not fit in nodeEvents and is being delivered by a
+	// goroutine of its own (deduplicated until that goroutine starts sending).
+	lateMu    sync.Mutex
+	lateWakes map[string]bool
 }
 
 type endpointState struct {
@@ -211,9 +215,30 @@ func (o *Operator) wakeNodesLocked(nodes []string) {
 		select {
 		case o.nodeEvents <- event.GenericEvent{Object: nodeKeyObject(n)}:
 		default:
-			// The queue is full: the publisher is behind and will see the compiler's dirty set.
+			// The queue is full: the publisher is behind. The compiler's dirty set is already
+			// cleared, so this wake-up must not be lost: deliver it without holding the caller.
+			o.lateWake(n)
 		}
 	}
+}
+
+func (o *Operator) lateWake(node string) {
+	o.lateMu.Lock()
+	defer o.lateMu.Unlock()
+	if o.lateWakes == nil {
+		o.lateWakes = map[string]bool{}
+	}
+	if o.lateWakes[node] {
+		return
+	}
+	o.lateWakes[node] = true
+	go func() {
+		// Cleared before the send: a change after this point wakes the node again.
+		o.lateMu.Lock()
+		delete(o.lateWakes, node)
+		o.lateMu.Unlock()
+		o.nodeEvents <- event.GenericEvent{Object: nodeKeyObject(node)}
+	}()
 }
 
 func (o *Operator) wakeAllNodesLocked() {
