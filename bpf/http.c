@@ -92,6 +92,9 @@ struct {
 	__uint(max_entries, 1 << 20);
 } l7_events SEC(".maps");
 
+/* Pending event bytes that wake the reader early (a quarter of the ring). */
+#define EVENTS_WAKE_BYTES (256 * 1024)
+
 /* Names the shared types in the object's BTF for bpf2go -type. */
 struct l7_btf_anchor {
 	struct l7_test_ctx test_ctx;
@@ -369,7 +372,15 @@ static __always_inline void emit(__u32 slot, const struct judge_out *out, const 
 	ev->method_len = mlen;
 	ev->path_len = plen;
 	ev->host_len = hlen;
-	bpf_ringbuf_submit(ev, 0);
+	/* Denies wake the reader at once (the agent resets what got no 403).
+	 * Other events wait for the reader's next poll, or wake it when the
+	 * buffer fills up: one wake-up per request costs more than judging it. */
+	if (verdict == L7_EV_DENIED)
+		bpf_ringbuf_submit(ev, 0);
+	else if (bpf_ringbuf_query(&l7_events, BPF_RB_AVAIL_DATA) > EVENTS_WAKE_BYTES)
+		bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+	else
+		bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
 /* Body framing of a request whose header block passed. */

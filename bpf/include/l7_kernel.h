@@ -163,6 +163,10 @@ static long (*bpf_sk_redirect_hash)(struct __sk_buff *skb, void *map, void *key,
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static void (*bpf_ringbuf_discard)(void *data, __u64 flags) = (void *)133;
+static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
+#define BPF_RB_NO_WAKEUP 1
+#define BPF_RB_FORCE_WAKEUP 2
+#define BPF_RB_AVAIL_DATA 0
 
 /* The TCP sequence numbers the 403 path compares (write_seq: end of what the
  * application wrote; snd_una: first byte not acknowledged). Not UAPI: read

@@ -115,7 +115,6 @@ type Reconciler struct {
 	mu       sync.Mutex
 	policies map[uint32]string
 
-	http httpState
 }
 
 // Setup registers the agent's reconciler with the manager. The manager's cache must be limited to
@@ -208,7 +207,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	low := lowering.Lower(lowering.Input{Node: r.opts.NodeName, Spec: &np.Spec, IPCache: ipc, Interfaces: ifaces})
 	r.setNames(ipc, low.Policies)
-	desired := hashState(low.State)
+	desired := hashState(low)
 
 	st := r.converge(ctx, &np, low, desired)
 	if err := r.patchStatus(ctx, &np, st); err != nil {
@@ -244,7 +243,11 @@ func (r *Reconciler) converge(ctx context.Context, np *v1alpha1.NodePolicy, low 
 		out.err, out.reason, out.message = err, ReasonMapUpdateFailed, err.Error()
 		return out
 	} else if n > 0 {
-		log.FromContext(ctx).Info("converged HTTP rules", "generation", np.Generation, "changes", n)
+		log.FromContext(ctx).Info("converged HTTP rules", "generation", np.Generation, "changes", n, "drift", sameDesired)
+		if sameDesired {
+			out.repaired = append(out.repaired, fmt.Sprintf("HTTP rule sets and judged ports: %d entries", n))
+			driftRepairs.WithLabelValues("map").Add(float64(n))
+		}
 	}
 	mapWrites.Add(float64(ch.Endpoints.Total() + ch.IPCache.Total() + ch.Policy.Total()))
 	if !ch.Empty() {
@@ -381,12 +384,15 @@ func (r *Reconciler) policyNames() map[uint32]string {
 	return r.policies
 }
 
-func hashState(s datapath.State) string {
+// hashState identifies the desired kernel state (L3/L4 maps and HTTP rules): a converge of the same
+// desired state that still changes the kernel found drift.
+func hashState(low lowering.Result) string {
 	type kv struct {
 		K string
 		V any
 	}
-	var items []kv
+	s := low.State
+	items := []kv{{"http-rules", low.HTTPRuleSets}, {"http-ports", low.HTTPPorts}}
 	for k, v := range s.Endpoints {
 		items = append(items, kv{fmt.Sprint("e", k), v})
 	}

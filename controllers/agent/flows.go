@@ -184,8 +184,17 @@ func (f *Flows) keepLocked(rec FlowRecord) {
 	}
 }
 
+// httpCounterKey labels the per-request counters; readHTTP keeps their children, since looking them
+// up by label values for every request costs more than the kernel's decision.
+type httpCounterKey struct{ direction, verdict, response, policy string }
+
+type httpCounters struct {
+	flows, requests prometheus.Counter
+}
+
 // readHTTP reads the kernel's HTTP request events until ctx ends.
 func (f *Flows) readHTTP(ctx context.Context) {
+	counters := map[httpCounterKey]httpCounters{}
 	for ev, err := range f.http.ReadEvents(ctx) {
 		if err != nil {
 			if ctx.Err() == nil {
@@ -200,8 +209,14 @@ func (f *Flows) readHTTP(ctx context.Context) {
 		f.mu.Lock()
 		f.keepLocked(rec)
 		f.mu.Unlock()
-		flowsTotal.WithLabelValues(rec.Direction, rec.Verdict).Inc()
-		httpRequests.WithLabelValues(rec.Direction, rec.Verdict, rec.HTTP.Response, rec.Policy).Inc()
+		k := httpCounterKey{rec.Direction, rec.Verdict, rec.HTTP.Response, rec.Policy}
+		c, ok := counters[k]
+		if !ok {
+			c = httpCounters{flowsTotal.WithLabelValues(k.direction, k.verdict), httpRequests.WithLabelValues(k.direction, k.verdict, k.response, k.policy)}
+			counters[k] = c
+		}
+		c.flows.Inc()
+		c.requests.Inc()
 		httpDecisionSeconds.Observe(ev.Latency.Seconds())
 	}
 }

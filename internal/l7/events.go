@@ -1,9 +1,7 @@
 package l7
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"iter"
@@ -87,6 +85,10 @@ func (e Event) Key() RuleKey {
 
 var eventSize = int(unsafe.Sizeof(httpL7Event{}))
 
+// EventPollInterval bounds how long an allowed or audited request's event waits in the ring buffer
+// before ReadEvents yields it (denied requests wake the reader at once).
+const EventPollInterval = 100 * time.Millisecond
+
 // ReadEvents yields the kernel's request events until ctx is done (then it ends without error) or
 // reading fails (then it yields the error and ends). One reader at a time. Events the kernel could
 // not queue because the buffer was full are counted under ReasonEventLost.
@@ -102,8 +104,14 @@ func (l *L7) ReadEvents(ctx context.Context) iter.Seq2[Event, error] {
 		defer stop()
 		clock := ktime.Now()
 		var rec ringbuf.Record
+		// Only denies wake the reader (bpf/http.c); the rest is read at least this often.
+		rd.SetDeadline(time.Now().Add(EventPollInterval))
 		for {
 			if err := rd.ReadInto(&rec); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					rd.SetDeadline(time.Now().Add(EventPollInterval))
+					continue
+				}
 				if ctx.Err() != nil && (errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed)) {
 					return
 				}
@@ -122,10 +130,10 @@ func decodeEvent(raw []byte, clock ktime.Clock) (Event, error) {
 	if len(raw) < eventSize {
 		return Event{}, fmt.Errorf("l7 event of %d bytes, want %d", len(raw), eventSize)
 	}
+	// The record is the C struct in native byte order, without padding the Go mirror lacks: a
+	// copy is the whole decoding (binary.Read's reflection cost more than the kernel's judging).
 	var e httpL7Event
-	if err := binary.Read(bytes.NewReader(raw[:eventSize]), binary.NativeEndian, &e); err != nil {
-		return Event{}, fmt.Errorf("decode l7 event: %w", err)
-	}
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&e)), eventSize), raw)
 	text := func(b []byte, n uint16) (string, bool) {
 		if int(n) > len(b) {
 			return string(b), true

@@ -61,6 +61,8 @@ type L7 struct {
 	cg     map[string][]link.Link // cgroup path → sock_ops and guard links
 	reset  *link.Iter             // l7_reset, read once per namespace by ResetDenied
 	tab    *tables
+	// compiled memoizes CompileRules for the rule lists of the last Converge, by their text.
+	compiled map[string][]CompiledRule
 }
 
 // Load loads the programs, creates (or adopts) the maps and attaches the stream parser and verdict

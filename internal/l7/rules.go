@@ -591,17 +591,20 @@ func (l *L7) SetRuleSet(key RuleKey, rs RuleSet) error {
 	if err != nil {
 		return fmt.Errorf("set l7 rules for %+v: %w", key, err)
 	}
-	return l.setCompiled(key, compiled, rs.Audit)
+	_, err = l.setCompiled(key, compiled, rs.Audit)
+	return err
 }
 
 // SetCompiledRules is SetRules for rules already lowered by CompileRules.
 func (l *L7) SetCompiledRules(key RuleKey, rules []CompiledRule) error {
-	return l.setCompiled(key, rules, false)
+	_, err := l.setCompiled(key, rules, false)
+	return err
 }
 
-func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (err error) {
+// setCompiled writes the rule set of key when the kernel's differs, and reports whether it wrote.
+func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (wrote bool, err error) {
 	if len(rules) > MaxRules {
-		return fmt.Errorf("set l7 rules for %+v: %w: %d rules, at most %d", key, errRule, len(rules), MaxRules)
+		return false, fmt.Errorf("set l7 rules for %+v: %w: %d rules, at most %d", key, errRule, len(rules), MaxRules)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -628,20 +631,20 @@ func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (err err
 			}
 			id, err := l.internDFA(r.Patterns[j], pair.d)
 			if err != nil {
-				return fmt.Errorf("set l7 rules for %+v: %w", key, err)
+				return false, fmt.Errorf("set l7 rules for %+v: %w", key, err)
 			}
 			dfas = append(dfas, id)
 			*pair.dst = id
 		}
 		all := append(slices.Clone(r.Headers), r.LogHeaders...)
 		if len(all) > MaxHeaders {
-			return fmt.Errorf("set l7 rules for %+v: %w: %d headers, at most %d", key, errRule, len(all), MaxHeaders)
+			return false, fmt.Errorf("set l7 rules for %+v: %w: %d headers, at most %d", key, errRule, len(all), MaxHeaders)
 		}
 		kr.Nheaders = uint32(len(all))
 		for j, h := range all {
 			id, err := l.internHeader(h)
 			if err != nil {
-				return fmt.Errorf("set l7 rules for %+v: %w", key, err)
+				return false, fmt.Errorf("set l7 rules for %+v: %w", key, err)
 			}
 			hdrs = append(hdrs, id)
 			kr.Headers[j] = id
@@ -654,8 +657,9 @@ func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (err err
 	var have httpL7Ruleset
 	if err := l.objs.L7Rulesets.Lookup(&k, &have); err != nil || have != want {
 		if err := l.objs.L7Rulesets.Update(&k, &want, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("set l7 rules for %+v: %w", key, err)
+			return false, fmt.Errorf("set l7 rules for %+v: %w", key, err)
 		}
+		wrote = true
 	}
 	l.releaseDFAs(l.tab.ruleRefs[key])
 	l.releaseHeaders(l.tab.ruleHdrs[key])
@@ -665,7 +669,7 @@ func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (err err
 		src[i] = r.Sources
 	}
 	l.tab.ruleSrc[key] = src
-	return nil
+	return wrote, nil
 }
 
 // RuleSources returns the rules given to SetRules that the kernel's rule index (Event.Rule) of the

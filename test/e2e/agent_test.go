@@ -374,6 +374,51 @@ func TestPrivilegedDriftIsRepaired(t *testing.T) {
 	if len(want) < 3 {
 		t.Fatalf("policy map has %d entries; the test needs a few", len(want))
 	}
+	// The HTTP half: billing-service's judged port and rule sets.
+	l7Maps := map[string]*ebpf.Map{}
+	for _, name := range []string{"l7_rulesets", "l7_ports"} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "l7", name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		l7Maps[name] = m
+	}
+	dump := func(m *ebpf.Map) map[string]string {
+		out := map[string]string{}
+		var k, v []byte
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			out[string(k)] = string(v)
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	wantL7 := map[string]map[string]string{}
+	for name, m := range l7Maps {
+		wantL7[name] = dump(m)
+		if len(wantL7[name]) == 0 {
+			t.Fatalf("%s is empty; billing-service's HTTP rules should be there", name)
+		}
+	}
+	// Behind the agent's back: drop the judged ports (new connections would not be judged at all:
+	// their sockets stay out of the SOCKHASH, and the guard covers judged ports only), and copy a
+	// rule set to another peer identity (that peer would be allowed).
+	for k := range wantL7["l7_ports"] {
+		if err := l7Maps["l7_ports"].Delete([]byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, v := range wantL7["l7_rulesets"] {
+		other := []byte(k)
+		other[4] ^= 0x5a // peer_identity follows endpoint_id
+		if err := l7Maps["l7_rulesets"].Put(other, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
 	// Behind the agent's back: delete an entry, zero a value, and add a bogus entry.
 	i := 0
 	var bogus []byte
@@ -425,6 +470,20 @@ func TestPrivilegedDriftIsRepaired(t *testing.T) {
 		}
 		return nil
 	})
+	waitFor(t, 2*2*time.Second, "HTTP rule sets and judged ports repaired", func() error {
+		for name, m := range l7Maps {
+			got := dump(m)
+			if len(got) != len(wantL7[name]) {
+				return fmt.Errorf("%s: %d entries, want %d", name, len(got), len(wantL7[name]))
+			}
+			for k, v := range wantL7[name] {
+				if got[k] != v {
+					return fmt.Errorf("%s: an entry differs", name)
+				}
+			}
+		}
+		return nil
+	})
 	waitFor(t, 2*2*time.Second, "program re-attached and pin restored", func() error {
 		if _, err := os.Stat(filepath.Join(pinDir, "counters")); err != nil {
 			return err
@@ -460,6 +519,7 @@ func TestPrivilegedDriftIsRepaired(t *testing.T) {
 	runChecks(t, []check{
 		{name: "after the repair the policy still holds", from: authSvc, to: billing, port: 9000, method: "GET", path: "/v1/invoices/1", want: dropped},
 		{name: "and still allows", from: reporting, to: billing, port: 9000, method: "GET", path: "/v1/invoices/1", want: allowed},
+		{name: "and still judges the request", from: reporting, to: billing, port: 9000, method: "DELETE", path: "/v1/invoices/1", want: forbidden},
 	})
 	waitFor(t, 5*time.Second, "DriftRepaired event", func() error {
 		var evs eventsv1.EventList

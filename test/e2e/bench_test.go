@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -30,13 +31,14 @@ func needBenchLab(b *testing.B) {
 
 // wrkResult is what one wrk run measured.
 type wrkResult struct {
-	rps      float64
-	p50, p99 time.Duration
+	rps           float64
+	p50, p99, max time.Duration
 }
 
 var (
 	reRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	reLat = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
+	reMax = regexp.MustCompile(`Latency\s+\S+\s+\S+\s+([0-9.]+)(us|ms|s)`)
 )
 
 func parseWrk(out string) (wrkResult, error) {
@@ -46,10 +48,14 @@ func parseWrk(out string) (wrkResult, error) {
 		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
 	}
 	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	units := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}
+	if m := reMax.FindStringSubmatch(out); m != nil {
+		v, _ := strconv.ParseFloat(m[1], 64)
+		r.max = time.Duration(v * float64(units[m[2]]))
+	}
 	for _, l := range reLat.FindAllStringSubmatch(out, -1) {
 		v, _ := strconv.ParseFloat(l[2], 64)
-		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[l[3]]
-		d := time.Duration(v * float64(unit))
+		d := time.Duration(v * float64(units[l[3]]))
 		if l[1] == "50" {
 			r.p50 = d
 		} else {
@@ -68,13 +74,28 @@ func runWrk(b *testing.B, client, url string, conns int, d time.Duration) wrkRes
 	}
 	threads := min(conns, 2)
 	cmd := st.Pods[client].Command("wrk", "--latency", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), url)
-	out, err := cmd.CombinedOutput()
+	var outBuf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &outBuf, &outBuf
+	err = cmd.Start()
+	var snap []byte
+	if err == nil {
+		time.Sleep(d * 2 / 3)
+		for _, p := range []string{client, "production/user-service"} {
+			o, _ := exec.Command("nsenter", "--net="+st.Pods[p].Netns, "--", "ss", "-tmin", "state", "established").CombinedOutput()
+			snap = append(snap, o...)
+		}
+		err = cmd.Wait()
+	}
+	out := outBuf.Bytes()
 	if err != nil {
 		b.Fatalf("wrk: %v\n%s", err, out)
 	}
 	r, err := parseWrk(string(out))
 	if err != nil {
 		b.Fatal(err)
+	}
+	if conns == 1 && r.rps < 5000 && !strings.Contains(url, "127.0.0.1") {
+		b.Logf("wrk -c %d %s: slow:\n%s\nss:\n%s", conns, url, out, snap)
 	}
 	return r
 }

@@ -1,0 +1,144 @@
+package l7
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+)
+
+// Port is a judged port: ingress, connections accepted on (Addr, Port); egress, connections Addr
+// opens to server port Port.
+type Port struct {
+	Addr       netip.Addr
+	Port       uint16
+	EndpointID uint32
+	Egress     bool
+}
+
+// Converge makes the kernel's judged ports and rule sets exactly ports and rules. It reads the
+// kernel, not a record of its own writes, so it also repairs drift: entries changed, removed, or
+// added by someone else (an added rule set or port would open or close traffic the policy does not
+// say). Rule sets are written before ports, so that a port is never judged before its rules exist,
+// and unwanted ports are deleted before unwanted rule sets. Rule lists are compiled once and reused
+// while they stay wanted. It returns the number of entries written or deleted; on error the
+// entries it could not converge stay as they were (the others are converged).
+func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err error) {
+	var errs []error
+	memo := make(map[string][]CompiledRule, len(rules))
+	keys := slices.SortedFunc(func(yield func(RuleKey) bool) {
+		for k := range rules {
+			if !yield(k) {
+				return
+			}
+		}
+	}, compareKeys)
+	for _, k := range keys {
+		rs := rules[k]
+		text := strings.Join(rs.Rules, "\n")
+		compiled, ok := memo[text]
+		if !ok {
+			if compiled, ok = l.compiledMemo(text); !ok {
+				if compiled, err = CompileRules(rs.Rules); err != nil {
+					errs = append(errs, fmt.Errorf("l7 rules for %+v: %w", k, err))
+					continue
+				}
+			}
+			memo[text] = compiled
+		}
+		wrote, err := l.setCompiled(k, compiled, rs.Audit)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if wrote {
+			changed++
+		}
+	}
+	l.mu.Lock()
+	l.compiled = memo
+	l.mu.Unlock()
+
+	wantPorts := map[httpL7PortKey]httpL7PortValue{}
+	for _, p := range ports {
+		wantPorts[portKey(p.Addr, p.Port, p.Egress)] = httpL7PortValue{EndpointId: p.EndpointID}
+	}
+	for k, v := range wantPorts {
+		var have httpL7PortValue
+		if err := l.objs.L7Ports.Lookup(&k, &have); err == nil && have == v {
+			continue
+		}
+		if err := l.objs.L7Ports.Update(&k, &v, ebpf.UpdateAny); err != nil {
+			errs = append(errs, fmt.Errorf("set l7 port %v: %w", k, err))
+			continue
+		}
+		changed++
+	}
+	var pk httpL7PortKey
+	var pv httpL7PortValue
+	var stalePorts []httpL7PortKey
+	it := l.objs.L7Ports.Iterate()
+	for it.Next(&pk, &pv) {
+		if _, ok := wantPorts[pk]; !ok {
+			stalePorts = append(stalePorts, pk)
+		}
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("list l7 ports: %w", err))
+	}
+	for _, k := range stalePorts {
+		if err := l.objs.L7Ports.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete l7 port %v: %w", k, err))
+			continue
+		}
+		changed++
+	}
+
+	var rk httpL7RulesetKey
+	var rv httpL7Ruleset
+	var staleRules []RuleKey
+	rit := l.objs.L7Rulesets.Iterate()
+	for rit.Next(&rk, &rv) {
+		key := RuleKey{EndpointID: rk.EndpointId, PeerIdentity: rk.PeerIdentity, Port: rk.Port, Egress: rk.Direction != 0}
+		if _, ok := rules[key]; !ok {
+			staleRules = append(staleRules, key)
+		}
+	}
+	if err := rit.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("list l7 rule sets: %w", err))
+	}
+	for _, k := range staleRules {
+		if err := l.DeleteRules(k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		changed++
+	}
+	return changed, errors.Join(errs...)
+}
+
+func (l *L7) compiledMemo(text string) ([]CompiledRule, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.compiled[text]
+	return c, ok
+}
+
+func compareKeys(a, b RuleKey) int {
+	return cmp.Or(cmp.Compare(a.EndpointID, b.EndpointID), cmp.Compare(a.PeerIdentity, b.PeerIdentity),
+		cmp.Compare(a.Port, b.Port), compareBool(a.Egress, b.Egress))
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}

@@ -1,0 +1,67 @@
+package l7
+
+import (
+	"net/netip"
+	"testing"
+)
+
+// Converge reads the kernel: a second call with the same input writes nothing, and entries
+// changed, removed or added behind its back are put back as wanted.
+func TestPrivilegedConvergeRepairsRuleSetsAndPorts(t *testing.T) {
+	requireRoot(t)
+	l, err := Load(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	a := netip.MustParseAddr("10.0.0.1")
+	ports := []Port{{Addr: a, Port: 80, EndpointID: 7}, {Addr: a, Port: 443, EndpointID: 7, Egress: true}}
+	k1, k2 := RuleKey{EndpointID: 7, PeerIdentity: 300, Port: 80}, RuleKey{EndpointID: 7, Port: 80}
+	rules := map[RuleKey]RuleSet{
+		k1: {Rules: []string{`method="GET" path="/a"`}},
+		k2: {Rules: []string{`method="GET" path="/b"`}, Audit: true},
+	}
+	if n, err := l.Converge(ports, rules); err != nil || n != 4 {
+		t.Fatalf("first converge: %d changes, %v; want 4", n, err)
+	}
+	if n, err := l.Converge(ports, rules); err != nil || n != 0 {
+		t.Fatalf("second converge: %d changes, %v; want none", n, err)
+	}
+	get := []byte("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+	if r, err := l.Judge(k1, get); err != nil || r.Decision != Allow {
+		t.Fatalf("judge %+v %v", r, err)
+	}
+	if r, err := l.Judge(RuleKey{EndpointID: 7, PeerIdentity: 999, Port: 80}, get); err != nil || r.Decision != Deny || !r.Audit {
+		t.Fatalf("a peer without its own set is judged by the wildcard set in audit mode: %+v %v", r, err)
+	}
+
+	// Behind its back: a port removed, a rule set replaced, and an extra rule set that would allow
+	// a peer the policy does not name.
+	if err := l.DeletePort(a, 80); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.SetRules(k1, []string{"any"}); err != nil {
+		t.Fatal(err)
+	}
+	extra := RuleKey{EndpointID: 7, PeerIdentity: 400, Port: 80}
+	if err := l.SetRules(extra, []string{"any"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := l.Converge(ports, rules); err != nil || n != 3 {
+		t.Fatalf("repair: %d changes, %v; want 3", n, err)
+	}
+	if r, _ := l.Judge(k1, []byte("GET /other HTTP/1.1\r\nHost: x\r\n\r\n")); r.Decision != Deny {
+		t.Fatalf("replaced rule set not restored: %+v", r)
+	}
+	if r, _ := l.Judge(extra, []byte("GET /b2 HTTP/1.1\r\nHost: x\r\n\r\n")); r.Decision != Deny || !r.Audit {
+		t.Fatalf("extra rule set not removed (peer 400 must fall back to the wildcard set): %+v", r)
+	}
+	var v httpL7PortValue
+	k := portKey(a, 80, false)
+	if err := l.objs.L7Ports.Lookup(&k, &v); err != nil || v.EndpointId != 7 {
+		t.Fatalf("port not restored: %+v %v", v, err)
+	}
+	if n, err := l.Converge(nil, nil); err != nil || n != 4 {
+		t.Fatalf("converge to nothing: %d changes, %v; want 4 deletions", n, err)
+	}
+}
