@@ -114,7 +114,6 @@ type Reconciler struct {
 
 	mu       sync.Mutex
 	policies map[uint32]string
-
 }
 
 // Setup registers the agent's reconciler with the manager. The manager's cache must be limited to
