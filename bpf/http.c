@@ -92,6 +92,17 @@ struct {
 	__uint(max_entries, 1 << 20);
 } l7_events SEC(".maps");
 
+/* l7_config[0]: 1 = deliver allowed messages by redirecting them to the
+ * socket's own ingress instead of SK_PASS (l7.Options.DeliverByRedirect). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} l7_config SEC(".maps");
+
+#define BPF_F_INGRESS 1
+
 /* Pending event bytes that wake the reader early (a quarter of the ring). */
 #define EVENTS_WAKE_BYTES (256 * 1024)
 
@@ -687,7 +698,15 @@ int l7_verdict(struct __sk_buff *skb)
 	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 
 	if (st && !st->denied) {
+		__u32 zero = 0, *redirect = bpf_map_lookup_elem(&l7_config, &zero);
+
 		count(L7_R_MSG_PASSED);
+		/* SK_PASS queues the message to the application directly (fast);
+		 * redirecting it to the socket's own ingress goes through the psock
+		 * backlog (slower, but has not shown the rare hang described in
+		 * bpf/README.md). */
+		if (redirect && *redirect)
+			return bpf_sk_redirect_hash(skb, &l7_socks, &cookie, BPF_F_INGRESS);
 		return SK_PASS;
 	}
 	if (st && (st->flags & L7_SF_ANSWER)) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -235,4 +236,37 @@ func TestPrivilegedDeniedRequestsAreAnsweredAndReported(t *testing.T) {
 		t.Errorf("forbidden counter %d, want at least 2", counters[ReasonForbidden.String()])
 	}
 	t.Logf("kernel counters: %v", counters)
+}
+
+// With DeliverByRedirect, allowed messages reach the application through the socket's own ingress
+// (psock backlog) instead of SK_PASS; judging, framing and the 403 are the same.
+func TestPrivilegedDeliveryByRedirect(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	if err := e.l.objs.L7Config.Update(uint32(0), uint32(1), 0); err != nil {
+		t.Fatal(err)
+	}
+	const port, peer = 8080, 5000
+	if err := e.l.SetPort(e.srvAddr, port, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetRules(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: port}, []string{
+		`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetIdentity(netip.PrefixFrom(e.cliAddr, 32), peer); err != nil {
+		t.Fatal(err)
+	}
+	e.startServer(t, port, false)
+	c := e.dial(t, port, false)
+	body := strings.Repeat("x", 256<<10)
+	go io.WriteString(c, req("GET", "/allowed/r1")+req("POST", "/upload", "Content-Length: "+strconv.Itoa(len(body)))+body+req("GET", "/allowed/r2"))
+	if codes, _, _, err := responses(c, 3, 10*time.Second); len(codes) != 3 || codes[0] != 200 || codes[1] != 200 || codes[2] != 200 {
+		t.Fatalf("got %v: %v", codes, err)
+	}
+	e.waitSeen(t, "/allowed/r2")
+	c2 := e.dial(t, port, false)
+	io.WriteString(c2, longReq("GET", "/secret-redirect-mode"))
+	e.expectForbidden(t, c2, "/secret-redirect-mode")
 }
