@@ -56,6 +56,8 @@ type Options struct {
 	LabArgs   []string
 	// DriftCheckInterval is passed to every agent. Default 2 s.
 	DriftCheckInterval time.Duration
+	// AgentArgs are added to every agent's command line (for example --http-delivery=redirect).
+	AgentArgs []string
 	// StateDir holds the kubeconfig and the agents' logs. Default: a new temporary directory.
 	StateDir string
 	// Log receives progress messages.
@@ -240,11 +242,12 @@ func (c *Cluster) StartAgent(node string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(c.opts.AgentBinary,
-		"--node-name="+node, "--kubeconfig="+c.Kubeconfig, "--netns="+netnsPath,
-		"--bpffs="+bpffs, "--cgroup-root="+cgroup,
+	args := append([]string{
+		"--node-name=" + node, "--kubeconfig=" + c.Kubeconfig, "--netns=" + netnsPath,
+		"--bpffs=" + bpffs, "--cgroup-root=" + cgroup,
 		fmt.Sprintf("--drift-check-interval=%s", c.opts.DriftCheckInterval),
-		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port), "--health-probe-bind-address=0")
+		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port), "--health-probe-bind-address=0"}, c.opts.AgentArgs...)
+	cmd := exec.Command(c.opts.AgentBinary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The agent dies with the lab, never outlives it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

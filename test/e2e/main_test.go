@@ -82,7 +82,9 @@ func run(m *testing.M) int {
 		LabBinary:          filepath.Join(bin, "portcullis"),
 		LabArgs:            []string{"lab"},
 		DriftCheckInterval: time.Second,
-		Log:                log,
+		// For benchmarks of agent options, e.g. PORTCULLIS_E2E_AGENT_ARGS=--http-delivery=redirect.
+		AgentArgs: strings.Fields(os.Getenv("PORTCULLIS_E2E_AGENT_ARGS")),
+		Log:       log,
 	})
 	if err != nil {
 		setupErr = err
