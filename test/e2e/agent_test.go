@@ -205,6 +205,21 @@ func TestPrivilegedKeepAliveRequestsFollowAPolicyChange(t *testing.T) {
 	}
 }
 
+// dumpMap reads a map's entries as raw key → value.
+func dumpMap(t *testing.T, m *ebpf.Map) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	var k, v []byte
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[string(k)] = string(v)
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // serverSaw counts the requests for path the lab server of pod has recorded.
 func serverSaw(t *testing.T, pod, path string) int {
 	t.Helper()
@@ -358,19 +373,7 @@ func TestPrivilegedDriftIsRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer policy.Close()
-	snapshot := func() map[string]string {
-		out := map[string]string{}
-		var k, v []byte
-		it := policy.Iterate()
-		for it.Next(&k, &v) {
-			out[string(k)] = string(v)
-		}
-		if err := it.Err(); err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	want := snapshot()
+	want := dumpMap(t, policy)
 	if len(want) < 3 {
 		t.Fatalf("policy map has %d entries; the test needs a few", len(want))
 	}
@@ -384,21 +387,9 @@ func TestPrivilegedDriftIsRepaired(t *testing.T) {
 		defer m.Close()
 		l7Maps[name] = m
 	}
-	dump := func(m *ebpf.Map) map[string]string {
-		out := map[string]string{}
-		var k, v []byte
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			out[string(k)] = string(v)
-		}
-		if err := it.Err(); err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
 	wantL7 := map[string]map[string]string{}
 	for name, m := range l7Maps {
-		wantL7[name] = dump(m)
+		wantL7[name] = dumpMap(t, m)
 		if len(wantL7[name]) == 0 {
 			t.Fatalf("%s is empty; billing-service's HTTP rules should be there", name)
 		}
@@ -459,7 +450,7 @@ func TestPrivilegedDriftIsRepaired(t *testing.T) {
 	}
 	start := time.Now()
 	waitFor(t, 2*2*time.Second, "maps repaired", func() error {
-		got := snapshot()
+		got := dumpMap(t, policy)
 		if len(got) != len(want) {
 			return fmt.Errorf("%d entries, want %d", len(got), len(want))
 		}
@@ -472,7 +463,7 @@ func TestPrivilegedDriftIsRepaired(t *testing.T) {
 	})
 	waitFor(t, 2*2*time.Second, "HTTP rule sets and judged ports repaired", func() error {
 		for name, m := range l7Maps {
-			got := dump(m)
+			got := dumpMap(t, m)
 			if len(got) != len(wantL7[name]) {
 				return fmt.Errorf("%s: %d entries, want %d", name, len(got), len(wantL7[name]))
 			}

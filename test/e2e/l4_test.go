@@ -145,14 +145,9 @@ func TestPrivilegedFlowsNameBothPodsAndThePolicy(t *testing.T) {
 	if got := request(t, reporting, user, 8080, "POST", "/v1/users"); got != dropped {
 		t.Fatalf("denied request was %s", got)
 	}
-	var flows []agent.FlowRecord
 	waitFor(t, 5*time.Second, "both flows reported by node-a's agent", func() error {
-		body, err := cluster.AgentGet(ctxT(t, 3*time.Second), "node-a", "/flows?pod="+user)
+		flows, err := agentFlows(t, "node-a", user)
 		if err != nil {
-			return err
-		}
-		flows = nil
-		if err := json.Unmarshal(body, &flows); err != nil {
 			return err
 		}
 		var sawAllow, sawDrop bool
@@ -178,12 +173,8 @@ func TestPrivilegedFlowsNameBothPodsAndThePolicy(t *testing.T) {
 		t.Fatalf("request denied by an HTTP rule was %s", got)
 	}
 	waitFor(t, 5*time.Second, "both HTTP requests reported by node-a's agent", func() error {
-		body, err := cluster.AgentGet(ctxT(t, 3*time.Second), "node-a", "/flows?pod="+user)
+		flows, err := agentFlows(t, "node-a", user)
 		if err != nil {
-			return err
-		}
-		flows = nil
-		if err := json.Unmarshal(body, &flows); err != nil {
 			return err
 		}
 		var allowedReq, deniedReq *agent.FlowRecord
@@ -209,4 +200,17 @@ func TestPrivilegedFlowsNameBothPodsAndThePolicy(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// agentFlows returns the flows a node's agent keeps for a pod.
+func agentFlows(t *testing.T, node, pod string) ([]agent.FlowRecord, error) {
+	body, err := cluster.AgentGet(ctxT(t, 3*time.Second), node, "/flows?pod="+pod)
+	if err != nil {
+		return nil, err
+	}
+	var flows []agent.FlowRecord
+	if err := json.Unmarshal(body, &flows); err != nil {
+		return nil, err
+	}
+	return flows, nil
 }
