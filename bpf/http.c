@@ -92,8 +92,8 @@ struct {
 	__uint(max_entries, 1 << 20);
 } l7_events SEC(".maps");
 
-/* l7_config[0]: 1 = deliver allowed messages by redirecting them to the
- * socket's own ingress instead of SK_PASS (l7.Options.DeliverByRedirect). */
+/* l7_config[0]: 1 = deliver allowed messages with SK_PASS instead of
+ * redirecting them to the socket's own ingress (l7.Options.DeliverByPass). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -698,16 +698,16 @@ int l7_verdict(struct __sk_buff *skb)
 	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 
 	if (st && !st->denied) {
-		__u32 zero = 0, *redirect = bpf_map_lookup_elem(&l7_config, &zero);
+		__u32 zero = 0, *pass = bpf_map_lookup_elem(&l7_config, &zero);
 
 		count(L7_R_MSG_PASSED);
-		/* SK_PASS queues the message to the application directly (fast);
-		 * redirecting it to the socket's own ingress goes through the psock
-		 * backlog (slower, but has not shown the rare hang described in
-		 * bpf/README.md). */
-		if (redirect && *redirect)
-			return bpf_sk_redirect_hash(skb, &l7_socks, &cookie, BPF_F_INGRESS);
-		return SK_PASS;
+		/* Redirecting the message to the socket's own ingress goes through
+		 * the psock backlog, which waits for receive memory; SK_PASS queues
+		 * it to the application at once (faster) but can leave a connection
+		 * hung (bpf/README.md), so it is opt-in. */
+		if (pass && *pass)
+			return SK_PASS;
+		return bpf_sk_redirect_hash(skb, &l7_socks, &cookie, BPF_F_INGRESS);
 	}
 	if (st && (st->flags & L7_SF_ANSWER)) {
 		/* The denied request itself: it becomes the 403, sent back on

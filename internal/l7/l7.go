@@ -51,11 +51,11 @@ type Options struct {
 	// IPCache, when set, replaces the l7_ipcache map: the L3/L4 datapath's ipcache has the same
 	// key and value layout, so both halves can share one address → identity table.
 	IPCache *ebpf.Map
-	// DeliverByRedirect hands allowed messages to the application by redirecting them to the
-	// socket's own ingress (through the psock backlog) instead of passing them: slower (measured in
-	// docs/benchmarks.md), but it has not shown the rare hung connection of the direct path
-	// (bpf/README.md, "Not done yet").
-	DeliverByRedirect bool
+	// DeliverByPass hands allowed messages to the application with SK_PASS instead of redirecting
+	// them to the socket's own ingress (through the psock backlog, which waits for receive memory):
+	// faster (docs/benchmarks.md), but on this kernel it can leave a connection hung, with data
+	// queued that the application is never woken for (bpf/README.md, "Not done yet").
+	DeliverByPass bool
 }
 
 // L7 is the loaded HTTP policy programs and maps. It is safe for concurrent use.
@@ -124,11 +124,11 @@ func Load(opts Options) (_ *L7, err error) {
 	if l.reset, err = link.AttachIter(link.IterOptions{Program: l.objs.L7Reset}); err != nil {
 		return nil, fmt.Errorf("create the l7 reset iterator: %w", err)
 	}
-	var redirect uint32
-	if opts.DeliverByRedirect {
-		redirect = 1
+	var pass uint32
+	if opts.DeliverByPass {
+		pass = 1
 	}
-	if err := l.objs.L7Config.Update(uint32(0), redirect, ebpf.UpdateAny); err != nil {
+	if err := l.objs.L7Config.Update(uint32(0), pass, ebpf.UpdateAny); err != nil {
 		l.reset.Close()
 		return nil, fmt.Errorf("write l7 config: %w", err)
 	}

@@ -238,9 +238,9 @@ func TestPrivilegedDeniedRequestsAreAnsweredAndReported(t *testing.T) {
 	t.Logf("kernel counters: %v", counters)
 }
 
-// With DeliverByRedirect, allowed messages reach the application through the socket's own ingress
-// (psock backlog) instead of SK_PASS; judging, framing and the 403 are the same.
-func TestPrivilegedDeliveryByRedirect(t *testing.T) {
+// With DeliverByPass, allowed messages reach the application with SK_PASS instead of through the
+// socket's own ingress (psock backlog); judging, framing and the 403 are the same.
+func TestPrivilegedDeliveryByPass(t *testing.T) {
 	requireRoot(t)
 	e := newTestEnv(t)
 	if err := e.l.objs.L7Config.Update(uint32(0), uint32(1), 0); err != nil {
@@ -267,6 +267,6 @@ func TestPrivilegedDeliveryByRedirect(t *testing.T) {
 	}
 	e.waitSeen(t, "/allowed/r2")
 	c2 := e.dial(t, port, false)
-	io.WriteString(c2, longReq("GET", "/secret-redirect-mode"))
-	e.expectForbidden(t, c2, "/secret-redirect-mode")
+	io.WriteString(c2, longReq("GET", "/secret-pass-mode"))
+	e.expectForbidden(t, c2, "/secret-pass-mode")
 }

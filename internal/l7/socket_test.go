@@ -427,7 +427,7 @@ func TestPrivilegedHTTPAtTheSocket(t *testing.T) {
 	})
 	t.Run("a request with a body larger than the receive buffer streams through", func(t *testing.T) {
 		c := e.dial(t, port, false)
-		body := strings.Repeat("x", 512<<10)
+		body := strings.Repeat("x", 4<<20)
 		go io.WriteString(c, req("POST", "/upload", "Content-Length: "+strconv.Itoa(len(body)))+body+req("GET", "/allowed/after-body"))
 		if n, err := readResponses(c, 2, 20*time.Second); n != 2 {
 			t.Fatalf("got %d responses: %v", n, err)

@@ -56,7 +56,7 @@ type Options struct {
 	LabArgs   []string
 	// DriftCheckInterval is passed to every agent. Default 2 s.
 	DriftCheckInterval time.Duration
-	// AgentArgs are added to every agent's command line (for example --http-delivery=redirect).
+	// AgentArgs are added to every agent's command line (for example --http-delivery=pass).
 	AgentArgs []string
 	// StateDir holds the kubeconfig and the agents' logs. Default: a new temporary directory.
 	StateDir string
