@@ -3,7 +3,9 @@ package e2e_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -527,4 +529,40 @@ func TestPrivilegedDriftIsRepaired(t *testing.T) {
 		}
 		return fmt.Errorf("%d events, none DriftRepaired for node-a", len(evs.Items))
 	})
+}
+
+// A denied request that cannot be answered with 403 (it was pipelined behind a request whose answer
+// the server still owed) gets the connection reset by the agent, which reads the kernel's reset
+// iterator in the pod's network namespace as soon as the deny is reported.
+func TestPrivilegedPipelinedDenyIsResetByTheAgent(t *testing.T) {
+	needLab(t)
+	apply(t, fmt.Sprintf(billingPolicy, "reporting-service"))
+	ka, err := dialFrom(t, reporting, billing, 9000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := serverSaw(t, billing, "/internal/metrics")
+	const head = " HTTP/1.1\r\nHost: lab\r\nUser-Agent: portcullis-e2e/1.0\r\nAccept: */*\r\n\r\n"
+	_ = ka.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := io.WriteString(ka.conn, "GET /v1/invoices/1"+head+"GET /internal/metrics"+head); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(ka.r, nil)
+	if err != nil {
+		t.Fatalf("the allowed first request: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the allowed first request: status %d", resp.StatusCode)
+	}
+	_, err = http.ReadResponse(ka.r, nil)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after the pipelined denied request: %v, want a connection reset", err)
+	}
+	t.Logf("connection reset %s after the write", time.Since(start).Round(time.Millisecond))
+	if serverSaw(t, billing, "/internal/metrics") != before {
+		t.Fatal("the server saw the denied request")
+	}
 }
