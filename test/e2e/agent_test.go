@@ -239,7 +239,7 @@ func serverSaw(t *testing.T, pod, path string) int {
 }
 
 // metric reads one counter from an agent's /metrics.
-func metric(t *testing.T, node, name string) float64 {
+func metric(t testing.TB, node, name string) float64 {
 	t.Helper()
 	body, err := cluster.AgentGet(ctxT(t, 3*time.Second), node, "/metrics")
 	if err != nil {

@@ -367,6 +367,9 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 	for _, conns := range []int{1, 16} {
 		b.Run(fmt.Sprintf("c=%d", conns), func(b *testing.B) {
 			results := map[string][]wrkResult{}
+			// The kernel's own decision time per judged request, from the agent's histogram
+			// (user-service runs on node-a).
+			decSum, decCount := map[string]float64{}, map[string]float64{}
 			for range b.N {
 				for round := 0; round < 3; round++ {
 					for _, m := range modes {
@@ -382,8 +385,13 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 						if m.name == "haproxy" {
 							target, stop = startHAProxy(b, client, ip.IPv4.String())
 						}
+						sum0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum")
+						n0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_count")
 						results[m.name] = append(results[m.name], runWrk(b, client, target, conns, 3*time.Second))
 						stop()
+						time.Sleep(300 * time.Millisecond) // the agent reads allowed requests' events every 100 ms
+						decSum[m.name] += metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum") - sum0
+						decCount[m.name] += metric(b, "node-a", "portcullis_agent_http_decision_seconds_count") - n0
 					}
 				}
 			}
@@ -393,6 +401,9 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 				b.ReportMetric(r.rps/base.rps, m.name+"-ratio")
 				b.ReportMetric(float64((r.p50 - base.p50).Microseconds()), m.name+"-added-p50-µs")
 				b.ReportMetric(float64(r.p99.Microseconds()), m.name+"-p99-µs")
+				if decCount[m.name] > 0 {
+					b.ReportMetric(decSum[m.name]/decCount[m.name]*1e9, m.name+"-decision-ns")
+				}
 			}
 			b.ReportMetric(base.rps, "none-req/s")
 		})
