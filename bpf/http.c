@@ -22,7 +22,8 @@
  *   l7_reset (iter/tcp): resets (RST) every denied connection of the network
  *     namespace the iterator is read in, with bpf_sock_destroy: a denied
  *     client that could not get a 403 gets a reset instead of waiting for its
- *     timeout; one that got a 403 and did not close is reset after a grace.
+ *     timeout; one that got a 403 and did not close is reset after a grace; a
+ *     client connection whose request egress rules denied is reset too.
  *   Every judged request is reported in the l7_events ring buffer.
  *   l7_test_judge (syscall): the matcher on a buffer, for BPF_PROG_TEST_RUN
  *     (input in the test slot of l7_scratch, on every CPU).
@@ -931,6 +932,39 @@ deny_busy:
 	return SK_DROP;
 }
 
+/* The state of a client connection (keyed by its 4-tuple, see l7_egress),
+ * or NULL. */
+static __always_inline struct l7_sock_state *egress_state_of(struct sock_common *sk)
+{
+	struct l7_tuple t = {};
+	unsigned short family = 0;
+	__u16 dport = 0, num = 0;
+	__u32 a = 0;
+
+	if (bpf_probe_read_kernel(&family, sizeof(family), &sk->skc_family))
+		return 0;
+	if (family == AF_INET) {
+		if (bpf_probe_read_kernel(&a, sizeof(a), &sk->skc_rcv_saddr))
+			return 0;
+		addr_v4(t.local, a);
+		if (bpf_probe_read_kernel(&a, sizeof(a), &sk->skc_daddr))
+			return 0;
+		addr_v4(t.remote, a);
+	} else if (family == AF_INET6) {
+		if (bpf_probe_read_kernel(t.local, 16, &sk->skc_v6_rcv_saddr) ||
+		    bpf_probe_read_kernel(t.remote, 16, &sk->skc_v6_daddr))
+			return 0;
+	} else {
+		return 0;
+	}
+	if (bpf_probe_read_kernel(&num, sizeof(num), &sk->skc_num) ||
+	    bpf_probe_read_kernel(&dport, sizeof(dport), &sk->skc_dport))
+		return 0;
+	t.local_port = num;
+	t.remote_port = bpf_ntohs(dport);
+	return bpf_map_lookup_elem(&l7_egress_state, &t);
+}
+
 /* How long a client that got a 403 (with Connection: close) has to close
  * before its connection is reset. */
 #define ANSWER_GRACE_NS (2ULL * 1000000000ULL)
@@ -953,6 +987,8 @@ int l7_reset(struct bpf_iter__tcp *ctx)
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
 	st = bpf_map_lookup_elem(&l7_state, &cookie);
+	if (!st)
+		st = egress_state_of(sk);
 	if (!st || !st->denied)
 		return 0;
 	if ((st->flags & (L7_SF_ANSWER | L7_SF_ANSWERED)) && bpf_ktime_get_ns() - st->denied_at < ANSWER_GRACE_NS)

@@ -181,12 +181,24 @@ static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
 /* kfuncs, resolved by name against the kernel's BTF at load time. */
 #define __ksym __attribute__((section(".ksyms")))
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
-/* Only passed to kfuncs. It must reach the object's BTF as a struct, not a
- * forward declaration, which cilium/ebpf refuses to match with the kernel's
- * struct: http.c names it in its BTF anchor. */
-struct sock_common {
-	unsigned short skc_family;
+/* Passed to kfuncs, and read (CO-RE, the kernel nests the address and port
+ * pairs in anonymous unions) by l7_reset to find a client connection's
+ * 4-tuple. It must reach the object's BTF as a struct, not a forward
+ * declaration, which cilium/ebpf refuses to match with the kernel's struct:
+ * http.c names it in its BTF anchor. */
+struct in6_addr {
+	__u8 bytes[16];
 };
+
+struct sock_common {
+	__u32 skc_daddr;     /* network byte order */
+	__u32 skc_rcv_saddr; /* network byte order */
+	__u16 skc_dport;     /* network byte order */
+	__u16 skc_num;       /* host byte order */
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
 /* Context of iter/tcp programs (struct bpf_iter__tcp); the verifier checks

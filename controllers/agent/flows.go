@@ -202,7 +202,9 @@ func (f *Flows) readHTTP(ctx context.Context) {
 			}
 			continue
 		}
-		if f.reset != nil && ev.Verdict == l7.VerdictDenied && !ev.Egress {
+		if f.reset != nil && ev.Verdict == l7.VerdictDenied {
+			// Ingress: a 403 (reset later, after a grace) or a reset now. Egress: the writer got
+			// EACCES; its connection is reset now.
 			f.reset.Notify(ev.Response)
 		}
 		rec := f.httpRecord(ev)

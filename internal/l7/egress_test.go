@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,7 +41,11 @@ func TestHelperClientProcess(t *testing.T) {
 		} else {
 			fmt.Println("write ok")
 		}
-		time.Sleep(150 * time.Millisecond)
+		pause := 150 * time.Millisecond
+		if ms, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_PAUSE_MS")); err == nil {
+			pause = time.Duration(ms) * time.Millisecond
+		}
+		time.Sleep(pause)
 	}
 	n, _ := readResponses(c, 10, time.Second)
 	fmt.Println("responses", n)
@@ -51,10 +56,11 @@ func TestHelperClientProcess(t *testing.T) {
 // output lines.
 func (e *testEnv) runClient(t *testing.T, port uint16, writes ...string) []string {
 	t.Helper()
-	return e.runClientOpts(t, port, false, writes...)
+	return e.runClientOpts(t, port, false, 0, writes...)
 }
 
-func (e *testEnv) runClientOpts(t *testing.T, port uint16, mptcp bool, writes ...string) []string {
+// runClientOpts is runClient over MPTCP, or with a pause other than 150 ms between writes.
+func (e *testEnv) runClientOpts(t *testing.T, port uint16, mptcp bool, pause time.Duration, writes ...string) []string {
 	t.Helper()
 	cg, err := os.Open(e.cgroup)
 	if err != nil {
@@ -67,6 +73,9 @@ func (e *testEnv) runClientOpts(t *testing.T, port uint16, mptcp bool, writes ..
 		"L7_TEST_CLIENT_WRITES="+base64.StdEncoding.EncodeToString(js))
 	if mptcp {
 		cmd.Env = append(cmd.Env, "L7_TEST_CLIENT_MPTCP=1")
+	}
+	if pause > 0 {
+		cmd.Env = append(cmd.Env, "L7_TEST_CLIENT_PAUSE_MS="+strconv.Itoa(int(pause.Milliseconds())))
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	out, err := cmd.StdoutPipe()
@@ -122,9 +131,43 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.startServer(t, mptcpPort, true)
+	t.Run("a client connection denied by egress rules is reset by ResetDenied", func(t *testing.T) {
+		done := make(chan []string)
+		go func() {
+			done <- e.runClientOpts(t, port, false, 1500*time.Millisecond, req("GET", "/secret-e-reset"), req("GET", "/allowed/e-after-reset"))
+		}()
+		// Once the kernel has denied the first write, reset from inside the client's namespace.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var k httpL7Tuple
+			var v httpL7SockState
+			denied := false
+			it := e.l.objs.L7EgressState.Iterate()
+			for it.Next(&k, &v) {
+				denied = denied || v.Denied != 0
+			}
+			if denied {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no denied client connection in l7_egress_state")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := e.l.ResetDenied("/run/netns/" + e.cliNS); err != nil {
+			t.Fatal(err)
+		}
+		got := <-done
+		t.Logf("client: %q", got)
+		if len(got) < 2 || !strings.HasSuffix(got[0], "permission denied") ||
+			!strings.HasSuffix(got[1], "software caused connection abort") {
+			// bpf_sock_destroy aborts the client's own socket (ECONNABORTED) and sends the server a RST.
+			t.Fatalf("client said %q; want EACCES, then an aborted connection", got)
+		}
+	})
 	t.Run("an MPTCP connection cannot bypass egress rules", func(t *testing.T) {
 		failed := e.counter(t, ReasonInsertFailed)
-		got := e.runClientOpts(t, mptcpPort, true, req("GET", "/secret-e-mptcp"))
+		got := e.runClientOpts(t, mptcpPort, true, 0, req("GET", "/secret-e-mptcp"))
 		t.Logf("client: %q", got)
 		time.Sleep(200 * time.Millisecond)
 		if e.sawTarget("/secret-e-mptcp") {
