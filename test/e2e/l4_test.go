@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -213,4 +215,48 @@ func agentFlows(t *testing.T, node, pod string) ([]agent.FlowRecord, error) {
 		return nil, err
 	}
 	return flows, nil
+}
+
+// Audit mode through the whole chain (operator, agent, kernel): with the only policy on
+// user-service's ingress switched to enforcementMode: Audit, what it would deny — a peer it does not
+// name, and a request its HTTP rules do not allow — is forwarded, and both are reported as audited.
+func TestPrivilegedAuditModeForwardsAndReports(t *testing.T) {
+	needLab(t)
+	const (
+		user      = "production/user-service"
+		auth      = "production/auth-service"
+		reporting = "production/reporting-service"
+	)
+	orig, err := os.ReadFile(filepath.Join(root, "examples", "seed", "01-user-service-api-policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := strings.Replace(string(orig), "spec:\n", "spec:\n  enforcementMode: Audit\n", 1)
+	apply(t, audit)
+	t.Cleanup(func() { apply(t, string(orig)) })
+
+	if got := request(t, reporting, user, 8080, "POST", "/v1/users"); got != allowed {
+		t.Errorf("a peer the audited policy does not name was %s, want allowed (audited)", got)
+	}
+	if got := request(t, auth, user, 8080, "GET", "/v1/users/42"); got != allowed {
+		t.Errorf("a request the audited HTTP rules do not allow was %s, want allowed (audited)", got)
+	}
+	waitFor(t, 5*time.Second, "both reported as audited by node-a's agent", func() error {
+		flows, err := agentFlows(t, "node-a", user)
+		if err != nil {
+			return err
+		}
+		var l4, l7 bool
+		for _, f := range flows {
+			if f.Dest.Pod != user || f.Verdict != "audited" {
+				continue
+			}
+			l4 = l4 || (f.Source.Pod == reporting && f.Protocol == "TCP")
+			l7 = l7 || (f.Source.Pod == auth && f.Protocol == "HTTP" && f.HTTP != nil && f.HTTP.Path == "/v1/users/42")
+		}
+		if !l4 || !l7 {
+			return fmt.Errorf("audited connection reported: %v, audited HTTP request reported: %v", l4, l7)
+		}
+		return nil
+	})
 }
