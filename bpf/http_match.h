@@ -59,6 +59,7 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the agent compares its tables in place */
 } l7_dfa_cells SEC(".maps");
 
 struct {

@@ -126,6 +126,7 @@ struct sk_msg_md {
 #define BPF_MAP_TYPE_SOCKHASH 18
 #define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_F_NO_PREALLOC 1
+#define BPF_F_MMAPABLE (1U << 10)
 #define BPF_ANY 0
 #define BPF_NOEXIST 1
 

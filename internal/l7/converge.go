@@ -2,6 +2,7 @@ package l7
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -61,7 +62,12 @@ func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err
 	}
 	l.mu.Lock()
 	l.compiled = memo
+	n, err := l.repairTablesLocked()
 	l.mu.Unlock()
+	changed += n
+	if err != nil {
+		errs = append(errs, err)
+	}
 
 	wantPorts := map[httpL7PortKey]httpL7PortValue{}
 	for _, p := range ports {
@@ -141,4 +147,70 @@ func compareBool(a, b bool) int {
 		return 1
 	}
 	return -1
+}
+
+// repairTablesLocked rewrites the DFA tables and header requirements this process interned whose
+// kernel copy differs from what it wrote (a cell changed behind its back could make a path rule
+// accept more). It returns the number of tables rewritten.
+func (l *L7) repairTablesLocked() (int, error) {
+	var errs []error
+	n := 0
+	{
+		for id, want := range l.tab.dfaWant {
+			var desc httpL7Dfa
+			same, err := l.cellsEqual(want.desc.Base, want.cells)
+			if err != nil {
+				return n, err
+			}
+			if same && l.objs.L7Dfas.Lookup(id, &desc) == nil && desc == want.desc {
+				continue
+			}
+			keys := make([]uint32, len(want.cells))
+			for i := range keys {
+				keys[i] = want.desc.Base + uint32(i)
+			}
+			if _, err := l.objs.L7DfaCells.BatchUpdate(keys, want.cells, nil); err != nil {
+				errs = append(errs, fmt.Errorf("repair dfa %d cells: %w", id, err))
+				continue
+			}
+			if err := l.objs.L7Dfas.Update(id, &want.desc, ebpf.UpdateAny); err != nil {
+				errs = append(errs, fmt.Errorf("repair dfa %d: %w", id, err))
+				continue
+			}
+			n++
+		}
+	}
+	for id, want := range l.tab.hdrWant {
+		var got httpL7Header
+		if l.objs.L7Headers.Lookup(id, &got) == nil && got == want {
+			continue
+		}
+		if err := l.objs.L7Headers.Update(id, &want, ebpf.UpdateAny); err != nil {
+			errs = append(errs, fmt.Errorf("repair header requirement %d: %w", id, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// cellsEqual reports whether the kernel's cells from base on are want, reading the memory-mapped
+// array (no system call per cell).
+func (l *L7) cellsEqual(base uint32, want []uint32) (bool, error) {
+	mm, err := l.objs.L7DfaCells.Memory()
+	if err != nil {
+		return false, fmt.Errorf("map dfa cells: %w", err)
+	}
+	// Array elements are laid out every round_up(value size, 8) bytes.
+	const stride = 8
+	buf := make([]byte, stride*len(want))
+	if _, err := mm.ReadAt(buf, int64(base)*stride); err != nil {
+		return false, fmt.Errorf("read dfa cells: %w", err)
+	}
+	for i, w := range want {
+		if binary.NativeEndian.Uint32(buf[stride*i:]) != w {
+			return false, nil
+		}
+	}
+	return true, nil
 }

@@ -61,6 +61,37 @@ func TestPrivilegedConvergeRepairsRuleSetsAndPorts(t *testing.T) {
 	if err := l.objs.L7Ports.Lookup(&k, &v); err != nil || v.EndpointId != 7 {
 		t.Fatalf("port not restored: %+v %v", v, err)
 	}
+	// A DFA table changed behind its back: every transition of k1's path DFA loops on its start
+	// state, which accepts, so the rule would allow any path.
+	var rs httpL7Ruleset
+	rk := k1.kernel()
+	if err := l.objs.L7Rulesets.Lookup(&rk, &rs); err != nil {
+		t.Fatal(err)
+	}
+	var d httpL7Dfa
+	if err := l.objs.L7Dfas.Lookup(rs.Rules[0].PathDfa, &d); err != nil {
+		t.Fatal(err)
+	}
+	nt := d.Nstates * uint32(d.Nclasses)
+	for i := uint32(0); i < nt+d.Nstates; i++ {
+		v := uint32(d.Start)
+		if i >= nt {
+			v = 1
+		}
+		if err := l.objs.L7DfaCells.Update(d.Base+i, v, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := []byte("GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+	if r, _ := l.Judge(k1, other); r.Decision != Allow {
+		t.Fatalf("the tampered table should allow any path (the test's premise): %+v", r)
+	}
+	if n, err := l.Converge(ports, rules); err != nil || n != 1 {
+		t.Fatalf("table repair: %d changes, %v; want 1", n, err)
+	}
+	if r, _ := l.Judge(k1, other); r.Decision != Deny {
+		t.Fatalf("repaired table still allows: %+v", r)
+	}
 	if n, err := l.Converge(nil, nil); err != nil || n != 4 {
 		t.Fatalf("converge to nothing: %d changes, %v; want 4 deletions", n, err)
 	}

@@ -288,7 +288,17 @@ type tables struct {
 	ruleRefs  map[RuleKey][]uint32   // dfa ids each rule set holds a reference on
 	ruleHdrs  map[RuleKey][]uint32   // header ids each rule set holds a reference on
 	ruleSrc   map[RuleKey][][]string // per kernel rule, the rules given to SetRules it stands for
-	now       func() time.Time
+	// dfaWant and hdrWant are what this process wrote for each table it interned, so that Converge
+	// can check the kernel's copy (tables adopted from a previous agent are replaced, not checked).
+	dfaWant map[uint32]dfaTable
+	hdrWant map[uint32]httpL7Header
+	now     func() time.Time
+}
+
+// dfaTable is a DFA as written: its descriptor and its cells from desc.Base on.
+type dfaTable struct {
+	desc  httpL7Dfa
+	cells []uint32
 }
 
 func newTables(maxDFA, maxHdr, maxCells uint32) *tables {
@@ -297,7 +307,8 @@ func newTables(maxDFA, maxHdr, maxCells uint32) *tables {
 		dfaByKey: map[string]uint32{}, dfaSpan: map[uint32]span{}, dfaRefs: map[uint32]int{},
 		hdrByKey: map[string]uint32{}, hdrRefs: map[uint32]int{},
 		nextDFA: 1, nextHdr: 1, freeCells: []span{{0, maxCells}},
-		ruleRefs: map[RuleKey][]uint32{}, ruleHdrs: map[RuleKey][]uint32{}, ruleSrc: map[RuleKey][][]string{}, now: time.Now,
+		ruleRefs: map[RuleKey][]uint32{}, ruleHdrs: map[RuleKey][]uint32{}, ruleSrc: map[RuleKey][][]string{},
+		dfaWant: map[uint32]dfaTable{}, hdrWant: map[uint32]httpL7Header{}, now: time.Now,
 	}
 }
 
@@ -503,6 +514,7 @@ func (l *L7) internDFA(pattern string, d *dfa.DFA) (uint32, error) {
 	t.dfaByKey[pattern] = id
 	t.dfaSpan[id] = span{base, size}
 	t.dfaRefs[id] = 1
+	t.dfaWant[id] = dfaTable{desc: desc, cells: vals}
 	return id, nil
 }
 
@@ -531,6 +543,7 @@ func (l *L7) internHeader(h HeaderRequirement) (uint32, error) {
 	}
 	t.hdrByKey[key] = id
 	t.hdrRefs[id] = 1
+	t.hdrWant[id] = v
 	return id, nil
 }
 
@@ -541,6 +554,7 @@ func (l *L7) releaseDFAs(ids []uint32) {
 			continue
 		}
 		delete(t.dfaRefs, id)
+		delete(t.dfaWant, id)
 		for k, v := range t.dfaByKey {
 			if v == id {
 				delete(t.dfaByKey, k)
@@ -557,6 +571,7 @@ func (l *L7) releaseHeaders(ids []uint32) {
 		if t.hdrRefs[id]--; t.hdrRefs[id] > 0 {
 			continue
 		}
+		delete(t.hdrWant, id)
 		delete(t.hdrRefs, id)
 		for k, v := range t.hdrByKey {
 			if v == id {
