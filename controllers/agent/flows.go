@@ -242,17 +242,13 @@ func (f *Flows) httpRecord(ev l7.Event) FlowRecord {
 	if ev.Rule < 0 {
 		return rec
 	}
-	sources := f.http.RuleSources(ev.Key(), ev.Rule)
+	sources, key := f.http.RuleSources(ev.Key(), ev.Rule)
 	if len(sources) == 0 {
 		return rec
 	}
 	h.Rule = sources[0]
 	if len(sources) > 1 {
 		h.Rule = fmt.Sprintf("%s (and %d more rules that differ only in path)", sources[0], len(sources)-1)
-	}
-	key := ev.Key()
-	if _, ok := origins[key]; !ok {
-		key.PeerIdentity = 0
 	}
 	var pols []string
 	for _, src := range sources {

@@ -4,16 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"iter"
 	"net/netip"
-	"os"
 	"unsafe"
 
-	"github.com/cilium/ebpf/ringbuf"
-
-	"github.com/portcullis-dev/portcullis/internal/ktime"
+	"github.com/portcullis-dev/portcullis/internal/bpfevents"
 )
 
 // ReadFlows yields the flow events of the ring buffer until ctx is done (then it ends without error)
@@ -22,28 +18,13 @@ import (
 // full are counted under ReasonEventLost.
 func (d *Datapath) ReadFlows(ctx context.Context) iter.Seq2[Flow, error] {
 	return func(yield func(Flow, error) bool) {
-		rd, err := ringbuf.NewReader(d.objs.Flows)
-		if err != nil {
-			yield(Flow{}, fmt.Errorf("open flow ring buffer: %w", err))
-			return
-		}
-		defer rd.Close()
-		// Close interrupts a blocked read: that is how cancellation reaches it.
-		stop := context.AfterFunc(ctx, func() { rd.Close() })
-		defer stop()
-
-		clock := ktime.Now()
-		var rec ringbuf.Record
-		for {
-			if err := rd.ReadInto(&rec); err != nil {
-				if ctx.Err() != nil && (errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed)) {
-					return
-				}
+		clock := bpfevents.Now()
+		for raw, err := range bpfevents.Records(ctx, d.objs.Flows, 0) {
+			if err != nil {
 				yield(Flow{}, fmt.Errorf("read flow ring buffer: %w", err))
 				return
 			}
-			f, err := decodeFlow(rec.RawSample, clock)
-			if !yield(f, err) {
+			if !yield(decodeFlow(raw, clock)) {
 				return
 			}
 		}
@@ -52,7 +33,7 @@ func (d *Datapath) ReadFlows(ctx context.Context) iter.Seq2[Flow, error] {
 
 var flowEventSize = int(unsafe.Sizeof(portcullisFlowEvent{}))
 
-func decodeFlow(raw []byte, clock ktime.Clock) (Flow, error) {
+func decodeFlow(raw []byte, clock bpfevents.Clock) (Flow, error) {
 	if len(raw) < flowEventSize {
 		return Flow{}, fmt.Errorf("flow event of %d bytes, want %d", len(raw), flowEventSize)
 	}
@@ -63,7 +44,7 @@ func decodeFlow(raw []byte, clock ktime.Clock) (Flow, error) {
 	return flowFromEvent(e, clock), nil
 }
 
-func flowFromEvent(e portcullisFlowEvent, clock ktime.Clock) Flow {
+func flowFromEvent(e portcullisFlowEvent, clock bpfevents.Clock) Flow {
 	addr := func(b [16]byte) netip.Addr {
 		a := netip.AddrFrom16(b)
 		if e.Flags&uint8(portcullisFlowFlagsFLOW_F_IPV6) == 0 {

@@ -11,7 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 
-	"github.com/portcullis-dev/portcullis/internal/ktime"
+	"github.com/portcullis-dev/portcullis/internal/bpfevents"
 )
 
 // requirePrivileged skips a privileged test when not root, except under CI=true where a test that
@@ -205,7 +205,7 @@ func newEventReader(t testing.TB, d *Datapath) *eventReader {
 func (r *eventReader) drain(t testing.TB) []Flow {
 	t.Helper()
 	var out []Flow
-	clock := ktime.Now()
+	clock := bpfevents.Now()
 	for {
 		r.rd.SetDeadline(time.Now().Add(10 * time.Millisecond))
 		rec, err := r.rd.Read()

@@ -9,13 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // ipCmd runs an iproute2 command and fails the test on error.
@@ -42,32 +43,9 @@ func newNetns(t *testing.T, name string) {
 // belong to that namespace for their whole life, whichever thread uses them later.
 func inNetns(t *testing.T, name string, fn func()) {
 	t.Helper()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("open own netns: %v", err)
+	if err := netns.Do("/run/netns/"+name, func() error { fn(); return nil }); err != nil {
+		t.Fatal(err)
 	}
-	defer orig.Close()
-	target, err := os.Open("/run/netns/" + name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("open netns %s: %v", name, err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("setns %s: %v", name, err)
-	}
-	defer func() {
-		// If the thread cannot go back it stays locked, and Go discards it when the goroutine ends.
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			t.Errorf("setns back from %s: %v", name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-	}()
-	fn()
 }
 
 // mountBPFFS mounts a private bpffs for the test (the machine's /sys/fs/bpf may be absent or shared).

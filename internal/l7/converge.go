@@ -1,12 +1,10 @@
 package l7
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -31,15 +29,7 @@ type Port struct {
 func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err error) {
 	var errs []error
 	memo := make(map[string][]CompiledRule, len(rules))
-	keys := slices.SortedFunc(func(yield func(RuleKey) bool) {
-		for k := range rules {
-			if !yield(k) {
-				return
-			}
-		}
-	}, compareKeys)
-	for _, k := range keys {
-		rs := rules[k]
+	for k, rs := range rules {
 		text := strings.Join(rs.Rules, "\n")
 		compiled, ok := memo[text]
 		if !ok {
@@ -132,21 +122,6 @@ func (l *L7) compiledMemo(text string) ([]CompiledRule, bool) {
 	defer l.mu.Unlock()
 	c, ok := l.compiled[text]
 	return c, ok
-}
-
-func compareKeys(a, b RuleKey) int {
-	return cmp.Or(cmp.Compare(a.EndpointID, b.EndpointID), cmp.Compare(a.PeerIdentity, b.PeerIdentity),
-		cmp.Compare(a.Port, b.Port), compareBool(a.Egress, b.Egress))
-}
-
-func compareBool(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case a:
-		return 1
-	}
-	return -1
 }
 
 // repairTablesLocked rewrites the DFA tables and header requirements this process interned whose

@@ -2,17 +2,13 @@ package l7
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"iter"
 	"net/netip"
-	"os"
 	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf/ringbuf"
-
-	"github.com/portcullis-dev/portcullis/internal/ktime"
+	"github.com/portcullis-dev/portcullis/internal/bpfevents"
 )
 
 // Verdict is what the kernel did with one request.
@@ -94,39 +90,21 @@ const EventPollInterval = 100 * time.Millisecond
 // not queue because the buffer was full are counted under ReasonEventLost.
 func (l *L7) ReadEvents(ctx context.Context) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
-		rd, err := ringbuf.NewReader(l.objs.L7Events)
-		if err != nil {
-			yield(Event{}, fmt.Errorf("open l7 event ring buffer: %w", err))
-			return
-		}
-		defer rd.Close()
-		stop := context.AfterFunc(ctx, func() { rd.Close() })
-		defer stop()
-		clock := ktime.Now()
-		var rec ringbuf.Record
-		// Only denies wake the reader (bpf/http.c); the rest is read at least this often.
-		rd.SetDeadline(time.Now().Add(EventPollInterval))
-		for {
-			if err := rd.ReadInto(&rec); err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					rd.SetDeadline(time.Now().Add(EventPollInterval))
-					continue
-				}
-				if ctx.Err() != nil && (errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed)) {
-					return
-				}
+		clock := bpfevents.Now()
+		// Only denies wake the reader (bpf/http.c); the rest is read at least every poll interval.
+		for raw, err := range bpfevents.Records(ctx, l.objs.L7Events, EventPollInterval) {
+			if err != nil {
 				yield(Event{}, fmt.Errorf("read l7 event ring buffer: %w", err))
 				return
 			}
-			ev, err := decodeEvent(rec.RawSample, clock)
-			if !yield(ev, err) {
+			if !yield(decodeEvent(raw, clock)) {
 				return
 			}
 		}
 	}
 }
 
-func decodeEvent(raw []byte, clock ktime.Clock) (Event, error) {
+func decodeEvent(raw []byte, clock bpfevents.Clock) (Event, error) {
 	if len(raw) < eventSize {
 		return Event{}, fmt.Errorf("l7 event of %d bytes, want %d", len(raw), eventSize)
 	}

@@ -111,23 +111,9 @@ func TestPrivilegedDeniedRequestsAreAnsweredAndReported(t *testing.T) {
 	requireRoot(t)
 	e := newTestEnv(t)
 	const port, auditPort, peer = 8080, 8082, 5000
-	for _, p := range []uint16{port, auditPort} {
-		if err := e.l.SetPort(e.srvAddr, p, 1); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: port}, []string{
-		`method="GET" path="/allowed(/.*)?" logHeader="X-Trace: on"`, `method="POST" path="/upload"`,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetRuleSet(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: auditPort},
-		RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}, Audit: true}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetIdentity(netip.PrefixFrom(e.cliAddr, 32), peer); err != nil {
-		t.Fatal(err)
-	}
+	e.judge(t, port, peer, RuleSet{Rules: []string{
+		`method="GET" path="/allowed(/.*)?" logHeader="X-Trace: on"`, `method="POST" path="/upload"`}})
+	e.judge(t, auditPort, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}, Audit: true})
 	events := collectEvents(t, e.l)
 	e.startServer(t, port, false)
 	e.startServer(t, auditPort, false)
@@ -210,7 +196,7 @@ func TestPrivilegedDeniedRequestsAreAnsweredAndReported(t *testing.T) {
 		if traced.LogMissing != 0 || untraced.LogMissing != 1 {
 			t.Fatalf("log mismatch bits: traced %b, untraced %b; want 0 and 1", traced.LogMissing, untraced.LogMissing)
 		}
-		if src := e.l.RuleSources(traced.Key(), traced.Rule); len(src) != 1 || !strings.Contains(src[0], "/allowed") {
+		if src, _ := e.l.RuleSources(traced.Key(), traced.Rule); len(src) != 1 || !strings.Contains(src[0], "/allowed") {
 			t.Fatalf("rule sources %q", src)
 		}
 	})
@@ -247,17 +233,7 @@ func TestPrivilegedDeliveryByPass(t *testing.T) {
 		t.Fatal(err)
 	}
 	const port, peer = 8080, 5000
-	if err := e.l.SetPort(e.srvAddr, port, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: port}, []string{
-		`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetIdentity(netip.PrefixFrom(e.cliAddr, 32), peer); err != nil {
-		t.Fatal(err)
-	}
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`}})
 	e.startServer(t, port, false)
 	c := e.dial(t, port, false)
 	// A small body: large uploads are what can hang in this mode (bpf/README.md), and this test is

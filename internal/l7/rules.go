@@ -687,10 +687,11 @@ func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (wrote b
 	return wrote, nil
 }
 
-// RuleSources returns the rules given to SetRules that the kernel's rule index (Event.Rule) of the
-// rule set judging key stands for: key's own, or the wildcard peer's when key has none. Nil when
-// unknown (a rule set written before a restart, or changed since).
-func (l *L7) RuleSources(key RuleKey, rule int) []string {
+// RuleSources returns the rules given to SetRules that the kernel's rule index (Event.Rule) stands
+// for, in the rule set that judges key: key's own, or the wildcard peer's when key has none; it also
+// returns the key of that rule set. Nil sources when unknown (a rule set written before a restart,
+// or changed since).
+func (l *L7) RuleSources(key RuleKey, rule int) ([]string, RuleKey) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	src, ok := l.tab.ruleSrc[key]
@@ -699,9 +700,9 @@ func (l *L7) RuleSources(key RuleKey, rule int) []string {
 		src = l.tab.ruleSrc[key]
 	}
 	if rule < 0 || rule >= len(src) {
-		return nil
+		return nil, key
 	}
-	return src[rule]
+	return src[rule], key
 }
 
 // DeleteRules removes the rule set of key: requests for it are then judged by the wildcard-peer

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // The server half of TestPrivilegedHTTPAtTheSocket runs in a child process (the test binary run
@@ -83,31 +84,9 @@ func cmdRun(t *testing.T, name string, args ...string) {
 // processes fn creates belong to it.
 func inNS(t *testing.T, name string, fn func()) {
 	t.Helper()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("open own netns: %v", err)
+	if err := netns.Do("/run/netns/"+name, func() error { fn(); return nil }); err != nil {
+		t.Fatal(err)
 	}
-	defer orig.Close()
-	target, err := os.Open("/run/netns/" + name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("open netns %s: %v", name, err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("setns %s: %v", name, err)
-	}
-	defer func() {
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			t.Errorf("setns back from %s: %v", name, err) // the thread stays locked and is retired
-			return
-		}
-		runtime.UnlockOSThread()
-	}()
-	fn()
 }
 
 // newTestEnv builds two network namespaces joined by a veth pair, a cgroup with the programs
@@ -170,6 +149,21 @@ func newTestEnv(t *testing.T) *testEnv {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// judge makes the server address's port judged, for endpoint 1, by rs for requests from the client
+// address, which gets identity peer.
+func (e *testEnv) judge(t *testing.T, port uint16, peer uint32, rs RuleSet) {
+	t.Helper()
+	if err := e.l.SetPort(e.srvAddr, port, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetRuleSet(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: port}, rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetIdentity(netip.PrefixFrom(e.cliAddr, 32), peer); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // startServer starts the server process on (server IPv4 address, port) in the server namespace and
@@ -336,17 +330,7 @@ func TestPrivilegedHTTPAtTheSocket(t *testing.T) {
 	e := newTestEnv(t)
 	const port, mptcpPort, peer = 8080, 8081, 5000
 	for _, p := range []uint16{port, mptcpPort} {
-		if err := e.l.SetPort(e.srvAddr, p, 1); err != nil {
-			t.Fatal(err)
-		}
-		if err := e.l.SetRules(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: p}, []string{
-			`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`,
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := e.l.SetIdentity(netip.PrefixFrom(e.cliAddr, 32), peer); err != nil {
-		t.Fatal(err)
+		e.judge(t, p, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`}})
 	}
 	e.startServer(t, port, false)
 

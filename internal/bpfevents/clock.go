@@ -1,6 +1,7 @@
-// Package ktime converts the kernel's bpf_ktime_get_ns timestamps (CLOCK_MONOTONIC) to wall-clock
-// time for the events the BPF programs report.
-package ktime
+// Package bpfevents reads the events BPF programs write to ring buffers: the raw records, and the
+// wall-clock time of their bpf_ktime_get_ns timestamps. The L3/L4 flows (internal/datapath) and the
+// HTTP request events (internal/l7) both use it.
+package bpfevents
 
 import (
 	"time"
