@@ -703,9 +703,10 @@ int l7_verdict(struct __sk_buff *skb)
 
 		count(L7_R_MSG_PASSED);
 		/* Redirecting the message to the socket's own ingress goes through
-		 * the psock backlog, which waits for receive memory; SK_PASS queues
-		 * it to the application at once (faster) but can leave a connection
-		 * hung (bpf/README.md), so it is opt-in. */
+		 * the psock backlog. SK_PASS queues it to the application at once
+		 * (faster), but this kernel's TCP read cursor can then run ahead of
+		 * what the application has read and a later request is never
+		 * parsed (bpf/README.md), so it is opt-in. */
 		if (pass && *pass)
 			return SK_PASS;
 		return bpf_sk_redirect_hash(skb, &l7_socks, &cookie, BPF_F_INGRESS);

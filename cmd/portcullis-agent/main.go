@@ -48,7 +48,7 @@ func main() {
 	flag.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the cgroup v2 mount (HTTP rules attach sock_ops there)")
 	flag.StringVar(&c.netns, "netns", "", "work on the interfaces of this network namespace (a path; the lab's nodes) instead of the agent's own")
 	flag.BoolVar(&c.http, "http", true, "judge HTTP requests at the socket for ports with HTTP rules (needs sockmap and cgroup v2); with false, such ports are enforced at L3/L4 only and reported Degraded")
-	flag.StringVar(&c.httpDelivery, "http-delivery", "redirect", "how the kernel hands allowed requests to the application on judged ports: redirect (through the socket's backlog, which waits for receive memory) or pass (faster, but this kernel can leave a connection hung; see bpf/README.md)")
+	flag.StringVar(&c.httpDelivery, "http-delivery", "redirect", "how the kernel hands allowed requests to the application on judged ports: redirect (through the socket's backlog, which waits for receive memory) or pass (faster, but this kernel loses requests with it; see bpf/README.md)")
 	flag.DurationVar(&c.interval, "drift-check-interval", 5*time.Second, "how often the kernel is compared with the desired state and repaired")
 	flag.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
 	flag.StringVar(&c.probeAddr, "health-probe-bind-address", ":9963", "address of /healthz and /readyz (0 disables it)")

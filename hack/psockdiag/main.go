@@ -1,7 +1,8 @@
 // Command psockdiag prints the sockmap state (struct sk_psock) of every TCP socket in a network
 // namespace: how much waits in the psock backlog and in ingress_msg, the first queued message, the
-// receive memory. It is the tool behind the "hung connections with SK_PASS delivery" findings in
-// bpf/README.md. Build the program, then run as root:
+// receive queue and memory, and the two read cursors (the stream parser's psock->copied_seq and TCP's
+// copied_seq, next to rcv_nxt). It is the tool behind the SK_PASS root cause in bpf/README.md ("Why
+// allowed messages are redirected"). Build the program, then run as root:
 //
 //	clang-14 -O2 -g -target bpf -x c -c hack/psockdiag/psock.bpf -o /tmp/psock.o
 //	go run ./hack/psockdiag -obj /tmp/psock.o -netns /run/netns/NAME

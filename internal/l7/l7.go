@@ -53,8 +53,9 @@ type Options struct {
 	IPCache *ebpf.Map
 	// DeliverByPass hands allowed messages to the application with SK_PASS instead of redirecting
 	// them to the socket's own ingress (through the psock backlog, which waits for receive memory):
-	// faster (docs/benchmarks.md), but on this kernel it can leave a connection hung, with data
-	// queued that the application is never woken for (bpf/README.md, "Not done yet").
+	// faster (docs/benchmarks.md), but on this kernel it loses requests: TCP's read cursor runs ahead
+	// of what the application has read and the next request never reaches the stream parser
+	// (bpf/README.md, "Why allowed messages are redirected").
 	DeliverByPass bool
 }
 

@@ -47,6 +47,11 @@ func TestHelperServerProcess(t *testing.T) {
 	var mu sync.Mutex
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
+		if os.Getenv("L7_TEST_SERVER_QUIET") == "1" && r.RequestURI == "/allowed/quiet" {
+			w.Header().Set("Content-Length", "2")
+			w.Write([]byte("ok"))
+			return
+		}
 		mu.Lock()
 		fmt.Printf("seen %s %s %d\n", r.Method, r.RequestURI, n)
 		mu.Unlock()
