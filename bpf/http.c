@@ -24,6 +24,11 @@
  *     client that could not get a 403 gets a reset instead of waiting for its
  *     timeout; one that got a 403 and did not close is reset after a grace; a
  *     client connection whose request egress rules denied is reset too.
+ *   l7_egress (sk_msg, on l7_egress_socks): judges the requests a client
+ *     endpoint writes: its egress rules, or at source the ingress rules of
+ *     the local server it connects to (L7_CFG_AT_SOURCE; the server's socket
+ *     then stays out of l7_socks and the guard checks the client's socket
+ *     stays judged).
  *   Every judged request is reported in the l7_events ring buffer.
  *   l7_test_judge (syscall): the matcher on a buffer, for BPF_PROG_TEST_RUN
  *     (input in the test slot of l7_scratch, on every CPU).
@@ -93,14 +98,64 @@ struct {
 	__uint(max_entries, 1 << 20);
 } l7_events SEC(".maps");
 
-/* l7_config[0]: 1 = deliver allowed messages with SK_PASS instead of
- * redirecting them to the socket's own ingress (l7.Options.DeliverByPass). */
+/* l7_config[0], bits: L7_CFG_PASS delivers allowed messages with SK_PASS
+ * instead of redirecting them to the socket's own ingress
+ * (l7.Options.DeliverByPass); L7_CFG_AT_SOURCE judges the ingress rules of a
+ * local server at its local clients' sockets (l7.Options.JudgeAtSource). */
+#define L7_CFG_PASS 1
+#define L7_CFG_AT_SOURCE 2
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(max_entries, 1);
 } l7_config SEC(".maps");
+
+/* Connections whose server's ingress rules are judged at the client's socket:
+ * key the connection's 4-tuple as the server sees it (local: the server),
+ * value the client socket's cookie, in l7_egress_socks. Written by the
+ * client's sock_ops once its socket is in l7_egress_socks; read by the
+ * server's sock_ops (which then leaves its socket out of l7_socks) and by the
+ * ingress guard (which lets the data through only while the client socket is
+ * still in l7_egress_socks). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct l7_tuple);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} l7_at_source SEC(".maps");
+
+static __always_inline __u32 config(void)
+{
+	__u32 zero = 0, *c = bpf_map_lookup_elem(&l7_config, &zero);
+
+	return c ? *c : 0;
+}
+
+static __always_inline void swap_tuple(struct l7_tuple *dst, const struct l7_tuple *t)
+{
+	__builtin_memcpy(dst->local, t->remote, 16);
+	__builtin_memcpy(dst->remote, t->local, 16);
+	dst->local_port = t->remote_port;
+	dst->remote_port = t->local_port;
+	dst->pad = 0;
+}
+
+/* The client socket judging this connection at source is still in
+ * l7_egress_socks (key: the connection as the server sees it). */
+static __always_inline int judged_at_source(const struct l7_tuple *server_view)
+{
+	struct bpf_sock *member;
+	__u64 *cookie = bpf_map_lookup_elem(&l7_at_source, server_view);
+
+	if (!cookie)
+		return 0;
+	member = bpf_map_lookup_elem(&l7_egress_socks, cookie);
+	if (!member)
+		return 0;
+	bpf_sk_release(member);
+	return 1;
+}
 
 #define BPF_F_INGRESS 1
 
@@ -249,15 +304,20 @@ int l7_sockops(struct bpf_sock_ops *ops)
 	struct l7_port_value *ep;
 	struct l7_ipcache_value *peer;
 	struct l7_tuple tk = {};
-	__u32 op = ops->op, egress;
+	__u32 op = ops->op, egress, at_source = 0;
 	__u64 cookie;
 
 	if (op == BPF_SOCK_OPS_STATE_CB) {
 		if (ops->args[1] == BPF_TCP_CLOSE) {
 			cookie = bpf_get_socket_cookie(ops);
 			bpf_map_delete_elem(&l7_state, &cookie);
-			if (ops_tuple(ops, &tk) == 0)
+			if (ops_tuple(ops, &tk) == 0) {
+				struct l7_tuple sv;
+
 				bpf_map_delete_elem(&l7_egress_state, &tk);
+				swap_tuple(&sv, &tk);
+				bpf_map_delete_elem(&l7_at_source, &sv);
+			}
 		}
 		return 1;
 	}
@@ -276,20 +336,47 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		pk.port = egress ? (__u16)bpf_htonl(ops->remote_port) : ops->local_port;
 		pk.direction = egress;
 		ep = bpf_map_lookup_elem(&l7_ports, &pk);
-		if (!ep)
-			return 1;
 		ik.prefixlen = 128;
-		addr_from(ik.addr, family, ops->remote_ip4, r6);
+		if (!ep && egress && (config() & L7_CFG_AT_SOURCE)) {
+			/* A client without egress rules for this port, connecting
+			 * to a local server whose port has ingress rules: judge
+			 * them here, at the client's socket, where allowed
+			 * requests cost no delivery hop. Peer: the client. */
+			if (addr_from(pk.addr, family, ops->remote_ip4, r6))
+				return 1;
+			pk.direction = L7_INGRESS;
+			ep = bpf_map_lookup_elem(&l7_ports, &pk);
+			if (!ep)
+				return 1;
+			at_source = 1;
+			addr_from(ik.addr, family, ops->local_ip4, l6);
+		} else {
+			if (!ep)
+				return 1;
+			addr_from(ik.addr, family, ops->remote_ip4, r6);
+		}
 	}
 	peer = bpf_map_lookup_elem(&l7_ipcache, &ik);
 	st.endpoint_id = ep->endpoint_id;
 	st.peer_identity = peer ? peer->identity : IDENTITY_WORLD;
 	st.port = pk.port;
-	st.direction = egress;
+	st.direction = at_source ? L7_INGRESS : egress;
+	st.flags = at_source ? L7_SF_AT_SOURCE : 0;
 
+	if (ops_tuple(ops, &tk))
+		return 1;
+	if (!egress) {
+		/* The client's socket judges this connection (its sock_ops
+		 * ran first: the server's side is established only by the
+		 * client's ACK). sock_ops cannot hold a socket reference to
+		 * check that socket's membership; the ingress guard checks it
+		 * for every data segment. */
+		if (bpf_map_lookup_elem(&l7_at_source, &tk))
+			return 1;
+	}
 	cookie = bpf_get_socket_cookie(ops);
 	if (egress) {
-		if (ops_tuple(ops, &tk) || bpf_map_update_elem(&l7_egress_state, &tk, &st, BPF_ANY)) {
+		if (bpf_map_update_elem(&l7_egress_state, &tk, &st, BPF_ANY)) {
 			count(L7_R_STATE_FAILED);
 			return 1;
 		}
@@ -299,8 +386,20 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		return 1;
 	}
 	bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
-	if (bpf_sock_hash_update(ops, egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie, BPF_NOEXIST))
+	if (bpf_sock_hash_update(ops, egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie, BPF_NOEXIST)) {
 		count(L7_R_INSERT_FAILED); /* the guards drop its data */
+		if (at_source) /* the server's socket judges instead */
+			bpf_map_delete_elem(&l7_egress_state, &tk);
+		return 1;
+	}
+	if (at_source) {
+		struct l7_tuple sv;
+
+		swap_tuple(&sv, &tk);
+		/* If this fails the server judges too (the connection is then
+		 * judged twice, never not at all). */
+		bpf_map_update_elem(&l7_at_source, &sv, &cookie, BPF_ANY);
+	}
 	return 1;
 }
 
@@ -699,15 +798,13 @@ int l7_verdict(struct __sk_buff *skb)
 	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 
 	if (st && !st->denied) {
-		__u32 zero = 0, *pass = bpf_map_lookup_elem(&l7_config, &zero);
-
 		count(L7_R_MSG_PASSED);
 		/* Redirecting the message to the socket's own ingress goes through
 		 * the psock backlog. SK_PASS queues it to the application at once
 		 * (faster), but this kernel's TCP read cursor can then run ahead of
 		 * what the application has read and a later request is never
 		 * parsed (bpf/README.md), so it is opt-in. */
-		if (pass && *pass)
+		if (config() & L7_CFG_PASS)
 			return SK_PASS;
 		return bpf_sk_redirect_hash(skb, &l7_socks, &cookie, BPF_F_INGRESS);
 	}
@@ -785,6 +882,20 @@ judged:
 		bpf_sk_release(member);
 		return 1;
 	}
+	if (!egress) {
+		/* Judged at the client's socket, as long as that socket is
+		 * still in l7_egress_socks. */
+		struct l7_tuple t = {};
+		__u32 d6[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
+
+		__builtin_memcpy(t.local, pk.addr, 16);
+		if (addr_from(t.remote, family, sk->dst_ip4, d6) == 0) {
+			t.local_port = pk.port;
+			t.remote_port = bpf_ntohs(sk->dst_port);
+			if (judged_at_source(&t))
+				return 1;
+		}
+	}
 	count(L7_R_GUARD_DROP);
 	return 0;
 }
@@ -801,9 +912,100 @@ int l7_guard_egress(struct __sk_buff *skb)
 	return guard(skb, L7_EGRESS);
 }
 
+static __always_inline void swap_in_place(struct l7_tuple *t)
+{
+	__u64 a0 = *(__u64 *)&t->local[0], a1 = *(__u64 *)&t->local[8];
+	__u16 p = t->local_port;
+
+	__builtin_memcpy(t->local, t->remote, 16);
+	*(__u64 *)&t->remote[0] = a0;
+	*(__u64 *)&t->remote[8] = a1;
+	t->local_port = t->remote_port;
+	t->remote_port = p;
+}
+
+/* At source: remembers how much the server had sent when a request was
+ * passed (the client socket's rcv_nxt); a later 403 is in order only once
+ * more has arrived and the application has read all of it. */
+static __always_inline void mark_answered_to(struct sk_msg_md *msg, struct l7_sock_state *st)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+
+	if (!(st->flags & L7_SF_AT_SOURCE))
+		return;
+	sk = msg->sk;
+	if (!sk)
+		return;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		st->snd_mark = tp->rcv_nxt;
+}
+
+/* Whether a request denied at source can be answered with 403 without
+ * overtaking a response: rules denied it (not malformed), its header block is
+ * in this message, and it is the connection's first request or the client
+ * has read everything the server sent since the last request was passed. */
+static __always_inline __u32 forbidden_at_source_ok(struct sk_msg_md *msg, const struct l7_sock_state *st,
+						    const struct judge_out *out, __u32 n)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+
+	if (out->reason != L7_R_NO_RULE_MATCH && out->reason != L7_R_NO_RULESET)
+		return 0;
+	if (!out->hdr_len || out->hdr_len > n)
+		return 0;
+	if (!st->requests)
+		return 1;
+	sk = msg->sk;
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || tp->rcv_nxt == st->snd_mark || tp->copied_seq != tp->rcv_nxt)
+		return 0;
+	return 1;
+}
+
+/* Turns the denied header block (the first hdr_len bytes of the message)
+ * into the 403 response, exactly FORBIDDEN_MIN bytes (shortened or grown to
+ * that), and redirects it to the client socket's own receive queue. t: the
+ * connection as the server sees it (the key of l7_at_source, whose value is
+ * this socket's cookie). SK_PASS when the client will read the 403. */
+static __always_inline int answer_at_source(struct sk_msg_md *msg, const struct l7_tuple *t, __u32 hdr_len)
+{
+	__u64 *cookie = bpf_map_lookup_elem(&l7_at_source, t);
+	void *data, *data_end;
+
+	if (!cookie || hdr_len > L7_SCAN_LIMIT)
+		return SK_DROP;
+	if (hdr_len > FORBIDDEN_MIN) {
+		if (bpf_msg_pop_data(msg, FORBIDDEN_HEAD_LEN, hdr_len - FORBIDDEN_MIN, 0))
+			return SK_DROP;
+	} else if (hdr_len < FORBIDDEN_MIN) {
+		if (bpf_msg_push_data(msg, hdr_len, FORBIDDEN_MIN - hdr_len, 0))
+			return SK_DROP;
+	}
+	if (bpf_msg_pull_data(msg, 0, FORBIDDEN_MIN, 0))
+		return SK_DROP;
+	data = msg->data;
+	data_end = msg->data_end;
+	if (data + FORBIDDEN_MIN > data_end)
+		return SK_DROP;
+	__builtin_memcpy(data, forbidden_head, FORBIDDEN_HEAD_LEN);
+	__builtin_memcpy(data + FORBIDDEN_HEAD_LEN, forbidden_tail, FORBIDDEN_TAIL_LEN);
+	bpf_msg_apply_bytes(msg, FORBIDDEN_MIN);
+	return bpf_msg_redirect_hash(msg, &l7_egress_socks, cookie, BPF_F_INGRESS);
+}
+
 /*
- * Client side: judges each request the endpoint writes. A denied request
- * fails the writer's send with EACCES and the connection stays denied. An
+ * Client side: judges each request the endpoint writes, against its egress
+ * rules, or, at source (L7_SF_AT_SOURCE), against the ingress rules of the
+ * local server it talks to. A request denied by egress rules fails the
+ * writer's send with EACCES; one denied at source is answered with 403 when
+ * in order (the write succeeds and the client reads the 403), else fails
+ * like an egress deny and the connection is reset. Either way the connection
+ * stays denied. An
  * incomplete header block is corked until more is written; an allowed
  * block is released alone (apply_bytes), so that a body or a pipelined
  * request in the same write is judged on its own.
@@ -815,7 +1017,7 @@ int l7_egress(struct sk_msg_md *msg)
 	struct l7_sock_state *st = 0;
 	struct l7_tuple tk = {};
 	struct l7_scratch *sc;
-	__u32 size = msg->size, n, slot;
+	__u32 size = msg->size, n, slot, at_source;
 	void *data, *data_end;
 	__u64 t0;
 
@@ -829,6 +1031,9 @@ int l7_egress(struct sk_msg_md *msg)
 		count(L7_R_STICKY);
 		return SK_DROP;
 	}
+	at_source = st->flags & L7_SF_AT_SOURCE;
+	if (at_source)
+		swap_in_place(&tk); /* the server's view, as its events and l7_at_source have it */
 	if (size == 0 || st->phase == L7_PHASE_PASSTHROUGH)
 		return SK_PASS;
 	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA) {
@@ -888,7 +1093,7 @@ int l7_egress(struct sk_msg_md *msg)
 	out.endpoint_id = st->endpoint_id;
 	out.peer = st->peer_identity;
 	out.port = st->port;
-	out.direction = L7_EGRESS;
+	out.direction = st->direction;
 	judge(&out);
 	if (out.verdict == L7_NEED_MORE) {
 		slot_leave();
@@ -897,10 +1102,11 @@ int l7_egress(struct sk_msg_md *msg)
 		return SK_PASS;
 	}
 	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
-		emit(slot, &out, st, &tk, L7_EV_ALLOWED, 0, t0);
+		emit(slot, &out, st, &tk, L7_EV_ALLOWED, at_source ? L7_EVF_AT_SOURCE : 0, t0);
 		slot_leave();
 		count(L7_R_ALLOWED);
 		count(L7_R_MSG_PASSED);
+		mark_answered_to(msg, st);
 		st->requests++;
 		frame_body(st, &out);
 		bpf_msg_apply_bytes(msg, out.hdr_len);
@@ -909,11 +1115,12 @@ int l7_egress(struct sk_msg_md *msg)
 	if (out.verdict == L7_ALLOW || !out.reason)
 		out.reason = L7_R_BAD_HEADER;
 	if (out.audit) {
-		emit(slot, &out, st, &tk, L7_EV_AUDITED, 0, t0);
+		emit(slot, &out, st, &tk, L7_EV_AUDITED, at_source ? L7_EVF_AT_SOURCE : 0, t0);
 		slot_leave();
 		count(L7_R_AUDITED);
 		count(L7_R_MSG_PASSED);
 		if (out.hdr_len && out.hdr_len <= n) {
+			mark_answered_to(msg, st);
 			st->requests++;
 			frame_body(st, &out);
 			bpf_msg_apply_bytes(msg, out.hdr_len);
@@ -921,6 +1128,23 @@ int l7_egress(struct sk_msg_md *msg)
 		}
 		st->phase = L7_PHASE_PASSTHROUGH;
 		return SK_PASS;
+	}
+	if (at_source) {
+		/* The server's ingress rules denied it: the client gets the
+		 * 403 the server's socket would have sent, or a reset. */
+		__u32 answer = forbidden_at_source_ok(msg, st, &out, n);
+
+		emit(slot, &out, st, &tk, L7_EV_DENIED,
+		     L7_EVF_AT_SOURCE | (answer ? L7_EVF_FORBIDDEN : L7_EVF_RESET), t0);
+		slot_leave();
+		set_denied(st, out.reason);
+		if (answer && answer_at_source(msg, &tk, out.hdr_len) == SK_PASS) {
+			st->flags |= L7_SF_ANSWERED;
+			count(L7_R_FORBIDDEN);
+			return SK_PASS;
+		}
+		count(L7_R_MSG_DROPPED);
+		return SK_DROP;
 	}
 	emit(slot, &out, st, &tk, L7_EV_DENIED, 0, t0);
 	slot_leave();

@@ -114,6 +114,10 @@ enum l7_phase {
 /* l7_sock_state.flags */
 #define L7_SF_ANSWER 1   /* the denied message is to be answered with a 403 */
 #define L7_SF_ANSWERED 2 /* the 403 went out; the client was told to close */
+/* On a client's connection state (l7_egress_state, direction L7_INGRESS):
+ * the server is a local endpoint whose ingress rules are judged here, by the
+ * client's sk_msg program, instead of at the server's socket. */
+#define L7_SF_AT_SOURCE 4
 
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
 struct l7_sock_state {
@@ -154,6 +158,7 @@ enum l7_event_verdict {
 /* l7_event.flags */
 #define L7_EVF_FORBIDDEN 1 /* answered with 403 Forbidden */
 #define L7_EVF_RESET 2     /* to be reset (RST) by the agent's l7_reset sweep */
+#define L7_EVF_AT_SOURCE 4 /* ingress rules judged at the client's socket */
 
 /* One judged request, in the l7_events ring buffer. Addresses as in
  * l7_port_key; local is the endpoint's side. */

@@ -152,6 +152,9 @@ static __u64 (*bpf_get_socket_cookie)(void *ctx) = (void *)46;
 static long (*bpf_msg_apply_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *)61;
 static long (*bpf_msg_cork_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *)62;
 static long (*bpf_msg_pull_data)(struct sk_msg_md *msg, __u32 start, __u32 end, __u64 flags) = (void *)63;
+static long (*bpf_msg_redirect_hash)(struct sk_msg_md *msg, void *map, void *key, __u64 flags) = (void *)71;
+static long (*bpf_msg_push_data)(struct sk_msg_md *msg, __u32 start, __u32 len, __u64 flags) = (void *)90;
+static long (*bpf_msg_pop_data)(struct sk_msg_md *msg, __u32 start, __u32 len, __u64 flags) = (void *)91;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
 static long (*bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *ops, int flags) = (void *)59;
 static long (*bpf_sock_hash_update)(struct bpf_sock_ops *ops, void *map, void *key, __u64 flags) = (void *)70;
@@ -169,13 +172,16 @@ static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
 #define BPF_RB_FORCE_WAKEUP 2
 #define BPF_RB_AVAIL_DATA 0
 
-/* The TCP sequence numbers the 403 path compares (write_seq: end of what the
- * application wrote; snd_una: first byte not acknowledged). Not UAPI: read
+/* The TCP sequence numbers the 403 paths compare (write_seq: end of what the
+ * application wrote; snd_una: first byte not acknowledged; on the client's
+ * socket, rcv_nxt and copied_seq). Not UAPI: read
  * through bpf_skc_to_tcp_sock with CO-RE relocations against the kernel's
  * BTF, like the strparser control block in http.c. */
 struct tcp_sock {
 	__u32 snd_una;
 	__u32 write_seq;
+	__u32 rcv_nxt;    /* next byte expected from the peer */
+	__u32 copied_seq; /* first byte the application has not read */
 } __attribute__((preserve_access_index));
 static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
 

@@ -64,6 +64,9 @@ type HTTPFlow struct {
 	HeaderMismatches []string `json:"headerMismatches,omitempty"`
 	// DecisionNanos is the time the kernel spent parsing the header block and matching the rules.
 	DecisionNanos int64 `json:"decisionNanoseconds"`
+	// JudgedAt is where an ingress request was judged: "server" (the server's socket) or "client"
+	// (the socket of a client on the same node, --http-judge-at-source); empty for egress.
+	JudgedAt string `json:"judgedAt,omitempty"`
 }
 
 var (
@@ -236,7 +239,12 @@ func (f *Flows) httpRecord(ev l7.Event) FlowRecord {
 	origins := f.httpOrigins
 	f.mu.Unlock()
 	rec.Source, rec.Dest = remote, local
+	h.JudgedAt = "server"
+	if ev.AtSource {
+		h.JudgedAt = "client"
+	}
 	if ev.Egress {
+		h.JudgedAt = ""
 		rec.Direction, rec.Source, rec.Dest = "egress", local, remote
 	}
 	if ev.Rule < 0 {

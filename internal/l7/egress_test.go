@@ -2,10 +2,13 @@ package l7
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -35,17 +38,73 @@ func TestHelperClientProcess(t *testing.T) {
 		fmt.Println("dial err", err)
 		os.Exit(1)
 	}
+	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_LOOP")); err == nil {
+		// n requests one after the other, each answered before the next is written.
+		rq := []byte(req("GET", "/allowed/quiet"))
+		buf := make([]byte, 4096)
+		for i := range n {
+			if _, err := c.Write(rq); err != nil {
+				fmt.Println("loop write err", i, err)
+				os.Exit(0)
+			}
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			got := 0
+			for !bytes.HasSuffix(buf[:got], []byte("\r\n\r\nok")) {
+				k, err := c.Read(buf[got:])
+				if err != nil {
+					fmt.Println("loop lost", i, err)
+					os.Exit(0)
+				}
+				got += k
+			}
+		}
+		fmt.Println("loop ok", n)
+		os.Exit(0)
+	}
+	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_UPLOAD")); err == nil {
+		// An upload of n bytes and a request after it, in one write.
+		writes = []string{req("POST", "/upload", "Content-Length: "+strconv.Itoa(n)) + strings.Repeat("u", n) + req("GET", "/allowed/after-upload")}
+	}
+	between := os.Getenv("L7_TEST_CLIENT_READ_BETWEEN") == "1"
+	br := bufio.NewReader(c)
 	for _, w := range writes {
 		if _, err := c.Write([]byte(w)); err != nil {
 			fmt.Println("write err", err)
 		} else {
 			fmt.Println("write ok")
 		}
+		if between {
+			// One response before the next write, as a browser on a keep-alive connection.
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			if resp, err := http.ReadResponse(br, nil); err != nil {
+				fmt.Println("read end", err)
+			} else {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				fmt.Printf("status %d %q\n", resp.StatusCode, body)
+			}
+			continue
+		}
 		pause := 150 * time.Millisecond
 		if ms, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_PAUSE_MS")); err == nil {
 			pause = time.Duration(ms) * time.Millisecond
 		}
 		time.Sleep(pause)
+	}
+	if os.Getenv("L7_TEST_CLIENT_STATUS") == "1" {
+		// Every response's status and body, then how reading ended.
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				fmt.Println("read end", err)
+				break
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			fmt.Printf("status %d %q\n", resp.StatusCode, body)
+		}
+		os.Exit(0)
 	}
 	n, _ := readResponses(c, 10, time.Second)
 	fmt.Println("responses", n)
@@ -62,6 +121,12 @@ func (e *testEnv) runClient(t *testing.T, port uint16, writes ...string) []strin
 // runClientOpts is runClient over MPTCP, or with a pause other than 150 ms between writes.
 func (e *testEnv) runClientOpts(t *testing.T, port uint16, mptcp bool, pause time.Duration, writes ...string) []string {
 	t.Helper()
+	return e.runClientEnv(t, port, mptcp, pause, nil, writes...)
+}
+
+// runClientEnv is runClientOpts with more environment for the helper.
+func (e *testEnv) runClientEnv(t *testing.T, port uint16, mptcp bool, pause time.Duration, env []string, writes ...string) []string {
+	t.Helper()
 	cg, err := os.Open(e.cgroup)
 	if err != nil {
 		t.Fatal(err)
@@ -77,6 +142,7 @@ func (e *testEnv) runClientOpts(t *testing.T, port uint16, mptcp bool, pause tim
 	if pause > 0 {
 		cmd.Env = append(cmd.Env, "L7_TEST_CLIENT_PAUSE_MS="+strconv.Itoa(int(pause.Milliseconds())))
 	}
+	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -92,7 +158,8 @@ func (e *testEnv) runClientOpts(t *testing.T, port uint16, mptcp bool, pause tim
 		var lines []string
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			if l := sc.Text(); strings.HasPrefix(l, "write ") || strings.HasPrefix(l, "responses ") || strings.HasPrefix(l, "dial ") {
+			if l := sc.Text(); strings.HasPrefix(l, "write ") || strings.HasPrefix(l, "responses ") || strings.HasPrefix(l, "dial ") ||
+				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") {
 				lines = append(lines, l)
 			}
 		}

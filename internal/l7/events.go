@@ -72,6 +72,9 @@ type Event struct {
 	PathCut, HostCut   bool // longer than what the event holds
 	Rule               int  // index of the rule that allowed, -1 for none
 	LogMissing         uint32
+	// AtSource: ingress rules judged at the (local) client's socket rather than the server's
+	// (Options.JudgeAtSource).
+	AtSource bool
 }
 
 // Key is the rule key the request was judged under (before the wildcard-peer fallback).
@@ -131,6 +134,7 @@ func decodeEvent(raw []byte, clock bpfevents.Clock) (Event, error) {
 		Reason:       Reason(e.Reason),
 		Rule:         int(e.Rule) - 1,
 		LogMissing:   e.LogMissing,
+		AtSource:     e.Flags&4 != 0, // L7_EVF_AT_SOURCE
 	}
 	switch {
 	case e.Flags&1 != 0: // L7_EVF_FORBIDDEN

@@ -280,6 +280,7 @@ type httpScan struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	httpMapL7AtSource     = "l7_at_source"
 	httpMapL7Config       = "l7_config"
 	httpMapL7Counters     = "l7_counters"
 	httpMapL7DfaCells     = "l7_dfa_cells"
@@ -362,6 +363,7 @@ type httpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpMapSpecs struct {
+	L7AtSource    *ebpf.MapSpec `ebpf:"l7_at_source"`
 	L7Config      *ebpf.MapSpec `ebpf:"l7_config"`
 	L7Counters    *ebpf.MapSpec `ebpf:"l7_counters"`
 	L7DfaCells    *ebpf.MapSpec `ebpf:"l7_dfa_cells"`
@@ -406,6 +408,7 @@ func (o *httpObjects) Close() error {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpMaps struct {
+	L7AtSource    *ebpf.Map `ebpf:"l7_at_source"`
 	L7Config      *ebpf.Map `ebpf:"l7_config"`
 	L7Counters    *ebpf.Map `ebpf:"l7_counters"`
 	L7DfaCells    *ebpf.Map `ebpf:"l7_dfa_cells"`
@@ -426,6 +429,7 @@ type httpMaps struct {
 
 func (m *httpMaps) Close() error {
 	return _HttpClose(
+		m.L7AtSource,
 		m.L7Config,
 		m.L7Counters,
 		m.L7DfaCells,

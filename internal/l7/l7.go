@@ -57,7 +57,19 @@ type Options struct {
 	// of what the application has read and the next request never reaches the stream parser
 	// (bpf/README.md, "Why allowed messages are redirected").
 	DeliverByPass bool
+	// JudgeAtSource judges the ingress rules of a local server at the sockets of its local clients
+	// (their sk_msg program) when those clients have no egress rules for that port: the server's
+	// socket then stays out of the stream parser, and allowed requests cost no delivery hop. The
+	// server's ingress guard drops the connection's data if the client's socket ever leaves the
+	// judged set. Remote clients are judged at the server's socket as before.
+	JudgeAtSource bool
 }
+
+// Bits of l7_config[0] (L7_CFG_* in bpf/http.c).
+const (
+	configPass     = 1
+	configAtSource = 2
+)
 
 // L7 is the loaded HTTP policy programs and maps. It is safe for concurrent use.
 type L7 struct {
@@ -125,11 +137,14 @@ func Load(opts Options) (_ *L7, err error) {
 	if l.reset, err = link.AttachIter(link.IterOptions{Program: l.objs.L7Reset}); err != nil {
 		return nil, fmt.Errorf("create the l7 reset iterator: %w", err)
 	}
-	var pass uint32
+	var cfg uint32
 	if opts.DeliverByPass {
-		pass = 1
+		cfg |= configPass
 	}
-	if err := l.objs.L7Config.Update(uint32(0), pass, ebpf.UpdateAny); err != nil {
+	if opts.JudgeAtSource {
+		cfg |= configAtSource
+	}
+	if err := l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
 		l.reset.Close()
 		return nil, fmt.Errorf("write l7 config: %w", err)
 	}
@@ -429,7 +444,7 @@ func (l *L7) Unpin() error {
 	var errs []error
 	for _, m := range []*ebpf.Map{l.objs.L7Counters, l.objs.L7DfaCells, l.objs.L7Dfas, l.objs.L7Headers,
 		l.objs.L7Ipcache, l.objs.L7Nesting, l.objs.L7Ports, l.objs.L7Rulesets, l.objs.L7Scans,
-		l.objs.L7Scratch, l.objs.L7Socks, l.objs.L7EgressSocks, l.objs.L7State, l.objs.L7EgressState} {
+		l.objs.L7Scratch, l.objs.L7Socks, l.objs.L7EgressSocks, l.objs.L7State, l.objs.L7EgressState, l.objs.L7AtSource} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, err)

@@ -285,7 +285,7 @@ metadata: {name: bench-l4, namespace: production}
 spec:
   endpointSelector: {matchLabels: {app: user-service}}
   ingress:
-  - fromEndpoints: [{matchLabels: {app: auth-service}}]
+  - fromEndpoints: [{matchLabels: {app: %s}}]
     toPorts:
     - ports: [{port: "8080", protocol: TCP}]
       rules:
@@ -352,16 +352,28 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 		b.Fatal(err)
 	}
 	withoutSeedPolicies(b)
-	const client = "production/auth-service"
 	url := fmt.Sprintf("http://%s:8080/bench", ip.IPv4)
+	// Same node: with --http-judge-at-source (the default) the client's socket judges the server's
+	// ingress rules. Cross node: the server's socket judges them (stream parser, delivery hop).
+	for _, cl := range []struct{ name, pod, app string }{
+		{"same-node", "production/auth-service", "auth-service"},
+		{"cross-node", "production/reporting-service", "reporting-service"},
+	} {
+		b.Run(cl.name, func(b *testing.B) { benchHTTPRules(b, cl.pod, cl.app, url, ip.IPv4.String()) })
+	}
+	deleteYAML(b, "accesspolicy", "production", "bench-l4")
+}
+
+// benchHTTPRules runs the five modes of BenchmarkLabHTTPRules from one client pod.
+func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 	modes := []struct {
 		name   string
 		policy string
 	}{
 		{"none", ""},
-		{"l4", fmt.Sprintf(benchPolicy, "auth-service")},
-		{"http-allow-all", fmt.Sprintf(benchHTTPPolicy, "        - {}\n")},
-		{"http-100-rules", fmt.Sprintf(benchHTTPPolicy, httpRules(100))},
+		{"l4", fmt.Sprintf(benchPolicy, app)},
+		{"http-allow-all", fmt.Sprintf(benchHTTPPolicy, app, "        - {}\n")},
+		{"http-100-rules", fmt.Sprintf(benchHTTPPolicy, app, httpRules(100))},
 		{"haproxy", ""},
 	}
 	for _, conns := range []int{1, 16} {
@@ -383,7 +395,7 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 							waitConverged(b)
 						}
 						if m.name == "haproxy" {
-							target, stop = startHAProxy(b, client, ip.IPv4.String())
+							target, stop = startHAProxy(b, client, serverIP)
 						}
 						sum0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum")
 						n0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_count")
@@ -408,5 +420,4 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 			b.ReportMetric(base.rps, "none-req/s")
 		})
 	}
-	deleteYAML(b, "accesspolicy", "production", "bench-l4")
 }

@@ -194,13 +194,37 @@ func TestPrivilegedFlowsNameBothPodsAndThePolicy(t *testing.T) {
 		if allowedReq == nil || deniedReq == nil {
 			return fmt.Errorf("allowed request reported: %v, denied: %v, among %d flows", allowedReq != nil, deniedReq != nil, len(flows))
 		}
-		if a := allowedReq; a.Verdict != "forwarded" || a.Policy != "ap/production/user-service-api-policy" || a.HTTP.Rule == "" || a.HTTP.DecisionNanos <= 0 {
+		// auth-service and user-service share node-a: judged at the client's socket
+		// (--http-judge-at-source, the default).
+		if a := allowedReq; a.Verdict != "forwarded" || a.Policy != "ap/production/user-service-api-policy" || a.HTTP.Rule == "" ||
+			a.HTTP.DecisionNanos <= 0 || a.HTTP.JudgedAt != "client" {
 			t.Fatalf("allowed request: %+v %+v", *a, *a.HTTP)
 		}
-		if d := deniedReq; d.Verdict != "dropped" || d.HTTP.Response != "403" || d.Reason != "no-rule-match" || d.Policy != "" {
+		if d := deniedReq; d.Verdict != "dropped" || d.HTTP.Response != "403" || d.Reason != "no-rule-match" || d.Policy != "" || d.HTTP.JudgedAt != "client" {
 			t.Fatalf("denied request: %+v %+v", *d, *d.HTTP)
 		}
 		return nil
+	})
+
+	// A client on another node (reporting-service, node-b) is judged at the server's socket.
+	const billing = "production/billing-service"
+	if got := request(t, reporting, billing, 9000, "GET", "/v1/invoices/7"); got != allowed {
+		t.Fatalf("cross-node allowed request was %s", got)
+	}
+	waitFor(t, 5*time.Second, "the cross-node HTTP request reported by node-a's agent", func() error {
+		flows, err := agentFlows(t, "node-a", billing)
+		if err != nil {
+			return err
+		}
+		for _, f := range flows {
+			if f.Protocol == "HTTP" && f.HTTP != nil && f.Source.Pod == reporting && f.HTTP.Path == "/v1/invoices/7" {
+				if f.Verdict != "forwarded" || f.HTTP.JudgedAt != "server" {
+					t.Fatalf("cross-node request: %+v %+v", f, *f.HTTP)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("not among %d flows", len(flows))
 	})
 }
 

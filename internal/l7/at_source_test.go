@@ -1,0 +1,186 @@
+package l7
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// With JudgeAtSource, a local client's socket judges the ingress rules of the local server it
+// connects to (its sk_msg program), and the server's socket stays out of the stream parser. The
+// client helper runs in the test cgroup, so its sockets are seen by sock_ops.
+func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	if err := e.l.objs.L7Config.Update(uint32(0), uint32(configAtSource), 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("L7_TEST_SERVER_QUIET", "1") // GET /allowed/quiet is not reported by the server
+	events := collectEvents(t, e.l)
+	const port, peer = 8080, 5000
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`}})
+	e.startServer(t, port, false)
+	status := []string{"L7_TEST_CLIENT_STATUS=1"}
+
+	t.Run("an allowed request reaches the server, judged at the client's socket", func(t *testing.T) {
+		got := e.runClientEnv(t, port, false, 0, status, req("GET", "/allowed/s1"))
+		if len(got) < 2 || got[0] != "write ok" || got[1] != `status 200 "ok"` {
+			t.Fatalf("client said %q; want the write accepted and a 200", got)
+		}
+		e.waitSeen(t, "/allowed/s1")
+		ev := events.wait(t, "/allowed/s1")
+		if !ev.AtSource || ev.Egress || ev.Verdict != VerdictAllowed || ev.EndpointID != 1 || ev.PeerIdentity != peer ||
+			ev.Local.Addr() != e.srvAddr || ev.Local.Port() != port || ev.Remote.Addr() != e.cliAddr {
+			t.Fatalf("event %+v: want allowed, judged at source, for endpoint 1 (local %s:%d) and peer %d (%s)", ev, e.srvAddr, port, peer, e.cliAddr)
+		}
+	})
+	t.Run("a denied request gets 403 from the client's own socket; the server never sees it; sticky", func(t *testing.T) {
+		got := e.runClientEnv(t, port, false, 0, status, longReq("GET", "/secret-s2"), req("GET", "/allowed/s2-after"))
+		if len(got) < 3 || got[0] != "write ok" || !strings.HasSuffix(got[1], "permission denied") ||
+			got[2] != `status 403 "Access denied"` {
+			t.Fatalf("client said %q; want the write accepted, the next one refused (sticky), and a 403", got)
+		}
+		ev := events.wait(t, "/secret-s2")
+		if !ev.AtSource || ev.Verdict != VerdictDenied || ev.Response != ResponseForbidden || ev.Reason != ReasonNoRuleMatch {
+			t.Fatalf("event %+v: want denied at source, answered 403, no rule matched", ev)
+		}
+		time.Sleep(200 * time.Millisecond)
+		for _, target := range []string{"/secret-s2", "/allowed/s2-after"} {
+			if e.sawTarget(target) {
+				t.Fatalf("the server saw %s", target)
+			}
+		}
+	})
+	t.Run("a request too short to rewrite in place still gets a 403 (the message is grown)", func(t *testing.T) {
+		short := "GET /s3 HTTP/1.1\r\n\r\n"
+		got := e.runClientEnv(t, port, false, 0, status, short)
+		if len(got) < 2 || got[0] != "write ok" || got[1] != `status 403 "Access denied"` {
+			t.Fatalf("client said %q; want a 403", got)
+		}
+	})
+	t.Run("a denied request pipelined behind an unanswered one is not answered ahead of it", func(t *testing.T) {
+		got := e.runClientEnv(t, port, false, 0, status, req("GET", "/allowed/s4")+longReq("GET", "/secret-s4"))
+		t.Logf("client: %q", got)
+		var codes []string
+		for _, l := range got {
+			if strings.HasPrefix(l, "status ") {
+				codes = append(codes, l)
+			}
+		}
+		if len(codes) != 1 || codes[0] != `status 200 "ok"` {
+			t.Fatalf("client read %q; want only the 200 of the allowed request (the denied one is refused, not answered early)", codes)
+		}
+		e.waitSeen(t, "/allowed/s4")
+		if ev := events.wait(t, "/secret-s4"); ev.Response != ResponseReset || !ev.AtSource {
+			t.Fatalf("event %+v: want denied at source, to be reset", ev)
+		}
+		if e.sawTarget("/secret-s4") {
+			t.Fatal("the server saw the denied request")
+		}
+	})
+	t.Run("a denied request after an answered keep-alive request gets 403", func(t *testing.T) {
+		got := e.runClientEnv(t, port, false, 0, append(status, "L7_TEST_CLIENT_READ_BETWEEN=1"),
+			req("GET", "/allowed/s6"), longReq("GET", "/secret-s6"))
+		want := []string{"write ok", `status 200 "ok"`, "write ok", `status 403 "Access denied"`}
+		if len(got) < 4 || strings.Join(got[:4], "\n") != strings.Join(want, "\n") {
+			t.Fatalf("client said %q, want %q", got, want)
+		}
+	})
+	t.Run("20,000 keep-alive requests, each answered", func(t *testing.T) {
+		got := e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_LOOP=20000"})
+		if len(got) != 1 || got[0] != "loop ok 20000" {
+			t.Fatalf("client said %q", got)
+		}
+	})
+	t.Run("a 4 MiB upload and a request after it", func(t *testing.T) {
+		got := e.runClientEnv(t, port, false, 0, append(status, "L7_TEST_CLIENT_UPLOAD=4194304"))
+		if len(got) < 3 || got[0] != "write ok" || got[1] != `status 200 "ok"` || got[2] != `status 200 "ok"` {
+			t.Fatalf("client said %q; want both answered", got)
+		}
+		e.waitSeen(t, "/allowed/after-upload")
+		if ev := events.wait(t, "/upload"); !ev.AtSource {
+			t.Fatalf("event %+v: want judged at source", ev)
+		}
+	})
+	t.Run("a client with egress rules of its own for the port is judged at the server's socket for ingress", func(t *testing.T) {
+		const both = 8081
+		e.judge(t, both, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
+		if err := e.l.SetEgressPort(e.cliAddr, both, 2); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: both, Egress: true}, []string{`method="GET"`}); err != nil {
+			t.Fatal(err)
+		}
+		e.startServer(t, both, false)
+		got := e.runClientEnv(t, both, false, 0, status, req("GET", "/allowed/s7"))
+		if len(got) < 2 || got[1] != `status 200 "ok"` {
+			t.Fatalf("client said %q", got)
+		}
+		var egress, ingress bool
+		deadline := time.Now().Add(2 * time.Second)
+		for !(egress && ingress) && time.Now().Before(deadline) {
+			events.mu.Lock()
+			for _, ev := range events.events {
+				if ev.Path == "/allowed/s7" {
+					egress = egress || (ev.Egress && ev.EndpointID == 2)
+					ingress = ingress || (!ev.Egress && !ev.AtSource && ev.EndpointID == 1)
+				}
+			}
+			events.mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !egress || !ingress {
+			t.Fatalf("events for /allowed/s7: egress at the client %v, ingress at the server %v; want both", egress, ingress)
+		}
+	})
+	// (Before the guard case: its connection cannot close while the guard drops its data.)
+	t.Run("closed connections leave no state behind", func(t *testing.T) {
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			n := 0
+			var k httpL7Tuple
+			var v uint64
+			it := e.l.objs.L7AtSource.Iterate()
+			for it.Next(&k, &v) {
+				n++
+			}
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d entries left in l7_at_source", n)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	t.Run("the server's guard drops the data if the client's socket leaves the judged set", func(t *testing.T) {
+		drops := e.counter(t, ReasonGuardDrop)
+		done := make(chan []string)
+		go func() {
+			done <- e.runClientEnv(t, port, false, 1500*time.Millisecond, status, req("GET", "/allowed/s5a"), req("GET", "/allowed/s5b"))
+		}()
+		e.waitSeen(t, "/allowed/s5a")
+		// Take the client's socket out of l7_egress_socks (its cookie is in l7_at_source).
+		var k httpL7Tuple
+		var cookie uint64
+		removed := 0
+		it := e.l.objs.L7AtSource.Iterate()
+		for it.Next(&k, &cookie) {
+			if err := e.l.objs.L7EgressSocks.Delete(cookie); err == nil {
+				removed++
+			}
+		}
+		if removed != 1 {
+			t.Fatalf("removed %d client sockets from l7_egress_socks, want 1", removed)
+		}
+		got := <-done
+		t.Logf("client: %q", got)
+		time.Sleep(200 * time.Millisecond)
+		if e.sawTarget("/allowed/s5b") {
+			t.Fatal("the server saw a request its client's socket no longer judged")
+		}
+		if e.counter(t, ReasonGuardDrop) == drops {
+			t.Fatal("the ingress guard dropped nothing")
+		}
+	})
+}
