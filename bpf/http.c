@@ -125,6 +125,17 @@ struct {
 	__uint(max_entries, 65536);
 } l7_at_source SEC(".maps");
 
+/* Network namespaces (by cookie) whose clients may be judged at source: the
+ * agent lists the pods in which no process can ever hold CAP_NET_RAW or
+ * CAP_NET_ADMIN (their capability bounding sets lack both), so none can write
+ * TCP segments past its socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(max_entries, 4096);
+} l7_trusted_netns SEC(".maps");
+
 static __always_inline __u32 config(void)
 {
 	__u32 zero = 0, *c = bpf_map_lookup_elem(&l7_config, &zero);
@@ -338,6 +349,10 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		ep = bpf_map_lookup_elem(&l7_ports, &pk);
 		ik.prefixlen = 128;
 		if (!ep && egress && (config() & L7_CFG_AT_SOURCE)) {
+			__u64 netns = bpf_get_netns_cookie(ops);
+
+			if (!bpf_map_lookup_elem(&l7_trusted_netns, &netns))
+				return 1; /* the server's socket judges it */
 			/* A client without egress rules for this port, connecting
 			 * to a local server whose port has ingress rules: judge
 			 * them here, at the client's socket, where allowed

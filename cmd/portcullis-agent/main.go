@@ -51,7 +51,7 @@ func main() {
 	flag.StringVar(&c.netns, "netns", "", "work on the interfaces of this network namespace (a path; the lab's nodes) instead of the agent's own")
 	flag.BoolVar(&c.http, "http", true, "judge HTTP requests at the socket for ports with HTTP rules (needs sockmap and cgroup v2); with false, such ports are enforced at L3/L4 only and reported Degraded")
 	flag.StringVar(&c.httpDelivery, "http-delivery", "redirect", "how the kernel hands allowed requests to the application on judged ports: redirect (through the socket's backlog, which waits for receive memory) or pass (faster, but this kernel loses requests with it; see bpf/README.md)")
-	flag.BoolVar(&c.httpAtSource, "http-judge-at-source", false, "judge the ingress HTTP rules of a server on this node at the sockets of its clients on this node (their sk_msg program): allowed requests then cost no delivery hop. Enable only where pods cannot open raw or packet sockets (no CAP_NET_RAW or CAP_NET_ADMIN, e.g. Pod Security Standard restricted): such a pod could write segments into its own connection past its socket. Clients on other nodes are judged at the server's socket either way")
+	flag.BoolVar(&c.httpAtSource, "http-judge-at-source", true, "judge the ingress HTTP rules of a server on this node at the sockets of its clients on this node (their sk_msg program), for clients in pods where no process can hold CAP_NET_RAW or CAP_NET_ADMIN (every process's capability bounding set lacks both, as in Pod Security Standard restricted): allowed requests then cost no delivery hop. Other clients, and clients on other nodes, are judged at the server's socket")
 	flag.DurationVar(&c.interval, "drift-check-interval", 5*time.Second, "how often the kernel is compared with the desired state and repaired")
 	flag.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
 	flag.StringVar(&c.probeAddr, "health-probe-bind-address", ":9963", "address of /healthz and /readyz (0 disables it)")
@@ -149,6 +149,13 @@ func run(c config) error {
 	}
 	if resetter != nil {
 		if err := mgr.Add(resetter); err != nil {
+			return err
+		}
+	}
+	if http7 != nil && c.httpAtSource {
+		// Which pods' clients may be judged at their own socket: those that can never hold
+		// CAP_NET_RAW or CAP_NET_ADMIN.
+		if err := mgr.Add(agent.NewTrustScanner(http7, "/proc")); err != nil {
 			return err
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // With JudgeAtSource, a local client's socket judges the ingress rules of the local server it
@@ -21,6 +23,25 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`}})
 	e.startServer(t, port, false)
 	status := []string{"L7_TEST_CLIENT_STATUS=1"}
+
+	t.Run("a client whose network namespace is not trusted is judged at the server's socket", func(t *testing.T) {
+		got := e.runClientEnv(t, port, false, 0, status, req("GET", "/allowed/s0"))
+		if len(got) < 2 || got[1] != `status 200 "ok"` {
+			t.Fatalf("client said %q", got)
+		}
+		if ev := events.wait(t, "/allowed/s0"); ev.AtSource {
+			t.Fatalf("event %+v: judged at source although the client's namespace is not trusted", ev)
+		}
+	})
+	// The agent trusts namespaces where no process can hold CAP_NET_RAW or CAP_NET_ADMIN
+	// (controllers/agent TrustScanner); here the test says so.
+	cookie, err := netns.Cookie("/run/netns/" + e.cliNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetTrustedNetns(map[uint64]bool{cookie: true}); err != nil {
+		t.Fatal(err)
+	}
 
 	t.Run("an allowed request reaches the server, judged at the client's socket", func(t *testing.T) {
 		got := e.runClientEnv(t, port, false, 0, status, req("GET", "/allowed/s1"))

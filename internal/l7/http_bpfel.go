@@ -297,6 +297,7 @@ const (
 	httpMapL7Scratch      = "l7_scratch"
 	httpMapL7Socks        = "l7_socks"
 	httpMapL7State        = "l7_state"
+	httpMapL7TrustedNetns = "l7_trusted_netns"
 	httpProgL7Egress      = "l7_egress"
 	httpProgL7Guard       = "l7_guard"
 	httpProgL7GuardEgress = "l7_guard_egress"
@@ -363,23 +364,24 @@ type httpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpMapSpecs struct {
-	L7AtSource    *ebpf.MapSpec `ebpf:"l7_at_source"`
-	L7Config      *ebpf.MapSpec `ebpf:"l7_config"`
-	L7Counters    *ebpf.MapSpec `ebpf:"l7_counters"`
-	L7DfaCells    *ebpf.MapSpec `ebpf:"l7_dfa_cells"`
-	L7Dfas        *ebpf.MapSpec `ebpf:"l7_dfas"`
-	L7EgressSocks *ebpf.MapSpec `ebpf:"l7_egress_socks"`
-	L7EgressState *ebpf.MapSpec `ebpf:"l7_egress_state"`
-	L7Events      *ebpf.MapSpec `ebpf:"l7_events"`
-	L7Headers     *ebpf.MapSpec `ebpf:"l7_headers"`
-	L7Ipcache     *ebpf.MapSpec `ebpf:"l7_ipcache"`
-	L7Nesting     *ebpf.MapSpec `ebpf:"l7_nesting"`
-	L7Ports       *ebpf.MapSpec `ebpf:"l7_ports"`
-	L7Rulesets    *ebpf.MapSpec `ebpf:"l7_rulesets"`
-	L7Scans       *ebpf.MapSpec `ebpf:"l7_scans"`
-	L7Scratch     *ebpf.MapSpec `ebpf:"l7_scratch"`
-	L7Socks       *ebpf.MapSpec `ebpf:"l7_socks"`
-	L7State       *ebpf.MapSpec `ebpf:"l7_state"`
+	L7AtSource     *ebpf.MapSpec `ebpf:"l7_at_source"`
+	L7Config       *ebpf.MapSpec `ebpf:"l7_config"`
+	L7Counters     *ebpf.MapSpec `ebpf:"l7_counters"`
+	L7DfaCells     *ebpf.MapSpec `ebpf:"l7_dfa_cells"`
+	L7Dfas         *ebpf.MapSpec `ebpf:"l7_dfas"`
+	L7EgressSocks  *ebpf.MapSpec `ebpf:"l7_egress_socks"`
+	L7EgressState  *ebpf.MapSpec `ebpf:"l7_egress_state"`
+	L7Events       *ebpf.MapSpec `ebpf:"l7_events"`
+	L7Headers      *ebpf.MapSpec `ebpf:"l7_headers"`
+	L7Ipcache      *ebpf.MapSpec `ebpf:"l7_ipcache"`
+	L7Nesting      *ebpf.MapSpec `ebpf:"l7_nesting"`
+	L7Ports        *ebpf.MapSpec `ebpf:"l7_ports"`
+	L7Rulesets     *ebpf.MapSpec `ebpf:"l7_rulesets"`
+	L7Scans        *ebpf.MapSpec `ebpf:"l7_scans"`
+	L7Scratch      *ebpf.MapSpec `ebpf:"l7_scratch"`
+	L7Socks        *ebpf.MapSpec `ebpf:"l7_socks"`
+	L7State        *ebpf.MapSpec `ebpf:"l7_state"`
+	L7TrustedNetns *ebpf.MapSpec `ebpf:"l7_trusted_netns"`
 }
 
 // httpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -408,23 +410,24 @@ func (o *httpObjects) Close() error {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpMaps struct {
-	L7AtSource    *ebpf.Map `ebpf:"l7_at_source"`
-	L7Config      *ebpf.Map `ebpf:"l7_config"`
-	L7Counters    *ebpf.Map `ebpf:"l7_counters"`
-	L7DfaCells    *ebpf.Map `ebpf:"l7_dfa_cells"`
-	L7Dfas        *ebpf.Map `ebpf:"l7_dfas"`
-	L7EgressSocks *ebpf.Map `ebpf:"l7_egress_socks"`
-	L7EgressState *ebpf.Map `ebpf:"l7_egress_state"`
-	L7Events      *ebpf.Map `ebpf:"l7_events"`
-	L7Headers     *ebpf.Map `ebpf:"l7_headers"`
-	L7Ipcache     *ebpf.Map `ebpf:"l7_ipcache"`
-	L7Nesting     *ebpf.Map `ebpf:"l7_nesting"`
-	L7Ports       *ebpf.Map `ebpf:"l7_ports"`
-	L7Rulesets    *ebpf.Map `ebpf:"l7_rulesets"`
-	L7Scans       *ebpf.Map `ebpf:"l7_scans"`
-	L7Scratch     *ebpf.Map `ebpf:"l7_scratch"`
-	L7Socks       *ebpf.Map `ebpf:"l7_socks"`
-	L7State       *ebpf.Map `ebpf:"l7_state"`
+	L7AtSource     *ebpf.Map `ebpf:"l7_at_source"`
+	L7Config       *ebpf.Map `ebpf:"l7_config"`
+	L7Counters     *ebpf.Map `ebpf:"l7_counters"`
+	L7DfaCells     *ebpf.Map `ebpf:"l7_dfa_cells"`
+	L7Dfas         *ebpf.Map `ebpf:"l7_dfas"`
+	L7EgressSocks  *ebpf.Map `ebpf:"l7_egress_socks"`
+	L7EgressState  *ebpf.Map `ebpf:"l7_egress_state"`
+	L7Events       *ebpf.Map `ebpf:"l7_events"`
+	L7Headers      *ebpf.Map `ebpf:"l7_headers"`
+	L7Ipcache      *ebpf.Map `ebpf:"l7_ipcache"`
+	L7Nesting      *ebpf.Map `ebpf:"l7_nesting"`
+	L7Ports        *ebpf.Map `ebpf:"l7_ports"`
+	L7Rulesets     *ebpf.Map `ebpf:"l7_rulesets"`
+	L7Scans        *ebpf.Map `ebpf:"l7_scans"`
+	L7Scratch      *ebpf.Map `ebpf:"l7_scratch"`
+	L7Socks        *ebpf.Map `ebpf:"l7_socks"`
+	L7State        *ebpf.Map `ebpf:"l7_state"`
+	L7TrustedNetns *ebpf.Map `ebpf:"l7_trusted_netns"`
 }
 
 func (m *httpMaps) Close() error {
@@ -446,6 +449,7 @@ func (m *httpMaps) Close() error {
 		m.L7Scratch,
 		m.L7Socks,
 		m.L7State,
+		m.L7TrustedNetns,
 	)
 }
 

@@ -58,10 +58,11 @@ type Options struct {
 	// (bpf/README.md, "Why allowed messages are redirected").
 	DeliverByPass bool
 	// JudgeAtSource judges the ingress rules of a local server at the sockets of its local clients
-	// (their sk_msg program) when those clients have no egress rules for that port: the server's
-	// socket then stays out of the stream parser, and allowed requests cost no delivery hop. The
-	// server's ingress guard drops the connection's data if the client's socket ever leaves the
-	// judged set. Remote clients are judged at the server's socket as before.
+	// (their sk_msg program) when those clients have no egress rules for that port and their
+	// network namespace is trusted (SetTrustedNetns): the server's socket then stays out of the
+	// stream parser, and allowed requests cost no delivery hop. The server's ingress guard drops the
+	// connection's data if the client's socket ever leaves the judged set. Other clients are judged
+	// at the server's socket as before.
 	JudgeAtSource bool
 }
 
@@ -436,6 +437,38 @@ func (l *L7) Close() error {
 	return errors.Join(errs...)
 }
 
+// SetTrustedNetns makes cookies (network namespace cookies, netns.Cookie) the set whose clients may
+// be judged at source (Options.JudgeAtSource): the pods in which no process can hold CAP_NET_RAW or
+// CAP_NET_ADMIN. It changes what new connections do; connections already judged at source stay so.
+func (l *L7) SetTrustedNetns(cookies map[uint64]bool) error {
+	var errs []error
+	var k uint64
+	var v uint32
+	var stale []uint64
+	it := l.objs.L7TrustedNetns.Iterate()
+	for it.Next(&k, &v) {
+		if !cookies[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("read l7_trusted_netns: %w", err))
+	}
+	for _, c := range stale {
+		if err := l.objs.L7TrustedNetns.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("untrust netns %d: %w", c, err))
+		}
+	}
+	for c, ok := range cookies {
+		if ok {
+			if err := l.objs.L7TrustedNetns.Update(c, uint32(1), ebpf.UpdateAny); err != nil {
+				errs = append(errs, fmt.Errorf("trust netns %d: %w", c, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Unpin removes the pins of every map (the kernel frees them once nothing else holds them).
 func (l *L7) Unpin() error {
 	if l.pinDir == "" {
@@ -444,7 +477,7 @@ func (l *L7) Unpin() error {
 	var errs []error
 	for _, m := range []*ebpf.Map{l.objs.L7Counters, l.objs.L7DfaCells, l.objs.L7Dfas, l.objs.L7Headers,
 		l.objs.L7Ipcache, l.objs.L7Nesting, l.objs.L7Ports, l.objs.L7Rulesets, l.objs.L7Scans,
-		l.objs.L7Scratch, l.objs.L7Socks, l.objs.L7EgressSocks, l.objs.L7State, l.objs.L7EgressState, l.objs.L7AtSource} {
+		l.objs.L7Scratch, l.objs.L7Socks, l.objs.L7EgressSocks, l.objs.L7State, l.objs.L7EgressState, l.objs.L7AtSource, l.objs.L7TrustedNetns} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, err)

@@ -508,6 +508,9 @@ func (l *Lab) awaitReady(ctx context.Context, ep *endpointPlan, ready *os.File) 
 // startIn starts cmd inside ep's network namespace (forked from a thread switched into it) and cgroup
 // (placed there by clone3 before it runs), so that it never runs a single instruction elsewhere.
 func (l *Lab) startIn(ep *endpointPlan, cmd *exec.Cmd) error {
+	if err := restrict(cmd); err != nil {
+		return err
+	}
 	cg, err := os.Open(l.cgroupOf(ep))
 	if err != nil {
 		return fmt.Errorf("open cgroup: %w", err)
@@ -525,6 +528,23 @@ func (l *Lab) startIn(ep *endpointPlan, cmd *exec.Cmd) error {
 	}
 	return inNetns(filepath.Join(netnsDir, l.netnsOf(ep)), cmd.Start)
 }
+
+// restrict makes cmd run as a process of a Pod Security Standard "restricted" pod would as far as
+// the network goes: CAP_NET_RAW and CAP_NET_ADMIN out of its bounding set (setpriv execs the
+// command), so that it can never hold them. Agents judge the HTTP requests of such pods' clients at
+// their own socket (--http-judge-at-source).
+func restrict(cmd *exec.Cmd) error {
+	sp, err := exec.LookPath("setpriv")
+	if err != nil {
+		return fmt.Errorf("setpriv (util-linux; hack/setup.sh installs it): %w", err)
+	}
+	cmd.Args = append([]string{sp, "--bounding-set", RestrictedBoundingSet, "--", cmd.Path}, cmd.Args[1:]...)
+	cmd.Path = sp
+	return nil
+}
+
+// RestrictedBoundingSet is setpriv's --bounding-set argument for lab pods' processes.
+const RestrictedBoundingSet = "-net_raw,-net_admin"
 
 // Down stops every process the lab started and removes its network namespaces (and with them every link),
 // cgroups, bpffs directories and state directory. It is idempotent and safe after a partial Up.

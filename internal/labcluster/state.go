@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+
+	"github.com/portcullis-dev/portcullis/internal/lab"
 )
 
 // State is what `portcullis lab up` leaves in .lab/state.json so that the other lab commands, run
@@ -71,8 +73,11 @@ func LoadState(path string) (State, error) {
 
 // Command returns a command that runs argv inside the pod: in its cgroup first (sockets belong to the
 // cgroup of the process that opens them, and the HTTP programs sit on the node's cgroup), then its
-// network namespace, entered with nsenter — not `ip netns exec`, which would remount /sys.
+// network namespace, entered with nsenter — not `ip netns exec`, which would remount /sys. Like
+// the lab's own pod processes it runs without CAP_NET_RAW and CAP_NET_ADMIN in its bounding set
+// (setpriv, before entering the namespace), as in a restricted pod.
 func (p PodState) Command(argv ...string) *exec.Cmd {
 	script := `echo $$ > "$0/cgroup.procs" && exec "$@"`
-	return exec.Command("nsenter", append([]string{"--net=" + p.Netns, "--", "sh", "-c", script, p.Cgroup}, argv...)...)
+	args := append([]string{"--bounding-set", lab.RestrictedBoundingSet, "--", "nsenter", "--net=" + p.Netns, "--", "sh", "-c", script, p.Cgroup}, argv...)
+	return exec.Command("setpriv", args...)
 }

@@ -45,3 +45,25 @@ func Do(path string, fn func() error) error {
 	runtime.UnlockOSThread()
 	return fnErr
 }
+
+// soNetnsCookie is SO_NETNS_COOKIE (Linux 5.14).
+const soNetnsCookie = 71
+
+// Cookie returns the kernel's cookie of the network namespace at path (an empty path: the caller's),
+// the value BPF programs see from bpf_get_netns_cookie. It is read from a socket opened inside.
+func Cookie(path string) (uint64, error) {
+	var cookie uint64
+	err := Do(path, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		defer unix.Close(fd)
+		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, soNetnsCookie)
+		if err != nil {
+			return fmt.Errorf("SO_NETNS_COOKIE: %w", err)
+		}
+		return nil
+	})
+	return cookie, err
+}

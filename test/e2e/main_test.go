@@ -82,11 +82,11 @@ func run(m *testing.M) int {
 		LabBinary:          filepath.Join(bin, "portcullis"),
 		LabArgs:            []string{"lab"},
 		DriftCheckInterval: time.Second,
-		// The lab's agents judge same-node HTTP clients at source (opt-in, bpf/README.md), so the
-		// tests cover both paths: same-node requests at the client's socket, cross-node ones at
-		// the server's. More options for benchmarks, e.g.
-		// PORTCULLIS_E2E_AGENT_ARGS=--http-judge-at-source=false (later flags win).
-		AgentArgs: append([]string{"--http-judge-at-source"}, strings.Fields(os.Getenv("PORTCULLIS_E2E_AGENT_ARGS"))...),
+		// Lab pods are restricted (no CAP_NET_RAW or CAP_NET_ADMIN), so the agents judge same-node
+		// HTTP clients at their socket (--http-judge-at-source, the default) and the tests cover
+		// both paths: same-node requests at the client's socket, cross-node ones at the server's.
+		// For benchmarks of agent options, e.g. PORTCULLIS_E2E_AGENT_ARGS=--http-judge-at-source=false.
+		AgentArgs: strings.Fields(os.Getenv("PORTCULLIS_E2E_AGENT_ARGS")),
 		Log:       log,
 	})
 	if err != nil {
