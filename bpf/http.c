@@ -546,6 +546,16 @@ static const char forbidden_head[FORBIDDEN_HEAD_LEN + 1] =
 static const char forbidden_tail[FORBIDDEN_TAIL_LEN + 1] = "close\r\n\r\nAccess denied";
 static const char spaces[64] = "                                                                ";
 
+/* A deny a 403 may answer (on either side): rules denied it (a malformed
+ * request is reset instead) and its whole header block is in the n bytes at
+ * hand. */
+static __always_inline int answerable(const struct judge_out *out, __u32 n)
+{
+	if (out->reason != L7_R_NO_RULE_MATCH && out->reason != L7_R_NO_RULESET)
+		return 0;
+	return out->hdr_len && out->hdr_len <= n;
+}
+
 /*
  * How many bytes of a request denied by policy become the message answered
  * with 403 Forbidden, or 0 when the connection is to be reset instead. A
@@ -562,9 +572,7 @@ static __always_inline __u32 answer_len(struct __sk_buff *skb, const struct l7_s
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 
-	if (out->reason != L7_R_NO_RULE_MATCH && out->reason != L7_R_NO_RULESET)
-		return 0;
-	if (!out->hdr_len || out->hdr_len > n)
+	if (!answerable(out, n))
 		return 0;
 	if (st->requests) {
 		sk = skb->sk;
@@ -967,9 +975,7 @@ static __always_inline __u32 forbidden_at_source_ok(struct sk_msg_md *msg, const
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 
-	if (out->reason != L7_R_NO_RULE_MATCH && out->reason != L7_R_NO_RULESET)
-		return 0;
-	if (!out->hdr_len || out->hdr_len > n)
+	if (!answerable(out, n))
 		return 0;
 	if (!st->requests)
 		return 1;
