@@ -1244,6 +1244,29 @@ int l7_reset(struct bpf_iter__tcp *ctx)
 	return 0;
 }
 
+/*
+ * Resets every client connection of the network namespace the iterator is
+ * read in that is judged at source: the agent reads it in a pod's namespace
+ * that lost its trust (a process there can hold CAP_NET_RAW or
+ * CAP_NET_ADMIN) and kept it lost, so that no connection stays judged where
+ * segments could be written past the socket.
+ */
+SEC("iter/tcp")
+int l7_reset_at_source(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *sk = ctx->sk_common;
+	struct l7_sock_state *st;
+
+	if (!sk)
+		return 0;
+	st = egress_state_of(sk);
+	if (!st || !(st->flags & L7_SF_AT_SOURCE))
+		return 0;
+	if (!bpf_sock_destroy(sk))
+		count(L7_R_RESET);
+	return 0;
+}
+
 SEC("syscall")
 int l7_test_judge(struct l7_test_ctx *ctx)
 {

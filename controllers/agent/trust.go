@@ -28,18 +28,41 @@ const (
 // because every process's capability bounding set lacks both (a process never gains a capability
 // outside its bounding set, and its children inherit it). Such a client cannot get past its own
 // socket's judge. It rescans /proc every interval; a namespace that gets a capable process is
-// untrusted at the next scan, for new connections (bpf/README.md, "Judged at source"). The node's
-// own namespace is never trusted: kernel threads hold every capability. It is a manager Runnable.
+// untrusted at the next scan for new connections, and if the capable process is still there at the
+// scan after, the connections it has judged at source are reset (bpf/README.md, "Judged at source"):
+// a short-lived full-capability process, such as a runtime's setup process for `kubectl exec`,
+// does not break them. The node's own namespace is never trusted: kernel threads hold every
+// capability. It is a manager Runnable.
 type TrustScanner struct {
-	l7       *l7.L7
+	l7       trustKernel
 	proc     string
 	interval time.Duration
 	trusted  int
+	// lost counts, for namespaces that were trusted, the consecutive scans that found a capable
+	// process in them.
+	lost map[nsID]int
+}
+
+// trustKernel is what the TrustScanner changes in the kernel (*l7.L7).
+type trustKernel interface {
+	SetTrustedNetns(cookies map[uint64]bool) error
+	ResetAtSource(netnsPath string) error
+}
+
+var _ trustKernel = (*l7.L7)(nil)
+
+// nsID names a network namespace while it exists.
+type nsID struct{ dev, ino uint64 }
+
+// netnsInfo is what a scan learnt of one network namespace.
+type netnsInfo struct {
+	path    string // /proc/PID/ns/net of one of its processes
+	capable bool   // a process there has CAP_NET_RAW or CAP_NET_ADMIN in its bounding set
 }
 
 // NewTrustScanner returns a TrustScanner reading procRoot (/proc).
 func NewTrustScanner(l *l7.L7, procRoot string) *TrustScanner {
-	return &TrustScanner{l7: l, proc: procRoot, interval: time.Second, trusted: -1}
+	return &TrustScanner{l7: l, proc: procRoot, interval: time.Second, trusted: -1, lost: map[nsID]int{}}
 }
 
 // Start scans until ctx ends.
@@ -57,13 +80,18 @@ func (s *TrustScanner) Start(ctx context.Context) error {
 }
 
 func (s *TrustScanner) scan(ctx context.Context) {
+	namespaces := scanNetns(s.proc)
 	cookies := map[uint64]bool{}
-	for _, path := range trustedNetns(s.proc) {
-		c, err := netns.Cookie(path)
+	for id, ns := range namespaces {
+		if ns.capable {
+			continue
+		}
+		c, err := netns.Cookie(ns.path)
 		if err != nil {
 			continue // the namespace's last process is gone
 		}
 		cookies[c] = true
+		s.lost[id] = 0
 	}
 	if err := s.l7.SetTrustedNetns(cookies); err != nil {
 		log.FromContext(ctx).Error(err, "update the network namespaces trusted for judging at source")
@@ -73,17 +101,43 @@ func (s *TrustScanner) scan(ctx context.Context) {
 		s.trusted = len(cookies)
 		log.FromContext(ctx).Info("network namespaces trusted for judging HTTP at source", "count", s.trusted)
 	}
+	for id, n := range s.lost {
+		ns, alive := namespaces[id]
+		switch {
+		case !alive:
+			delete(s.lost, id)
+		case !ns.capable:
+		case n == 0:
+			s.lost[id] = 1 // untrusted for new connections; wait a scan
+		default:
+			delete(s.lost, id)
+			if err := s.l7.ResetAtSource(ns.path); err != nil {
+				log.FromContext(ctx).Error(err, "reset connections judged at source", "netns", ns.path)
+				continue
+			}
+			log.FromContext(ctx).Info("a process that can hold CAP_NET_RAW or CAP_NET_ADMIN stays in a namespace judged at source: its connections judged there are reset", "netns", ns.path)
+		}
+	}
 }
 
 // trustedNetns returns one /proc/PID/ns/net path for each network namespace in which every
 // process's bounding set lacks CAP_NET_RAW and CAP_NET_ADMIN.
 func trustedNetns(procRoot string) []string {
-	type nsID struct{ dev, ino uint64 }
-	trusted := map[nsID]bool{}
-	path := map[nsID]string{}
+	var out []string
+	for _, ns := range scanNetns(procRoot) {
+		if !ns.capable {
+			out = append(out, ns.path)
+		}
+	}
+	return out
+}
+
+// scanNetns reads every process's network namespace and capability bounding set under procRoot.
+func scanNetns(procRoot string) map[nsID]netnsInfo {
+	out := map[nsID]netnsInfo{}
 	entries, err := os.ReadDir(procRoot)
 	if err != nil {
-		return nil
+		return out
 	}
 	for _, e := range entries {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
@@ -100,17 +154,11 @@ func trustedNetns(procRoot string) []string {
 		}
 		id := nsID{uint64(st.Dev), st.Ino}
 		capable := bnd&(1<<capNetRaw|1<<capNetAdmin) != 0
-		if t, seen := trusted[id]; !seen {
-			trusted[id] = !capable
-			path[id] = p
-		} else if t && capable {
-			trusted[id] = false
-		}
-	}
-	var out []string
-	for id, ok := range trusted {
-		if ok {
-			out = append(out, path[id])
+		if ns, seen := out[id]; !seen {
+			out[id] = netnsInfo{path: p, capable: capable}
+		} else if capable && !ns.capable {
+			ns.capable = true
+			out[id] = ns
 		}
 	}
 	return out

@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 func requireRoot(t *testing.T) {
@@ -81,5 +84,84 @@ func waitTrust(t *testing.T, trusted func() bool, want bool, what string) {
 			t.Fatalf("%s: trusted = %v, want %v", what, !want, want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// fakeKernel records what a TrustScanner asks of the kernel.
+type fakeKernel struct {
+	trusted map[uint64]bool
+	resets  []string
+}
+
+func (f *fakeKernel) SetTrustedNetns(c map[uint64]bool) error { f.trusted = c; return nil }
+func (f *fakeKernel) ResetAtSource(p string) error            { f.resets = append(f.resets, p); return nil }
+
+// A trusted namespace that gets a capable process is untrusted at once, and its connections judged
+// at source are reset only if that process is still there one scan later.
+func TestPrivilegedTrustScannerResetsOnlyAPersistentLossOfTrust(t *testing.T) {
+	requireRoot(t)
+	ns := "pcl-trust2-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del: %v: %s", err, out)
+		}
+	})
+	cookie, err := netns.Cookie("/run/netns/" + ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nsStat syscall.Stat_t
+	if err := syscall.Stat("/run/netns/"+ns, &nsStat); err != nil {
+		t.Fatal(err)
+	}
+	start := func(argv ...string) *exec.Cmd {
+		t.Helper()
+		cmd := exec.Command(argv[0], argv[1:]...)
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("%v: %v", argv, err)
+		}
+		pid := cmd.Process.Pid
+		t.Cleanup(func() {
+			_ = syscall.Kill(pid, syscall.SIGKILL) // only the process this test started, by its PID
+			_ = cmd.Wait()
+		})
+		return cmd
+	}
+	k := &fakeKernel{}
+	s := &TrustScanner{l7: k, proc: "/proc", trusted: -1, lost: map[nsID]int{}}
+	ctx := context.Background()
+	start("setpriv", "--bounding-set", "-net_raw,-net_admin", "--", "nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
+	waitTrust(t, func() bool { s.scan(ctx); return k.trusted[cookie] }, true, "the restricted namespace")
+
+	// A capable process that comes and goes between two scans: untrusted, not reset.
+	transient := start("nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
+	waitTrust(t, func() bool { s.scan(ctx); return k.trusted[cookie] }, false, "with a capable process")
+	_ = syscall.Kill(transient.Process.Pid, syscall.SIGKILL)
+	_ = transient.Wait()
+	waitTrust(t, func() bool { s.scan(ctx); return k.trusted[cookie] }, true, "once the capable process is gone")
+	if len(k.resets) != 0 {
+		t.Fatalf("reset %v after a capable process that did not stay", k.resets)
+	}
+
+	// One that stays: reset at the second scan that finds it.
+	start("nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
+	waitTrust(t, func() bool { s.scan(ctx); return k.trusted[cookie] }, false, "with a capable process that stays")
+	if len(k.resets) != 0 {
+		t.Fatalf("reset %v at the first scan", k.resets)
+	}
+	s.scan(ctx)
+	if len(k.resets) != 1 {
+		t.Fatalf("resets %v, want one at the second scan", k.resets)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(k.resets[0], &st); err != nil || st.Ino != nsStat.Ino {
+		t.Fatalf("reset %s, not the namespace that lost its trust", k.resets[0])
+	}
+	s.scan(ctx)
+	if len(k.resets) != 1 {
+		t.Fatalf("resets %v: want a single reset", k.resets)
 	}
 }

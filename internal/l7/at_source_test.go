@@ -154,6 +154,25 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 			t.Fatalf("events for /allowed/s7: egress at the client %v, ingress at the server %v; want both", egress, ingress)
 		}
 	})
+	t.Run("ResetAtSource resets the connections judged at source in a namespace", func(t *testing.T) {
+		done := make(chan []string)
+		go func() {
+			done <- e.runClientEnv(t, port, false, 1500*time.Millisecond, status, req("GET", "/allowed/s8a"), req("GET", "/allowed/s8b"))
+		}()
+		e.waitSeen(t, "/allowed/s8a")
+		if err := e.l.ResetAtSource("/run/netns/" + e.cliNS); err != nil {
+			t.Fatal(err)
+		}
+		got := <-done
+		t.Logf("client: %q", got)
+		if len(got) < 2 || !strings.HasSuffix(got[1], "software caused connection abort") {
+			t.Fatalf("client said %q; want its second write to fail on the aborted connection", got)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if e.sawTarget("/allowed/s8b") {
+			t.Fatal("the server saw a request written after the reset")
+		}
+	})
 	// (Before the guard case: its connection cannot close while the guard drops its data.)
 	t.Run("closed connections leave no state behind", func(t *testing.T) {
 		deadline := time.Now().Add(3 * time.Second)

@@ -280,32 +280,33 @@ type httpScan struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	httpMapL7AtSource     = "l7_at_source"
-	httpMapL7Config       = "l7_config"
-	httpMapL7Counters     = "l7_counters"
-	httpMapL7DfaCells     = "l7_dfa_cells"
-	httpMapL7Dfas         = "l7_dfas"
-	httpMapL7EgressSocks  = "l7_egress_socks"
-	httpMapL7EgressState  = "l7_egress_state"
-	httpMapL7Events       = "l7_events"
-	httpMapL7Headers      = "l7_headers"
-	httpMapL7Ipcache      = "l7_ipcache"
-	httpMapL7Nesting      = "l7_nesting"
-	httpMapL7Ports        = "l7_ports"
-	httpMapL7Rulesets     = "l7_rulesets"
-	httpMapL7Scans        = "l7_scans"
-	httpMapL7Scratch      = "l7_scratch"
-	httpMapL7Socks        = "l7_socks"
-	httpMapL7State        = "l7_state"
-	httpMapL7TrustedNetns = "l7_trusted_netns"
-	httpProgL7Egress      = "l7_egress"
-	httpProgL7Guard       = "l7_guard"
-	httpProgL7GuardEgress = "l7_guard_egress"
-	httpProgL7Parser      = "l7_parser"
-	httpProgL7Reset       = "l7_reset"
-	httpProgL7Sockops     = "l7_sockops"
-	httpProgL7TestJudge   = "l7_test_judge"
-	httpProgL7Verdict     = "l7_verdict"
+	httpMapL7AtSource       = "l7_at_source"
+	httpMapL7Config         = "l7_config"
+	httpMapL7Counters       = "l7_counters"
+	httpMapL7DfaCells       = "l7_dfa_cells"
+	httpMapL7Dfas           = "l7_dfas"
+	httpMapL7EgressSocks    = "l7_egress_socks"
+	httpMapL7EgressState    = "l7_egress_state"
+	httpMapL7Events         = "l7_events"
+	httpMapL7Headers        = "l7_headers"
+	httpMapL7Ipcache        = "l7_ipcache"
+	httpMapL7Nesting        = "l7_nesting"
+	httpMapL7Ports          = "l7_ports"
+	httpMapL7Rulesets       = "l7_rulesets"
+	httpMapL7Scans          = "l7_scans"
+	httpMapL7Scratch        = "l7_scratch"
+	httpMapL7Socks          = "l7_socks"
+	httpMapL7State          = "l7_state"
+	httpMapL7TrustedNetns   = "l7_trusted_netns"
+	httpProgL7Egress        = "l7_egress"
+	httpProgL7Guard         = "l7_guard"
+	httpProgL7GuardEgress   = "l7_guard_egress"
+	httpProgL7Parser        = "l7_parser"
+	httpProgL7Reset         = "l7_reset"
+	httpProgL7ResetAtSource = "l7_reset_at_source"
+	httpProgL7Sockops       = "l7_sockops"
+	httpProgL7TestJudge     = "l7_test_judge"
+	httpProgL7Verdict       = "l7_verdict"
 )
 
 // loadHttp returns the embedded CollectionSpec for http.
@@ -350,14 +351,15 @@ type httpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpProgramSpecs struct {
-	L7Egress      *ebpf.ProgramSpec `ebpf:"l7_egress"`
-	L7Guard       *ebpf.ProgramSpec `ebpf:"l7_guard"`
-	L7GuardEgress *ebpf.ProgramSpec `ebpf:"l7_guard_egress"`
-	L7Parser      *ebpf.ProgramSpec `ebpf:"l7_parser"`
-	L7Reset       *ebpf.ProgramSpec `ebpf:"l7_reset"`
-	L7Sockops     *ebpf.ProgramSpec `ebpf:"l7_sockops"`
-	L7TestJudge   *ebpf.ProgramSpec `ebpf:"l7_test_judge"`
-	L7Verdict     *ebpf.ProgramSpec `ebpf:"l7_verdict"`
+	L7Egress        *ebpf.ProgramSpec `ebpf:"l7_egress"`
+	L7Guard         *ebpf.ProgramSpec `ebpf:"l7_guard"`
+	L7GuardEgress   *ebpf.ProgramSpec `ebpf:"l7_guard_egress"`
+	L7Parser        *ebpf.ProgramSpec `ebpf:"l7_parser"`
+	L7Reset         *ebpf.ProgramSpec `ebpf:"l7_reset"`
+	L7ResetAtSource *ebpf.ProgramSpec `ebpf:"l7_reset_at_source"`
+	L7Sockops       *ebpf.ProgramSpec `ebpf:"l7_sockops"`
+	L7TestJudge     *ebpf.ProgramSpec `ebpf:"l7_test_judge"`
+	L7Verdict       *ebpf.ProgramSpec `ebpf:"l7_verdict"`
 }
 
 // httpMapSpecs contains maps before they are loaded into the kernel.
@@ -463,14 +465,15 @@ type httpVariables struct {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpPrograms struct {
-	L7Egress      *ebpf.Program `ebpf:"l7_egress"`
-	L7Guard       *ebpf.Program `ebpf:"l7_guard"`
-	L7GuardEgress *ebpf.Program `ebpf:"l7_guard_egress"`
-	L7Parser      *ebpf.Program `ebpf:"l7_parser"`
-	L7Reset       *ebpf.Program `ebpf:"l7_reset"`
-	L7Sockops     *ebpf.Program `ebpf:"l7_sockops"`
-	L7TestJudge   *ebpf.Program `ebpf:"l7_test_judge"`
-	L7Verdict     *ebpf.Program `ebpf:"l7_verdict"`
+	L7Egress        *ebpf.Program `ebpf:"l7_egress"`
+	L7Guard         *ebpf.Program `ebpf:"l7_guard"`
+	L7GuardEgress   *ebpf.Program `ebpf:"l7_guard_egress"`
+	L7Parser        *ebpf.Program `ebpf:"l7_parser"`
+	L7Reset         *ebpf.Program `ebpf:"l7_reset"`
+	L7ResetAtSource *ebpf.Program `ebpf:"l7_reset_at_source"`
+	L7Sockops       *ebpf.Program `ebpf:"l7_sockops"`
+	L7TestJudge     *ebpf.Program `ebpf:"l7_test_judge"`
+	L7Verdict       *ebpf.Program `ebpf:"l7_verdict"`
 }
 
 func (p *httpPrograms) Close() error {
@@ -480,6 +483,7 @@ func (p *httpPrograms) Close() error {
 		p.L7GuardEgress,
 		p.L7Parser,
 		p.L7Reset,
+		p.L7ResetAtSource,
 		p.L7Sockops,
 		p.L7TestJudge,
 		p.L7Verdict,

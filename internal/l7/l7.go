@@ -79,7 +79,9 @@ type L7 struct {
 	pinDir string
 	cg     map[string][]link.Link // cgroup path → sock_ops and guard links
 	reset  *link.Iter             // l7_reset, read once per namespace by ResetDenied
-	tab    *tables
+	// resetAtSource is l7_reset_at_source, read by ResetAtSource.
+	resetAtSource *link.Iter
+	tab           *tables
 	// compiled memoizes CompileRules for the rule lists of the last Converge, by their text.
 	compiled map[string][]CompiledRule
 }
@@ -135,7 +137,11 @@ func Load(opts Options) (_ *L7, err error) {
 			return nil, fmt.Errorf("attach %s to the l7 sockhash: %w", a.typ, err)
 		}
 	}
+	if l.resetAtSource, err = link.AttachIter(link.IterOptions{Program: l.objs.L7ResetAtSource}); err != nil {
+		return nil, fmt.Errorf("create the l7 at-source reset iterator: %w", err)
+	}
 	if l.reset, err = link.AttachIter(link.IterOptions{Program: l.objs.L7Reset}); err != nil {
+		l.resetAtSource.Close()
 		return nil, fmt.Errorf("create the l7 reset iterator: %w", err)
 	}
 	var cfg uint32
@@ -147,10 +153,12 @@ func Load(opts Options) (_ *L7, err error) {
 	}
 	if err := l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
 		l.reset.Close()
+		l.resetAtSource.Close()
 		return nil, fmt.Errorf("write l7 config: %w", err)
 	}
 	if l.tab, err = adoptTables(&l.objs); err != nil {
 		l.reset.Close()
+		l.resetAtSource.Close()
 		return nil, err
 	}
 	return l, nil
@@ -175,6 +183,26 @@ func (l *L7) ResetDenied(netnsPath string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("reset denied connections in %q: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// ResetAtSource resets every client connection in the network namespace at netnsPath that is judged
+// at source. The agent calls it for a namespace that lost its trust (SetTrustedNetns) for good.
+func (l *L7) ResetAtSource(netnsPath string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	err := netns.Do(netnsPath, func() error {
+		rd, err := l.resetAtSource.Open()
+		if err != nil {
+			return err
+		}
+		defer rd.Close()
+		_, err = io.Copy(io.Discard, rd)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("reset connections judged at source in %q: %w", netnsPath, err)
 	}
 	return nil
 }
@@ -429,6 +457,11 @@ func (l *L7) Close() error {
 	if l.reset != nil {
 		if err := l.reset.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close the reset iterator: %w", err))
+		}
+	}
+	if l.resetAtSource != nil {
+		if err := l.resetAtSource.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close the at-source reset iterator: %w", err))
 		}
 	}
 	if err := l.objs.Close(); err != nil {
