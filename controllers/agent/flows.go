@@ -239,12 +239,14 @@ func (f *Flows) httpRecord(ev l7.Event) FlowRecord {
 	origins := f.httpOrigins
 	f.mu.Unlock()
 	rec.Source, rec.Dest = remote, local
-	h.JudgedAt = "server"
-	if ev.AtSource {
+	switch {
+	case ev.Egress:
+	case ev.AtSource:
 		h.JudgedAt = "client"
+	default:
+		h.JudgedAt = "server"
 	}
 	if ev.Egress {
-		h.JudgedAt = ""
 		rec.Direction, rec.Source, rec.Dest = "egress", local, remote
 	}
 	if ev.Rule < 0 {

@@ -82,7 +82,6 @@ func (r *Resetter) Start(ctx context.Context) error {
 // podNetns returns one /proc/PID/ns/net path for each network namespace that a process under
 // cgroupRoot is in.
 func podNetns(cgroupRoot string) []string {
-	type nsID struct{ dev, ino uint64 }
 	seen := map[nsID]bool{}
 	var out []string
 	_ = filepath.WalkDir(cgroupRoot, func(path string, d fs.DirEntry, err error) error {

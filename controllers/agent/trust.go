@@ -41,6 +41,9 @@ type TrustScanner struct {
 	// lost counts, for namespaces that were trusted, the consecutive scans that found a capable
 	// process in them.
 	lost map[nsID]int
+	// cookies caches the namespaces' cookies (stable for a namespace's life; reading one means
+	// entering the namespace).
+	cookies map[nsID]uint64
 }
 
 // trustKernel is what the TrustScanner changes in the kernel (*l7.L7).
@@ -62,7 +65,7 @@ type netnsInfo struct {
 
 // NewTrustScanner returns a TrustScanner reading procRoot (/proc).
 func NewTrustScanner(l *l7.L7, procRoot string) *TrustScanner {
-	return &TrustScanner{l7: l, proc: procRoot, interval: time.Second, trusted: -1, lost: map[nsID]int{}}
+	return &TrustScanner{l7: l, proc: procRoot, interval: time.Second, trusted: -1, lost: map[nsID]int{}, cookies: map[nsID]uint64{}}
 }
 
 // Start scans until ctx ends.
@@ -81,14 +84,23 @@ func (s *TrustScanner) Start(ctx context.Context) error {
 
 func (s *TrustScanner) scan(ctx context.Context) {
 	namespaces := scanNetns(s.proc)
+	for id := range s.cookies {
+		if _, alive := namespaces[id]; !alive {
+			delete(s.cookies, id)
+		}
+	}
 	cookies := map[uint64]bool{}
 	for id, ns := range namespaces {
 		if ns.capable {
 			continue
 		}
-		c, err := netns.Cookie(ns.path)
-		if err != nil {
-			continue // the namespace's last process is gone
+		c, ok := s.cookies[id]
+		if !ok {
+			var err error
+			if c, err = netns.Cookie(ns.path); err != nil {
+				continue // the namespace's last process is gone
+			}
+			s.cookies[id] = c
 		}
 		cookies[c] = true
 		s.lost[id] = 0
@@ -118,18 +130,6 @@ func (s *TrustScanner) scan(ctx context.Context) {
 			log.FromContext(ctx).Info("a process that can hold CAP_NET_RAW or CAP_NET_ADMIN stays in a namespace judged at source: its connections judged there are reset", "netns", ns.path)
 		}
 	}
-}
-
-// trustedNetns returns one /proc/PID/ns/net path for each network namespace in which every
-// process's bounding set lacks CAP_NET_RAW and CAP_NET_ADMIN.
-func trustedNetns(procRoot string) []string {
-	var out []string
-	for _, ns := range scanNetns(procRoot) {
-		if !ns.capable {
-			out = append(out, ns.path)
-		}
-	}
-	return out
 }
 
 // scanNetns reads every process's network namespace and capability bounding set under procRoot.

@@ -26,7 +26,33 @@ func requireRoot(t *testing.T) {
 // without CAP_NET_RAW and CAP_NET_ADMIN, and stops being trusted when one with them joins.
 func TestPrivilegedTrustFollowsTheBoundingSetsOfANamespacesProcesses(t *testing.T) {
 	requireRoot(t)
-	ns := "pcl-trust-" + strconv.Itoa(os.Getpid())
+	ns, id := testNetns(t, "pcl-trust-")
+	trusted := func() bool {
+		info, ok := scanNetns("/proc")[id]
+		return ok && !info.capable
+	}
+	// A namespace nobody is in is not listed (its cookie could not be read from a process).
+	if trusted() {
+		t.Fatal("an empty namespace is trusted")
+	}
+	startProcess(t, "setpriv", "--bounding-set", "-net_raw,-net_admin", "--", "nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
+	waitTrust(t, trusted, true, "a namespace whose only process cannot gain CAP_NET_RAW or CAP_NET_ADMIN")
+	startProcess(t, "nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
+	waitTrust(t, trusted, false, "a namespace with a process that can hold CAP_NET_RAW")
+	var self syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/net", &self); err != nil {
+		t.Fatal(err)
+	}
+	if info := scanNetns("/proc")[nsID{uint64(self.Dev), self.Ino}]; !info.capable {
+		t.Fatal("the node's own namespace is trusted")
+	}
+}
+
+// testNetns creates a network namespace for the test (removed when it ends) and returns its name
+// and identity.
+func testNetns(t *testing.T, prefix string) (string, nsID) {
+	t.Helper()
+	ns := prefix + strconv.Itoa(os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
@@ -35,45 +61,26 @@ func TestPrivilegedTrustFollowsTheBoundingSetsOfANamespacesProcesses(t *testing.
 			t.Errorf("ip netns del: %v: %s", err, out)
 		}
 	})
-	var nsStat syscall.Stat_t
-	if err := syscall.Stat("/run/netns/"+ns, &nsStat); err != nil {
+	var st syscall.Stat_t
+	if err := syscall.Stat("/run/netns/"+ns, &st); err != nil {
 		t.Fatal(err)
 	}
-	start := func(argv ...string) {
-		t.Helper()
-		cmd := exec.Command(argv[0], argv[1:]...)
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("%v: %v", argv, err)
-		}
-		pid := cmd.Process.Pid
-		t.Cleanup(func() {
-			_ = syscall.Kill(pid, syscall.SIGKILL) // only the process this test started, by its PID
-			_ = cmd.Wait()
-		})
+	return ns, nsID{uint64(st.Dev), st.Ino}
+}
+
+// startProcess starts argv, killed (by its PID) when the test ends.
+func startProcess(t *testing.T, argv ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%v: %v", argv, err)
 	}
-	trusted := func() bool {
-		for _, p := range trustedNetns("/proc") {
-			var st syscall.Stat_t
-			if syscall.Stat(p, &st) == nil && st.Ino == nsStat.Ino && st.Dev == nsStat.Dev {
-				return true
-			}
-		}
-		return false
-	}
-	// A namespace nobody is in is not listed (its cookie could not be read from a process).
-	if trusted() {
-		t.Fatal("an empty namespace is trusted")
-	}
-	start("setpriv", "--bounding-set", "-net_raw,-net_admin", "--", "nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
-	waitTrust(t, trusted, true, "a namespace whose only process cannot gain CAP_NET_RAW or CAP_NET_ADMIN")
-	start("nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
-	waitTrust(t, trusted, false, "a namespace with a process that can hold CAP_NET_RAW")
-	for _, p := range trustedNetns("/proc") {
-		var st, self syscall.Stat_t
-		if syscall.Stat(p, &st) == nil && syscall.Stat("/proc/self/ns/net", &self) == nil && st.Ino == self.Ino {
-			t.Fatal("the node's own namespace is trusted")
-		}
-	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = syscall.Kill(pid, syscall.SIGKILL) // only the process this test started, by its PID
+		_ = cmd.Wait()
+	})
+	return cmd
 }
 
 func waitTrust(t *testing.T, trusted func() bool, want bool, what string) {
@@ -100,44 +107,19 @@ func (f *fakeKernel) ResetAtSource(p string) error            { f.resets = appen
 // at source are reset only if that process is still there one scan later.
 func TestPrivilegedTrustScannerResetsOnlyAPersistentLossOfTrust(t *testing.T) {
 	requireRoot(t)
-	ns := "pcl-trust2-" + strconv.Itoa(os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del: %v: %s", err, out)
-		}
-	})
+	ns, id := testNetns(t, "pcl-trust2-")
 	cookie, err := netns.Cookie("/run/netns/" + ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var nsStat syscall.Stat_t
-	if err := syscall.Stat("/run/netns/"+ns, &nsStat); err != nil {
-		t.Fatal(err)
-	}
-	start := func(argv ...string) *exec.Cmd {
-		t.Helper()
-		cmd := exec.Command(argv[0], argv[1:]...)
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("%v: %v", argv, err)
-		}
-		pid := cmd.Process.Pid
-		t.Cleanup(func() {
-			_ = syscall.Kill(pid, syscall.SIGKILL) // only the process this test started, by its PID
-			_ = cmd.Wait()
-		})
-		return cmd
-	}
 	k := &fakeKernel{}
-	s := &TrustScanner{l7: k, proc: "/proc", trusted: -1, lost: map[nsID]int{}}
+	s := &TrustScanner{l7: k, proc: "/proc", trusted: -1, lost: map[nsID]int{}, cookies: map[nsID]uint64{}}
 	ctx := context.Background()
-	start("setpriv", "--bounding-set", "-net_raw,-net_admin", "--", "nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
+	startProcess(t, "setpriv", "--bounding-set", "-net_raw,-net_admin", "--", "nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
 	waitTrust(t, func() bool { s.scan(ctx); return k.trusted[cookie] }, true, "the restricted namespace")
 
 	// A capable process that comes and goes between two scans: untrusted, not reset.
-	transient := start("nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
+	transient := startProcess(t, "nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
 	waitTrust(t, func() bool { s.scan(ctx); return k.trusted[cookie] }, false, "with a capable process")
 	_ = syscall.Kill(transient.Process.Pid, syscall.SIGKILL)
 	_ = transient.Wait()
@@ -147,7 +129,7 @@ func TestPrivilegedTrustScannerResetsOnlyAPersistentLossOfTrust(t *testing.T) {
 	}
 
 	// One that stays: reset at the second scan that finds it.
-	start("nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
+	startProcess(t, "nsenter", "--net=/run/netns/"+ns, "--", "sleep", "60")
 	waitTrust(t, func() bool { s.scan(ctx); return k.trusted[cookie] }, false, "with a capable process that stays")
 	if len(k.resets) != 0 {
 		t.Fatalf("reset %v at the first scan", k.resets)
@@ -157,7 +139,7 @@ func TestPrivilegedTrustScannerResetsOnlyAPersistentLossOfTrust(t *testing.T) {
 		t.Fatalf("resets %v, want one at the second scan", k.resets)
 	}
 	var st syscall.Stat_t
-	if err := syscall.Stat(k.resets[0], &st); err != nil || st.Ino != nsStat.Ino {
+	if err := syscall.Stat(k.resets[0], &st); err != nil || (nsID{uint64(st.Dev), st.Ino}) != id {
 		t.Fatalf("reset %s, not the namespace that lost its trust", k.resets[0])
 	}
 	s.scan(ctx)

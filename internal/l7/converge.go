@@ -63,35 +63,10 @@ func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err
 	for _, p := range ports {
 		wantPorts[portKey(p.Addr, p.Port, p.Egress)] = httpL7PortValue{EndpointId: p.EndpointID}
 	}
-	for k, v := range wantPorts {
-		var have httpL7PortValue
-		if err := l.objs.L7Ports.Lookup(&k, &have); err == nil && have == v {
-			continue
-		}
-		if err := l.objs.L7Ports.Update(&k, &v, ebpf.UpdateAny); err != nil {
-			errs = append(errs, fmt.Errorf("set l7 port %v: %w", k, err))
-			continue
-		}
-		changed++
-	}
-	var pk httpL7PortKey
-	var pv httpL7PortValue
-	var stalePorts []httpL7PortKey
-	it := l.objs.L7Ports.Iterate()
-	for it.Next(&pk, &pv) {
-		if _, ok := wantPorts[pk]; !ok {
-			stalePorts = append(stalePorts, pk)
-		}
-	}
-	if err := it.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("list l7 ports: %w", err))
-	}
-	for _, k := range stalePorts {
-		if err := l.objs.L7Ports.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("delete l7 port %v: %w", k, err))
-			continue
-		}
-		changed++
+	n, err = syncMap(l.objs.L7Ports, wantPorts, "l7 port")
+	changed += n
+	if err != nil {
+		errs = append(errs, err)
 	}
 
 	var rk httpL7RulesetKey
@@ -110,6 +85,44 @@ func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err
 	for _, k := range staleRules {
 		if err := l.DeleteRules(k); err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		changed++
+	}
+	return changed, errors.Join(errs...)
+}
+
+// syncMap makes the hash map m hold exactly want: entries missing or different are written, others
+// deleted. It returns how many entries it changed; what names the entries in errors.
+func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V, what string) (int, error) {
+	var errs []error
+	changed := 0
+	for k, v := range want {
+		var have V
+		if err := m.Lookup(&k, &have); err == nil && have == v {
+			continue
+		}
+		if err := m.Update(&k, &v, ebpf.UpdateAny); err != nil {
+			errs = append(errs, fmt.Errorf("set %s %v: %w", what, k, err))
+			continue
+		}
+		changed++
+	}
+	var k K
+	var v V
+	var stale []K
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := want[k]; !ok {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("list %ss: %w", what, err))
+	}
+	for _, k := range stale {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete %s %v: %w", what, k, err))
 			continue
 		}
 		changed++

@@ -169,19 +169,7 @@ func Load(opts Options) (_ *L7, err error) {
 // request go unanswered. The agent calls it for an endpoint's namespace when the denied counters
 // move, or on a short period.
 func (l *L7) ResetDenied(netnsPath string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	// A socket iterator walks the namespace of the thread that opens it.
-	err := netns.Do(netnsPath, func() error {
-		rd, err := l.reset.Open()
-		if err != nil {
-			return err
-		}
-		defer rd.Close()
-		_, err = io.Copy(io.Discard, rd)
-		return err
-	})
-	if err != nil {
+	if err := l.readIterIn(l.reset, netnsPath); err != nil {
 		return fmt.Errorf("reset denied connections in %q: %w", netnsPath, err)
 	}
 	return nil
@@ -190,10 +178,19 @@ func (l *L7) ResetDenied(netnsPath string) error {
 // ResetAtSource resets every client connection in the network namespace at netnsPath that is judged
 // at source. The agent calls it for a namespace that lost its trust (SetTrustedNetns) for good.
 func (l *L7) ResetAtSource(netnsPath string) error {
+	if err := l.readIterIn(l.resetAtSource, netnsPath); err != nil {
+		return fmt.Errorf("reset connections judged at source in %q: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// readIterIn reads a socket iterator to its end inside the network namespace at netnsPath: a socket
+// iterator walks the namespace of the thread that opens it.
+func (l *L7) readIterIn(it *link.Iter, netnsPath string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	err := netns.Do(netnsPath, func() error {
-		rd, err := l.resetAtSource.Open()
+	return netns.Do(netnsPath, func() error {
+		rd, err := it.Open()
 		if err != nil {
 			return err
 		}
@@ -201,10 +198,6 @@ func (l *L7) ResetAtSource(netnsPath string) error {
 		_, err = io.Copy(io.Discard, rd)
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("reset connections judged at source in %q: %w", netnsPath, err)
-	}
-	return nil
 }
 
 // AttachCgroup attaches the sock_ops program (which puts accepted and connected sockets of judged
@@ -474,32 +467,14 @@ func (l *L7) Close() error {
 // be judged at source (Options.JudgeAtSource): the pods in which no process can hold CAP_NET_RAW or
 // CAP_NET_ADMIN. It changes what new connections do; connections already judged at source stay so.
 func (l *L7) SetTrustedNetns(cookies map[uint64]bool) error {
-	var errs []error
-	var k uint64
-	var v uint32
-	var stale []uint64
-	it := l.objs.L7TrustedNetns.Iterate()
-	for it.Next(&k, &v) {
-		if !cookies[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("read l7_trusted_netns: %w", err))
-	}
-	for _, c := range stale {
-		if err := l.objs.L7TrustedNetns.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("untrust netns %d: %w", c, err))
-		}
-	}
+	want := map[uint64]uint32{}
 	for c, ok := range cookies {
 		if ok {
-			if err := l.objs.L7TrustedNetns.Update(c, uint32(1), ebpf.UpdateAny); err != nil {
-				errs = append(errs, fmt.Errorf("trust netns %d: %w", c, err))
-			}
+			want[c] = 1
 		}
 	}
-	return errors.Join(errs...)
+	_, err := syncMap(l.objs.L7TrustedNetns, want, "trusted netns")
+	return err
 }
 
 // Unpin removes the pins of every map (the kernel frees them once nothing else holds them).
