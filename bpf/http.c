@@ -136,6 +136,20 @@ struct {
 	__uint(max_entries, 4096);
 } l7_trusted_netns SEC(".maps");
 
+/*
+ * Direct delivery (l7_stream): the start of a header block or chunk-size line
+ * that arrived without its end, held here (keyed by socket cookie) until the
+ * rest arrives; the application has not seen it. Same layout as a scratch
+ * slot, which is where it is assembled.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct l7_scratch);
+} l7_pending SEC(".maps");
+
 static __always_inline __u32 config(void)
 {
 	__u32 zero = 0, *c = bpf_map_lookup_elem(&l7_config, &zero);
@@ -322,6 +336,7 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		if (ops->args[1] == BPF_TCP_CLOSE) {
 			cookie = bpf_get_socket_cookie(ops);
 			bpf_map_delete_elem(&l7_state, &cookie);
+			bpf_map_delete_elem(&l7_pending, &cookie);
 			if (ops_tuple(ops, &tk) == 0) {
 				struct l7_tuple sv;
 
@@ -589,10 +604,9 @@ static __always_inline __u32 answer_len(struct __sk_buff *skb, const struct l7_s
 	return 0;
 }
 
-/* Rewrites the current message into the 403 response (same length). */
-static __always_inline int write_forbidden(struct __sk_buff *skb)
+/* Rewrites the len bytes at off into the 403 response (same length). */
+static __always_inline int write_forbidden_at(struct __sk_buff *skb, int off, int len)
 {
-	int off = msg_offset(skb), len = msg_len(skb);
 	__u32 pad, o, k;
 
 	if (off < 0 || len < FORBIDDEN_MIN || len > L7_SCAN_LIMIT)
@@ -618,6 +632,12 @@ static __always_inline int write_forbidden(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, o, forbidden_tail, FORBIDDEN_TAIL_LEN, 0))
 		return -1;
 	return 0;
+}
+
+/* Rewrites the current strparser message into the 403 response. */
+static __always_inline int write_forbidden(struct __sk_buff *skb)
+{
+	return write_forbidden_at(skb, msg_offset(skb), msg_len(skb));
 }
 
 #define CHUNK_LINE_MAX 16 /* 8 hex digits + CRLF fit; power of two for masking */
@@ -841,6 +861,344 @@ int l7_verdict(struct __sk_buff *skb)
 			count(L7_R_FORBIDDEN);
 			return SK_PASS;
 		}
+	}
+	count(L7_R_MSG_DROPPED);
+	return SK_DROP;
+}
+
+/*
+ * Direct delivery: the verdict program alone, without the stream parser.
+ * l7_stream sees each segment the socket receives, as TCP queued it, and
+ * frames the requests in it itself (per-socket state, as the parser does):
+ * header blocks are judged, bodies and chunks streamed. Allowed bytes are
+ * handed to the application with SK_PASS at once. This avoids both the
+ * parser's cursor bug and the backlog hop of redirect (bpf/README.md).
+ *
+ * A header block (or chunk-size line) that ends in a later segment is cut
+ * off the segment and held in l7_pending; the segment that completes it gets
+ * it back in front (bpf_skb_change_head) and is judged whole. The held bytes
+ * are not counted as read by TCP: a segment cut to nothing is dropped with
+ * length 0, and the application's read of the completed one counts them.
+ */
+#define L7_STREAM_PIECES 4096 /* pieces (header blocks, bodies, chunk lines) per segment */
+
+enum {
+	STREAM_MORE = 0,
+	STREAM_DONE,   /* everything in the segment passes */
+	STREAM_HOLD,   /* bytes from pos on are an incomplete piece */
+	STREAM_RESET,  /* denied at pos: pass what is before it, reset */
+	STREAM_ANSWER, /* denied at 0: the segment becomes the 403 */
+};
+
+struct stream_ctx {
+	struct __sk_buff *skb;
+	struct l7_sock_state *st;
+	struct l7_tuple tk;
+	__u32 pos;
+	__u32 len;
+	__u32 stop;
+	__u32 answer; /* length of the 403 (STREAM_ANSWER) */
+};
+
+/* Whether a 403 for the request at the start of the segment is in order
+ * (as answer_len); its length, or 0 to reset. */
+static __always_inline __u32 stream_answer_len(struct __sk_buff *skb, const struct l7_sock_state *st,
+					       const struct judge_out *out, __u32 n)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+
+	if (!answerable(out, n))
+		return 0;
+	if (st->requests) {
+		sk = skb->sk;
+		if (!sk)
+			return 0;
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (!tp || tp->write_seq == st->snd_mark || tp->snd_una != tp->write_seq)
+			return 0;
+	}
+	return out->hdr_len > FORBIDDEN_MIN ? out->hdr_len : FORBIDDEN_MIN;
+}
+
+/* One piece of the segment at c->pos (bpf_loop callback): 0 to go on, 1 to
+ * stop with c->stop set. */
+static long stream_piece(__u32 i, struct stream_ctx *c)
+{
+	struct __sk_buff *skb = c->skb;
+	struct l7_sock_state *st = c->st;
+	struct judge_out out = {};
+	struct l7_scratch *sc;
+	__u32 avail, n, slot;
+	__u64 t0;
+
+	if (c->pos >= c->len) {
+		c->stop = STREAM_DONE;
+		return 1;
+	}
+	avail = c->len - c->pos;
+	switch (st->phase) {
+	case L7_PHASE_HEADERS:
+		break;
+	case L7_PHASE_PASSTHROUGH:
+		c->pos = c->len;
+		c->stop = STREAM_DONE;
+		return 1;
+	case L7_PHASE_BODY:
+	case L7_PHASE_CHUNK_DATA: {
+		__u64 n64 = st->body_remaining;
+
+		if ((__u64)avail < n64)
+			n64 = avail;
+		st->body_remaining -= n64;
+		if (st->body_remaining == 0)
+			st->phase = st->phase == L7_PHASE_BODY ? L7_PHASE_HEADERS : L7_PHASE_CHUNK_CRLF;
+		c->pos += n64;
+		return 0;
+	}
+	default: {
+		__u8 b[CHUNK_LINE_MAX] = {};
+		int r;
+
+		n = avail > CHUNK_LINE_MAX ? CHUNK_LINE_MAX : avail;
+		if (n == 0 || n > CHUNK_LINE_MAX || bpf_skb_load_bytes(skb, c->pos, b, n)) {
+			set_denied(st, L7_R_BUSY);
+			c->stop = STREAM_RESET;
+			return 1;
+		}
+		r = chunk_step(b, n, st);
+		if (r < 0) {
+			set_denied(st, L7_R_BAD_CHUNK);
+			c->stop = STREAM_RESET;
+			return 1;
+		}
+		if (r == 0) {
+			c->stop = STREAM_HOLD;
+			return 1;
+		}
+		c->pos += r;
+		return 0;
+	}
+	}
+
+	t0 = bpf_ktime_get_ns();
+	slot = slot_enter();
+	if (slot >= L7_SCRATCH_SLOTS) {
+		set_denied(st, L7_R_BUSY);
+		c->stop = STREAM_RESET;
+		return 1;
+	}
+	sc = scratch(slot);
+	n = avail > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : avail;
+	if (!sc || n == 0 || n > L7_SCAN_LIMIT || bpf_skb_load_bytes(skb, c->pos, sc->buf, n)) {
+		slot_leave();
+		set_denied(st, L7_R_BUSY);
+		c->stop = STREAM_RESET;
+		return 1;
+	}
+	out.slot = slot;
+	out.len = avail;
+	out.endpoint_id = st->endpoint_id;
+	out.peer = st->peer_identity;
+	out.port = st->port;
+	judge(&out);
+	if (out.verdict == L7_NEED_MORE) {
+		slot_leave();
+		c->stop = STREAM_HOLD;
+		return 1;
+	}
+	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
+		emit(slot, &out, st, &c->tk, L7_EV_ALLOWED, 0, t0);
+		slot_leave();
+		count(L7_R_ALLOWED);
+		mark_passed(skb, st);
+		frame_body(st, &out);
+		c->pos += out.hdr_len;
+		return 0;
+	}
+	if (out.verdict == L7_ALLOW || !out.reason)
+		out.reason = L7_R_BAD_HEADER;
+	if (out.audit) {
+		emit(slot, &out, st, &c->tk, L7_EV_AUDITED, 0, t0);
+		slot_leave();
+		count(L7_R_AUDITED);
+		if (out.hdr_len && out.hdr_len <= n) {
+			mark_passed(skb, st);
+			frame_body(st, &out);
+			c->pos += out.hdr_len;
+			return 0;
+		}
+		st->phase = L7_PHASE_PASSTHROUGH;
+		c->pos = c->len;
+		c->stop = STREAM_DONE;
+		return 1;
+	}
+	c->answer = c->pos == 0 ? stream_answer_len(skb, st, &out, n) : 0;
+	emit(slot, &out, st, &c->tk, L7_EV_DENIED, c->answer ? L7_EVF_FORBIDDEN : L7_EVF_RESET, t0);
+	slot_leave();
+	set_denied(st, out.reason);
+	c->stop = c->answer ? STREAM_ANSWER : STREAM_RESET;
+	return 1;
+}
+
+/* Keeps the len - pos bytes at pos in l7_pending. */
+static __always_inline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32 len)
+{
+	struct l7_scratch *sc;
+	__u32 rest = len - pos, slot;
+	int err = -1;
+
+	if (pos >= len || rest > L7_SCAN_LIMIT)
+		return -1;
+	slot = slot_enter();
+	if (slot >= L7_SCRATCH_SLOTS)
+		return -1;
+	sc = scratch(slot);
+	if (sc && rest > 0 && rest <= L7_SCAN_LIMIT && bpf_skb_load_bytes(skb, pos, sc->buf, rest) == 0) {
+		sc->len = rest;
+		err = bpf_map_update_elem(&l7_pending, &cookie, sc, BPF_ANY);
+	}
+	slot_leave();
+	return err;
+}
+
+#define STREAM_COPY 256
+#define STREAM_PULL_MAX 4095 /* sk_skb's bpf_skb_adjust_room moves at most this much */
+#define STREAM_KEEP_SMALL 64
+
+/*
+ * Cuts the segment to its first pos bytes. bpf_skb_change_tail refuses to cut
+ * a received segment below a minimum it derives from the segment's stale
+ * header and checksum offsets (17 bytes measured on a segment whose head was
+ * grown; 0 is always refused), so a short keep is done from the front
+ * instead: the bytes to keep are saved, the segment is pulled from the front
+ * (bpf_skb_adjust_room) and they are written back.
+ */
+static __always_inline int stream_cut(struct __sk_buff *skb, __u32 pos)
+{
+	__u8 keep[STREAM_KEEP_SMALL] = {};
+	__u32 k, left;
+
+	if (pos >= skb->len)
+		return 0;
+	if (pos > STREAM_KEEP_SMALL)
+		return bpf_skb_change_tail(skb, pos, 0) ? -1 : 0;
+	if (pos && bpf_skb_load_bytes(skb, 0, keep, pos))
+		return -1;
+	for (k = 0; k < 64; k++) {
+		left = skb->len - pos;
+		if (left == 0 || skb->len <= pos)
+			break;
+		if (left > STREAM_PULL_MAX)
+			left = STREAM_PULL_MAX;
+		if (bpf_skb_adjust_room(skb, -(__s32)left, 0, 0))
+			return -1;
+	}
+	if (skb->len != pos)
+		return -1;
+	if (pos && bpf_skb_store_bytes(skb, 0, keep, pos, 0))
+		return -1;
+	return 0;
+}
+
+/* Puts the held bytes back in front of the segment. */
+static __always_inline int stream_unhold(struct __sk_buff *skb, const struct l7_scratch *pend)
+{
+	__u32 p = pend->len, o = 0, k, n;
+
+	if (p == 0 || p > L7_SCAN_LIMIT)
+		return -1;
+	if (bpf_skb_change_head(skb, p, 0))
+		return -1;
+	for (k = 0; k < L7_SCAN_LIMIT / STREAM_COPY; k++) {
+		if (o >= p)
+			break;
+		n = p - o;
+		if (n > STREAM_COPY)
+			n = STREAM_COPY;
+		if (n == 0)
+			return -1;
+		o &= SCAN_MASK;
+		if (bpf_skb_store_bytes(skb, o, pend->buf + o, n, 0))
+			return -1;
+		o += n;
+	}
+	return 0;
+}
+
+SEC("sk_skb/stream_verdict")
+int l7_stream(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
+	struct stream_ctx c = {};
+	struct l7_scratch *pend;
+
+	if (!st) {
+		count(L7_R_NO_STATE);
+		return SK_DROP;
+	}
+	if (st->denied) {
+		count(L7_R_STICKY);
+		count(L7_R_MSG_DROPPED);
+		return SK_DROP;
+	}
+	if (skb->len == 0)
+		return SK_PASS;
+	pend = bpf_map_lookup_elem(&l7_pending, &cookie);
+	if (pend) {
+		int err = stream_unhold(skb, pend);
+
+		bpf_map_delete_elem(&l7_pending, &cookie);
+		if (err) {
+			set_denied(st, L7_R_BUSY);
+			count(L7_R_MSG_DROPPED);
+			return SK_DROP;
+		}
+	}
+	c.skb = skb;
+	c.st = st;
+	c.len = skb->len;
+	skb_tuple(skb, &c.tk);
+	bpf_loop(L7_STREAM_PIECES, stream_piece, &c, 0);
+
+	switch (c.stop) {
+	case STREAM_DONE:
+		count(L7_R_MSG_PASSED);
+		return SK_PASS;
+	case STREAM_HOLD:
+		if (stream_hold(skb, cookie, c.pos, c.len) == 0) {
+			/* Cut the held bytes off; a segment cut to nothing
+			 * is dropped without being counted as read. */
+			if (stream_cut(skb, c.pos) == 0) {
+				if (c.pos == 0)
+					return SK_DROP;
+				count(L7_R_MSG_PASSED);
+				return SK_PASS;
+			}
+			bpf_map_delete_elem(&l7_pending, &cookie);
+		}
+		set_denied(st, L7_R_BUSY);
+		break;
+	case STREAM_ANSWER:
+		if (bpf_skb_change_tail(skb, c.answer, 0) == 0 && write_forbidden_at(skb, 0, c.answer) == 0 &&
+		    bpf_sk_redirect_hash(skb, &l7_socks, &cookie, 0) == SK_PASS) {
+			st->flags |= L7_SF_ANSWERED;
+			count(L7_R_FORBIDDEN);
+			return SK_PASS;
+		}
+		break;
+	case STREAM_RESET:
+		/* What was allowed before the denied request still passes. */
+		if (c.pos > 0 && stream_cut(skb, c.pos) == 0) {
+			count(L7_R_MSG_PASSED);
+			return SK_PASS;
+		}
+		break;
+	default:
+		/* More pieces in one segment than L7_STREAM_PIECES. */
+		set_denied(st, L7_R_TOO_LONG);
+		break;
 	}
 	count(L7_R_MSG_DROPPED);
 	return SK_DROP;

@@ -581,12 +581,21 @@ struct judge_out {
  * Judges the out->len bytes in scratch slot out->slot (len may exceed the
  * buffer: only L7_SCAN_LIMIT bytes are there) for (endpoint, peer, port). NEED_MORE means
  * the header block is incomplete and everything so far is well-formed.
+ *
+ * A global function: the verifier checks it once, on its own, rather than at
+ * every call site (l7_stream calls it from a bpf_loop callback).
  */
-static __noinline int judge(struct judge_out *out)
+__noinline int judge(struct judge_out *out)
 {
-	__u32 slot = out->slot, len = out->len;
-	struct scan *sp = bpf_map_lookup_elem(&l7_scans, &slot);
+	struct scan *sp;
 	struct l7_ruleset *rs;
+	__u32 slot, len;
+
+	if (!out)
+		return 0;
+	slot = out->slot;
+	len = out->len;
+	sp = bpf_map_lookup_elem(&l7_scans, &slot);
 
 	out->verdict = L7_DENY;
 	out->reason = L7_R_NONE;

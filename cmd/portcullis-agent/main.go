@@ -32,7 +32,8 @@ type config struct {
 	cgroupRoot string
 	netns      string
 	http       bool
-	// httpDelivery is how allowed requests reach the application: pass or redirect.
+	// httpDelivery is how requests are framed and allowed ones reach the application: direct,
+	// redirect or pass (l7.ParseDelivery).
 	httpDelivery string
 	// httpAtSource judges a local server's ingress rules at its local clients' sockets.
 	httpAtSource bool
@@ -50,7 +51,7 @@ func main() {
 	flag.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the cgroup v2 mount (HTTP rules attach sock_ops there)")
 	flag.StringVar(&c.netns, "netns", "", "work on the interfaces of this network namespace (a path; the lab's nodes) instead of the agent's own")
 	flag.BoolVar(&c.http, "http", true, "judge HTTP requests at the socket for ports with HTTP rules (needs sockmap and cgroup v2); with false, such ports are enforced at L3/L4 only and reported Degraded")
-	flag.StringVar(&c.httpDelivery, "http-delivery", "redirect", "how the kernel hands allowed requests to the application on judged ports: redirect (through the socket's backlog, which waits for receive memory) or pass (faster, but this kernel loses requests with it; see bpf/README.md)")
+	flag.StringVar(&c.httpDelivery, "http-delivery", "direct", "how the kernel frames requests at a server's socket on judged ports and hands allowed ones to the application: direct (the verdict program frames each received segment and passes allowed bytes at once), redirect (the kernel's stream parser frames, allowed requests go through the socket's backlog: about 25 µs more per request) or pass (stream parser and SK_PASS: this kernel loses requests with it; see bpf/README.md)")
 	flag.BoolVar(&c.httpAtSource, "http-judge-at-source", true, "judge the ingress HTTP rules of a server on this node at the sockets of its clients on this node (their sk_msg program), for clients in pods where no process can hold CAP_NET_RAW or CAP_NET_ADMIN (every process's capability bounding set lacks both, as in Pod Security Standard restricted): allowed requests then cost no delivery hop. Other clients, and clients on other nodes, are judged at the server's socket")
 	flag.DurationVar(&c.interval, "drift-check-interval", 5*time.Second, "how often the kernel is compared with the desired state and repaired")
 	flag.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
@@ -70,8 +71,8 @@ func checkHost(c config) error {
 	if c.nodeName == "" {
 		return errors.New("no node name: pass --node-name or set NODE_NAME (fieldRef spec.nodeName)")
 	}
-	if c.httpDelivery != "pass" && c.httpDelivery != "redirect" {
-		return fmt.Errorf("--http-delivery %q: want pass or redirect", c.httpDelivery)
+	if _, err := l7.ParseDelivery(c.httpDelivery); err != nil {
+		return fmt.Errorf("--http-delivery: %w", err)
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(c.bpffs, &fs); err != nil {
@@ -107,9 +108,10 @@ func run(c config) error {
 	defer dp.Close()
 	var http7 *l7.L7
 	if c.http {
+		delivery, _ := l7.ParseDelivery(c.httpDelivery) // checked by checkHost
 		// The HTTP programs share the datapath's IP cache, and their sock_ops program sits on the
 		// cgroup that holds the node's pods.
-		http7, err = l7.Load(l7.Options{PinDir: filepath.Join(c.pinDir, "l7"), IPCache: dp.IPCacheMap(), DeliverByPass: c.httpDelivery == "pass", JudgeAtSource: c.httpAtSource})
+		http7, err = l7.Load(l7.Options{PinDir: filepath.Join(c.pinDir, "l7"), IPCache: dp.IPCacheMap(), Delivery: delivery, JudgeAtSource: c.httpAtSource})
 		if err != nil {
 			return fmt.Errorf("load the HTTP programs (run with --http=false to enforce L3/L4 only): %w", err)
 		}

@@ -3,7 +3,6 @@ package l7
 import (
 	"bytes"
 	"io"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -15,25 +14,15 @@ import (
 
 // The delivery tests check that allowed requests are never lost between the kernel and the
 // application: thousands of keep-alive requests answered one at a time, and large uploads on fresh
-// connections. They run with the default delivery (redirect to the socket's own ingress). With
-// PORTCULLIS_L7_TEST_DELIVERY=pass they run with SK_PASS instead and, on this kernel, fail: that is the
-// reproduction of the kernel bug bpf/README.md describes ("Why allowed messages are redirected").
+// connections. They run with the default delivery (direct: the verdict program frames segments and
+// passes allowed bytes) and with PORTCULLIS_L7_TEST_DELIVERY=redirect. With
+// PORTCULLIS_L7_TEST_DELIVERY=pass (stream parser and SK_PASS) they fail on this kernel: that is the
+// reproduction of the kernel bug bpf/README.md describes.
 
-// setDelivery applies PORTCULLIS_L7_TEST_DELIVERY (redirect, the default, or pass).
+// setDelivery names the delivery newTestEnv loaded (PORTCULLIS_L7_TEST_DELIVERY).
 func setDelivery(t *testing.T, e *testEnv) string {
 	t.Helper()
-	mode := os.Getenv("PORTCULLIS_L7_TEST_DELIVERY")
-	switch mode {
-	case "", "redirect":
-		return "redirect"
-	case "pass":
-		if err := e.l.objs.L7Config.Update(uint32(0), uint32(1), 0); err != nil {
-			t.Fatal(err)
-		}
-		return mode
-	}
-	t.Fatalf("PORTCULLIS_L7_TEST_DELIVERY=%q: want redirect or pass", mode)
-	return ""
+	return testDelivery(t).String()
 }
 
 // serverSockets is what ss reports about the server's TCP sockets, for a failure message.

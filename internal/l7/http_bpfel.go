@@ -291,6 +291,7 @@ const (
 	httpMapL7Headers        = "l7_headers"
 	httpMapL7Ipcache        = "l7_ipcache"
 	httpMapL7Nesting        = "l7_nesting"
+	httpMapL7Pending        = "l7_pending"
 	httpMapL7Ports          = "l7_ports"
 	httpMapL7Rulesets       = "l7_rulesets"
 	httpMapL7Scans          = "l7_scans"
@@ -305,6 +306,7 @@ const (
 	httpProgL7Reset         = "l7_reset"
 	httpProgL7ResetAtSource = "l7_reset_at_source"
 	httpProgL7Sockops       = "l7_sockops"
+	httpProgL7Stream        = "l7_stream"
 	httpProgL7TestJudge     = "l7_test_judge"
 	httpProgL7Verdict       = "l7_verdict"
 )
@@ -358,6 +360,7 @@ type httpProgramSpecs struct {
 	L7Reset         *ebpf.ProgramSpec `ebpf:"l7_reset"`
 	L7ResetAtSource *ebpf.ProgramSpec `ebpf:"l7_reset_at_source"`
 	L7Sockops       *ebpf.ProgramSpec `ebpf:"l7_sockops"`
+	L7Stream        *ebpf.ProgramSpec `ebpf:"l7_stream"`
 	L7TestJudge     *ebpf.ProgramSpec `ebpf:"l7_test_judge"`
 	L7Verdict       *ebpf.ProgramSpec `ebpf:"l7_verdict"`
 }
@@ -377,6 +380,7 @@ type httpMapSpecs struct {
 	L7Headers      *ebpf.MapSpec `ebpf:"l7_headers"`
 	L7Ipcache      *ebpf.MapSpec `ebpf:"l7_ipcache"`
 	L7Nesting      *ebpf.MapSpec `ebpf:"l7_nesting"`
+	L7Pending      *ebpf.MapSpec `ebpf:"l7_pending"`
 	L7Ports        *ebpf.MapSpec `ebpf:"l7_ports"`
 	L7Rulesets     *ebpf.MapSpec `ebpf:"l7_rulesets"`
 	L7Scans        *ebpf.MapSpec `ebpf:"l7_scans"`
@@ -423,6 +427,7 @@ type httpMaps struct {
 	L7Headers      *ebpf.Map `ebpf:"l7_headers"`
 	L7Ipcache      *ebpf.Map `ebpf:"l7_ipcache"`
 	L7Nesting      *ebpf.Map `ebpf:"l7_nesting"`
+	L7Pending      *ebpf.Map `ebpf:"l7_pending"`
 	L7Ports        *ebpf.Map `ebpf:"l7_ports"`
 	L7Rulesets     *ebpf.Map `ebpf:"l7_rulesets"`
 	L7Scans        *ebpf.Map `ebpf:"l7_scans"`
@@ -445,6 +450,7 @@ func (m *httpMaps) Close() error {
 		m.L7Headers,
 		m.L7Ipcache,
 		m.L7Nesting,
+		m.L7Pending,
 		m.L7Ports,
 		m.L7Rulesets,
 		m.L7Scans,
@@ -472,6 +478,7 @@ type httpPrograms struct {
 	L7Reset         *ebpf.Program `ebpf:"l7_reset"`
 	L7ResetAtSource *ebpf.Program `ebpf:"l7_reset_at_source"`
 	L7Sockops       *ebpf.Program `ebpf:"l7_sockops"`
+	L7Stream        *ebpf.Program `ebpf:"l7_stream"`
 	L7TestJudge     *ebpf.Program `ebpf:"l7_test_judge"`
 	L7Verdict       *ebpf.Program `ebpf:"l7_verdict"`
 }
@@ -485,6 +492,7 @@ func (p *httpPrograms) Close() error {
 		p.L7Reset,
 		p.L7ResetAtSource,
 		p.L7Sockops,
+		p.L7Stream,
 		p.L7TestJudge,
 		p.L7Verdict,
 	)

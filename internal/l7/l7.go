@@ -51,12 +51,8 @@ type Options struct {
 	// IPCache, when set, replaces the l7_ipcache map: the L3/L4 datapath's ipcache has the same
 	// key and value layout, so both halves can share one address → identity table.
 	IPCache *ebpf.Map
-	// DeliverByPass hands allowed messages to the application with SK_PASS instead of redirecting
-	// them to the socket's own ingress (through the psock backlog, which waits for receive memory):
-	// faster (docs/benchmarks.md), but on this kernel it loses requests: TCP's read cursor runs ahead
-	// of what the application has read and the next request never reaches the stream parser
-	// (bpf/README.md, "Why allowed messages are redirected").
-	DeliverByPass bool
+	// Delivery is how allowed requests reach the application on judged ports (server side).
+	Delivery Delivery
 	// JudgeAtSource judges the ingress rules of a local server at the sockets of its local clients
 	// (their sk_msg program) when those clients have no egress rules for that port and their
 	// network namespace is trusted (SetTrustedNetns): the server's socket then stays out of the
@@ -64,6 +60,51 @@ type Options struct {
 	// connection's data if the client's socket ever leaves the judged set. Other clients are judged
 	// at the server's socket as before.
 	JudgeAtSource bool
+}
+
+// Delivery is how the kernel frames requests at the server's socket and hands the allowed ones to
+// the application.
+type Delivery int
+
+const (
+	// DeliverDirect (the default): the verdict program alone (l7_stream) frames the requests in
+	// each received segment itself and passes allowed bytes with SK_PASS; an incomplete header
+	// block waits in l7_pending for the segment that completes it. No stream parser, no backlog hop.
+	DeliverDirect Delivery = iota
+	// DeliverRedirect: the kernel's stream parser frames each request (l7_parser) and the verdict
+	// program redirects allowed ones to the socket's own ingress, through the psock backlog (a work
+	// item per request: about +25 µs at one connection, docs/benchmarks.md).
+	DeliverRedirect
+	// DeliverPass: the stream parser, and SK_PASS for allowed requests. On this kernel it loses
+	// requests: TCP's read cursor runs ahead of what the application has read and the next request
+	// never reaches the parser (bpf/README.md, "Why allowed messages are not passed after the
+	// stream parser"). Kept for measurements.
+	DeliverPass
+)
+
+// ParseDelivery reads a --http-delivery value: direct, redirect or pass.
+func ParseDelivery(s string) (Delivery, error) {
+	switch s {
+	case "direct":
+		return DeliverDirect, nil
+	case "redirect":
+		return DeliverRedirect, nil
+	case "pass":
+		return DeliverPass, nil
+	}
+	return 0, fmt.Errorf("http delivery %q: want direct, redirect or pass", s)
+}
+
+func (d Delivery) String() string {
+	switch d {
+	case DeliverDirect:
+		return "direct"
+	case DeliverRedirect:
+		return "redirect"
+	case DeliverPass:
+		return "pass"
+	}
+	return fmt.Sprintf("Delivery(%d)", int(d))
 }
 
 // Bits of l7_config[0] (L7_CFG_* in bpf/http.c).
@@ -122,20 +163,8 @@ func Load(opts Options) (_ *L7, err error) {
 			l.objs.Close()
 		}
 	}()
-	for _, a := range []struct {
-		prog *ebpf.Program
-		typ  ebpf.AttachType
-		m    *ebpf.Map
-	}{
-		{l.objs.L7Parser, ebpf.AttachSkSKBStreamParser, l.objs.L7Socks},
-		{l.objs.L7Verdict, ebpf.AttachSkSKBStreamVerdict, l.objs.L7Socks},
-		{l.objs.L7Egress, ebpf.AttachSkMsgVerdict, l.objs.L7EgressSocks},
-	} {
-		if err := link.RawAttachProgram(link.RawAttachProgramOptions{
-			Target: a.m.FD(), Program: a.prog, Attach: a.typ,
-		}); err != nil {
-			return nil, fmt.Errorf("attach %s to the l7 sockhash: %w", a.typ, err)
-		}
+	if err := l.attachSockhashPrograms(opts.Delivery); err != nil {
+		return nil, err
 	}
 	if l.resetAtSource, err = link.AttachIter(link.IterOptions{Program: l.objs.L7ResetAtSource}); err != nil {
 		return nil, fmt.Errorf("create the l7 at-source reset iterator: %w", err)
@@ -145,7 +174,7 @@ func Load(opts Options) (_ *L7, err error) {
 		return nil, fmt.Errorf("create the l7 reset iterator: %w", err)
 	}
 	var cfg uint32
-	if opts.DeliverByPass {
+	if opts.Delivery == DeliverPass {
 		cfg |= configPass
 	}
 	if opts.JudgeAtSource {
@@ -162,6 +191,57 @@ func Load(opts Options) (_ *L7, err error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// attachSockhashPrograms attaches the programs of the delivery to the SOCKHASHes: the server side's
+// stream verdict (and, except for direct delivery, its stream parser) and the client side's sk_msg.
+// A parser left attached to an adopted l7_socks by an agent with another delivery is detached: the
+// direct verdict program must see segments, not parsed messages. Sockets keep the programs they
+// were inserted with.
+func (l *L7) attachSockhashPrograms(d Delivery) error {
+	type attachment struct {
+		prog *ebpf.Program
+		typ  ebpf.AttachType
+		m    *ebpf.Map
+	}
+	as := []attachment{{l.objs.L7Egress, ebpf.AttachSkMsgVerdict, l.objs.L7EgressSocks}}
+	if d == DeliverDirect {
+		if err := detachAll(l.objs.L7Socks, ebpf.AttachSkSKBStreamParser); err != nil {
+			return err
+		}
+		as = append(as, attachment{l.objs.L7Stream, ebpf.AttachSkSKBStreamVerdict, l.objs.L7Socks})
+	} else {
+		as = append(as, attachment{l.objs.L7Parser, ebpf.AttachSkSKBStreamParser, l.objs.L7Socks},
+			attachment{l.objs.L7Verdict, ebpf.AttachSkSKBStreamVerdict, l.objs.L7Socks})
+	}
+	for _, a := range as {
+		if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+			Target: a.m.FD(), Program: a.prog, Attach: a.typ,
+		}); err != nil {
+			return fmt.Errorf("attach %s to the l7 sockhash: %w", a.typ, err)
+		}
+	}
+	return nil
+}
+
+// detachAll detaches whatever program of type typ is attached to the map m.
+func detachAll(m *ebpf.Map, typ ebpf.AttachType) error {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: m.FD(), Attach: typ})
+	if err != nil {
+		return fmt.Errorf("query the %s programs of the l7 sockhash: %w", typ, err)
+	}
+	for _, p := range res.Programs {
+		prog, err := ebpf.NewProgramFromID(p.ID)
+		if err != nil {
+			return fmt.Errorf("open attached %s program %d: %w", typ, p.ID, err)
+		}
+		err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: m.FD(), Program: prog, Attach: typ})
+		prog.Close()
+		if err != nil {
+			return fmt.Errorf("detach %s program %d from the l7 sockhash: %w", typ, p.ID, err)
+		}
+	}
+	return nil
 }
 
 // ResetDenied resets (TCP RST, from the server's side) every denied connection in the network

@@ -1,0 +1,171 @@
+package l7
+
+import (
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sawBody reports the body length and FNV-64a hash the server saw for target, if it saw target.
+func (e *testEnv) sawBody(target string) (string, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, s := range e.seen {
+		if f := strings.Fields(s); len(f) == 4 && f[1] == target {
+			return f[2] + " " + f[3], true
+		}
+	}
+	return "", false
+}
+
+// bodyOf is what sawBody reports for a body.
+func bodyOf(b string) string {
+	h := fnv.New64a()
+	h.Write([]byte(b))
+	return fmt.Sprintf("%d %x", len(b), h.Sum64())
+}
+
+// writeParts writes each part on its own, with a pause between them, so that each arrives as its own
+// segment.
+func writeParts(t *testing.T, c net.Conn, parts ...string) {
+	t.Helper()
+	for _, p := range parts {
+		if _, err := io.WriteString(c, p); err != nil {
+			t.Fatalf("write %q: %v", p, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// expectStatuses reads len(want) responses and compares their status codes.
+func expectStatuses(t *testing.T, c net.Conn, want ...int) {
+	t.Helper()
+	codes, _, _, err := responses(c, len(want), 5*time.Second)
+	if fmt.Sprint(codes) != fmt.Sprint(want) {
+		t.Fatalf("statuses %v (%v), want %v", codes, err, want)
+	}
+}
+
+// Direct delivery (the default): l7_stream frames the requests in each received segment itself. These
+// cases are about its own mechanics: a header block or chunk-size line held across segments and put
+// back in front of the segment that completes it (byte for byte: the server's body hash), a short
+// keep cut from the front of a segment, many requests in one segment, the held bytes counted
+// against the scan limit, and no held state left after close.
+func TestPrivilegedDirectDeliveryFramesAcrossSegments(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnvDelivery(t, DeliverDirect)
+	const port, peer = 8080, 5000
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload(/.*)?"`}})
+	e.startServer(t, port, false)
+	checkBody := func(t *testing.T, target, body string) {
+		t.Helper()
+		e.waitSeen(t, target)
+		if got, _ := e.sawBody(target); got != bodyOf(body) {
+			t.Fatalf("server saw body %q for %s, want %q (%q)", got, target, bodyOf(body), body)
+		}
+	}
+
+	t.Run("the segment completing a held header block carries a body and a pipelined request", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		writeParts(t, c, "POST /upload/a HTTP/1.1\r\nHost: ser", "ver\r\nContent-Length: 5\r\n\r\nhello"+req("GET", "/allowed/after-held"))
+		expectStatuses(t, c, http.StatusOK, http.StatusOK)
+		checkBody(t, "/upload/a", "hello")
+		e.waitSeen(t, "/allowed/after-held")
+	})
+	t.Run("a header block held over three segments", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		writeParts(t, c, "G", "ET /allowed/three HTTP/1.1\r\nHo", "st: server\r\n\r", "\n")
+		expectStatuses(t, c, http.StatusOK)
+		e.waitSeen(t, "/allowed/three")
+	})
+	t.Run("a short keep before a held header block is cut from the front", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		writeParts(t, c, "POST /upload/b HTTP/1.1\r\nHost: server\r\nContent-Length: 5\r\n\r\nhe", "llo"+"GET /allo", "wed/keep HTTP/1.1\r\nHost: server\r\n\r\n")
+		expectStatuses(t, c, http.StatusOK, http.StatusOK)
+		checkBody(t, "/upload/b", "hello")
+		e.waitSeen(t, "/allowed/keep")
+	})
+	t.Run("a chunk-size line split across segments", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		writeParts(t, c, "POST /upload/c HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\n\r\n5", "\r", "\nhello\r\n1", "0\r\n0123456789abcdef\r\n0\r", "\n\r\n"+req("GET", "/allowed/after-chunks"))
+		expectStatuses(t, c, http.StatusOK, http.StatusOK)
+		checkBody(t, "/upload/c", "hello0123456789abcdef")
+		e.waitSeen(t, "/allowed/after-chunks")
+	})
+	t.Run("a short keep in a segment that got held bytes back", func(t *testing.T) {
+		// "5" is held; the next segment gets it back and ends in another incomplete size line
+		// ("1"), held again: the 10 bytes before it are shorter than what bpf_skb_change_tail cuts
+		// to in a segment whose head was grown, so they are cut from the front.
+		c := e.dial(t, port, false)
+		writeParts(t, c, "POST /upload/d HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\n\r\n5", "\r\nhello\r\n1", "\r\nX\r\n0\r\n\r\n")
+		expectStatuses(t, c, http.StatusOK)
+		checkBody(t, "/upload/d", "helloX")
+	})
+	t.Run("a held header block completed into a deny is answered and never seen", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		writeParts(t, c, "GET /sec", "ret/held HTTP/1.1\r\nHost: server\r\n\r\n")
+		e.expectForbidden(t, c, "/secret/held")
+	})
+	t.Run("held bytes count toward the scan limit", func(t *testing.T) {
+		before := e.counter(t, ReasonTooLong)
+		c := e.dial(t, port, false)
+		pad := strings.Repeat("x", ScanLimit/2)
+		writeParts(t, c, "GET /allowed/too-long HTTP/1.1\r\nHost: server\r\nX-Pad: "+pad, pad+"\r\n\r\n")
+		e.expectDenied(t, c, "/allowed/too-long")
+		if got := e.counter(t, ReasonTooLong); got != before+1 {
+			t.Fatalf("too-long counter %d, want %d", got, before+1)
+		}
+	})
+	t.Run("many requests in one segment are judged each", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		var b strings.Builder
+		want := make([]int, 300)
+		for i := range want {
+			b.WriteString(req("GET", fmt.Sprintf("/allowed/many-%d", i)))
+			want[i] = http.StatusOK
+		}
+		io.WriteString(c, b.String())
+		expectStatuses(t, c, want...)
+		e.waitSeen(t, "/allowed/many-299")
+	})
+	t.Run("a deny among pipelined requests in one segment passes what is before it", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		io.WriteString(c, req("GET", "/allowed/before-1")+req("GET", "/allowed/before-2")+req("GET", "/secret/middle")+req("GET", "/allowed/after-middle"))
+		codes, _, _, _ := responses(c, 3, 2*time.Second)
+		if fmt.Sprint(codes) != fmt.Sprint([]int{200, 200}) {
+			t.Fatalf("statuses %v, want [200 200] and then nothing", codes)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if e.sawTarget("/secret/middle") || e.sawTarget("/allowed/after-middle") {
+			t.Fatalf("the server saw a request at or after the denied one: %v", e.seen)
+		}
+	})
+	t.Run("no held bytes are left after close", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		writeParts(t, c, "GET /allowed/never-finished HTTP/1.1\r\nHo")
+		var key uint64
+		val := make([]byte, e.l.objs.L7Pending.ValueSize())
+		if it := e.l.objs.L7Pending.Iterate(); !it.Next(&key, val) {
+			t.Fatalf("nothing held for an incomplete header block (%v)", it.Err())
+		}
+		c.Close()
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			if it := e.l.objs.L7Pending.Iterate(); !it.Next(&key, val) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("l7_pending still holds socket %d after close", key)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if e.sawTarget("/allowed/never-finished") {
+			t.Fatal("the server saw an incomplete request")
+		}
+	})
+}
