@@ -880,6 +880,9 @@ int l7_verdict(struct __sk_buff *skb)
  * are not counted as read by TCP: a segment cut to nothing is dropped with
  * length 0, and the application's read of the completed one counts them.
  */
+#define NSEC_PER_SEC 1000000000ULL
+/* Longest hold of an incomplete header block, seconds (l7_reset); set at load. */
+const volatile __u32 l7_hold_max_s = 10;
 #define L7_STREAM_PIECES 4096 /* pieces (header blocks, bodies, chunk lines) per segment */
 
 enum {
@@ -1041,8 +1044,8 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 	return 1;
 }
 
-/* Keeps the len - pos bytes at pos in l7_pending. */
-static __always_inline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32 len)
+/* Keeps the len - pos bytes at pos in l7_pending, held since since. */
+static __always_inline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32 len, __u32 since)
 {
 	struct l7_scratch *sc;
 	__u32 rest = len - pos, slot;
@@ -1056,6 +1059,7 @@ static __always_inline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u3
 	sc = scratch(slot);
 	if (sc && rest > 0 && rest <= L7_SCAN_LIMIT && bpf_skb_load_bytes(skb, pos, sc->buf, rest) == 0) {
 		sc->len = rest;
+		sc->since = since;
 		err = bpf_map_update_elem(&l7_pending, &cookie, sc, BPF_ANY);
 	}
 	slot_leave();
@@ -1133,6 +1137,7 @@ int l7_stream(struct __sk_buff *skb)
 	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 	struct stream_ctx c = {};
 	struct l7_scratch *pend;
+	__u32 now_s = bpf_ktime_get_ns() / NSEC_PER_SEC, since = now_s;
 
 	if (!st) {
 		count(L7_R_NO_STATE);
@@ -1149,6 +1154,7 @@ int l7_stream(struct __sk_buff *skb)
 	if (pend) {
 		int err = stream_unhold(skb, pend);
 
+		since = pend->since;
 		bpf_map_delete_elem(&l7_pending, &cookie);
 		if (err) {
 			set_denied(st, L7_R_BUSY);
@@ -1167,7 +1173,8 @@ int l7_stream(struct __sk_buff *skb)
 		count(L7_R_MSG_PASSED);
 		return SK_PASS;
 	case STREAM_HOLD:
-		if (stream_hold(skb, cookie, c.pos, c.len) == 0) {
+		/* A piece held again from the start keeps its first hold time. */
+		if (stream_hold(skb, cookie, c.pos, c.len, c.pos == 0 ? since : now_s) == 0) {
 			/* Cut the held bytes off; a segment cut to nothing
 			 * is dropped without being counted as read. */
 			if (stream_cut(skb, c.pos) == 0) {
@@ -1593,8 +1600,19 @@ int l7_reset(struct bpf_iter__tcp *ctx)
 	st = bpf_map_lookup_elem(&l7_state, &cookie);
 	if (!st)
 		st = egress_state_of(sk);
-	if (!st || !st->denied)
+	if (!st)
 		return 0;
+	if (!st->denied) {
+		/* Direct delivery: bytes held too long (a client sending its
+		 * header block slowly) are denied. While they are held TCP
+		 * counts them as unread, so a level-triggered poller sees the
+		 * socket readable; this bounds that. */
+		struct l7_scratch *pend = bpf_map_lookup_elem(&l7_pending, &cookie);
+
+		if (!pend || bpf_ktime_get_ns() / NSEC_PER_SEC - pend->since < l7_hold_max_s)
+			return 0;
+		set_denied(st, L7_R_HELD_TOO_LONG);
+	}
 	if ((st->flags & (L7_SF_ANSWER | L7_SF_ANSWERED)) && bpf_ktime_get_ns() - st->denied_at < ANSWER_GRACE_NS)
 		return 0;
 	if (!bpf_sock_destroy(sk))

@@ -73,7 +73,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, __u64);
-	__uint(max_entries, L7_R_MAX);
+	__uint(max_entries, L7_R_SLOTS);
 } l7_counters SEC(".maps");
 
 static __always_inline void count(__u32 reason)

@@ -145,7 +145,7 @@ struct l7_sock_state {
  * a fixed-size copy of a value that starts near the end stays inside it. */
 struct l7_scratch {
 	__u32 len;
-	__u32 pad;
+	__u32 since; /* l7_pending: when the bytes were first held (seconds of bpf_ktime_get_ns) */
 	__u8 buf[L7_SCAN_LIMIT + L7_EV_PATH_MAX];
 };
 
@@ -221,8 +221,14 @@ enum l7_reason {
 	L7_R_AUDITED,          /* would have been denied; forwarded (audit mode) */
 	L7_R_FORBIDDEN,        /* denied requests answered with 403 Forbidden */
 	L7_R_EVENT_LOST,       /* events not written: ring buffer full */
+	L7_R_HELD_TOO_LONG,    /* an incomplete header block held beyond l7_hold_max_s (direct delivery) */
 	L7_R_MAX,
 };
+
+/* Slots of the counters map: more than there are reasons, so that a new
+ * reason does not change the pinned map's layout. */
+#define L7_R_SLOTS 64
+_Static_assert(L7_R_MAX <= L7_R_SLOTS, "more reasons than counter slots");
 
 /* Context of the l7_test_judge syscall program (BPF_PROG_TEST_RUN): the
  * request bytes are in l7_scratch[L7_TEST_SLOT] of every CPU. */

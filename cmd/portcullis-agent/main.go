@@ -35,6 +35,8 @@ type config struct {
 	// httpDelivery is how requests are framed and allowed ones reach the application: direct,
 	// redirect or pass (l7.ParseDelivery).
 	httpDelivery string
+	// httpHoldMax is l7.Options.HoldMax.
+	httpHoldMax time.Duration
 	// httpAtSource judges a local server's ingress rules at its local clients' sockets.
 	httpAtSource bool
 	interval     time.Duration
@@ -52,6 +54,7 @@ func main() {
 	flag.StringVar(&c.netns, "netns", "", "work on the interfaces of this network namespace (a path; the lab's nodes) instead of the agent's own")
 	flag.BoolVar(&c.http, "http", true, "judge HTTP requests at the socket for ports with HTTP rules (needs sockmap and cgroup v2); with false, such ports are enforced at L3/L4 only and reported Degraded")
 	flag.StringVar(&c.httpDelivery, "http-delivery", "direct", "how the kernel frames requests at a server's socket on judged ports and hands allowed ones to the application: direct (the verdict program frames each received segment and passes allowed bytes at once), redirect (the kernel's stream parser frames, allowed requests go through the socket's backlog: about 25 µs more per request) or pass (stream parser and SK_PASS: this kernel loses requests with it; see bpf/README.md)")
+	flag.DurationVar(&c.httpHoldMax, "http-hold-max", l7.DefaultHoldMax, "with --http-delivery=direct, how long an incomplete request header block may wait for its end (a client sending it slowly) before the connection is denied and reset; whole seconds")
 	flag.BoolVar(&c.httpAtSource, "http-judge-at-source", true, "judge the ingress HTTP rules of a server on this node at the sockets of its clients on this node (their sk_msg program), for clients in pods where no process can hold CAP_NET_RAW or CAP_NET_ADMIN (every process's capability bounding set lacks both, as in Pod Security Standard restricted): allowed requests then cost no delivery hop. Other clients, and clients on other nodes, are judged at the server's socket")
 	flag.DurationVar(&c.interval, "drift-check-interval", 5*time.Second, "how often the kernel is compared with the desired state and repaired")
 	flag.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
@@ -111,7 +114,7 @@ func run(c config) error {
 		delivery, _ := l7.ParseDelivery(c.httpDelivery) // checked by checkHost
 		// The HTTP programs share the datapath's IP cache, and their sock_ops program sits on the
 		// cgroup that holds the node's pods.
-		http7, err = l7.Load(l7.Options{PinDir: filepath.Join(c.pinDir, "l7"), IPCache: dp.IPCacheMap(), Delivery: delivery, JudgeAtSource: c.httpAtSource})
+		http7, err = l7.Load(l7.Options{PinDir: filepath.Join(c.pinDir, "l7"), IPCache: dp.IPCacheMap(), Delivery: delivery, HoldMax: c.httpHoldMax, JudgeAtSource: c.httpAtSource})
 		if err != nil {
 			return fmt.Errorf("load the HTTP programs (run with --http=false to enforce L3/L4 only): %w", err)
 		}

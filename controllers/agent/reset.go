@@ -24,7 +24,8 @@ const answerGrace = 2 * time.Second
 // read inside each pod's network namespace: at once after a denied request that could not be
 // answered with 403 (the client would otherwise wait for its timeout), and, while connections
 // answered with 403 may still be open, once a second (a client that ignores Connection: close is
-// reset once the grace is over). It is a manager Runnable.
+// reset once the grace is over), and once a second while an incomplete header block is held (one
+// held longer than l7.Options.HoldMax is denied and reset). It is a manager Runnable.
 type Resetter struct {
 	l7         *l7.L7
 	cgroupRoot string
@@ -67,7 +68,7 @@ func (r *Resetter) Start(ctx context.Context) error {
 			r.mu.Lock()
 			due := time.Now().Before(r.answeredUntil)
 			r.mu.Unlock()
-			if !due {
+			if !due && !r.l7.Holding() {
 				continue
 			}
 		}

@@ -1,12 +1,14 @@
 package l7
 
 import (
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -168,4 +170,55 @@ func TestPrivilegedDirectDeliveryFramesAcrossSegments(t *testing.T) {
 			t.Fatal("the server saw an incomplete request")
 		}
 	})
+}
+
+// A header block held longer than Options.HoldMax (a client sending it slowly) is denied and reset
+// by ResetDenied; one completed in time is not. While bytes are held, Holding reports it (the agent
+// then sweeps every second).
+func TestPrivilegedDirectDeliveryBoundsHolds(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnvOptions(t, Options{Delivery: DeliverDirect, HoldMax: time.Second})
+	const port, peer = 8080, 5000
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
+	e.startServer(t, port, false)
+	if e.l.Holding() {
+		t.Fatal("Holding before anything was held")
+	}
+
+	quick := e.dial(t, port, false)
+	writeParts(t, quick, "GET /allowed/quick HTTP/1.1\r\nHo")
+	slow := e.dial(t, port, false)
+	writeParts(t, slow, "GET /allowed/slow HTTP/1.1\r\nHo")
+	if !e.l.Holding() {
+		t.Fatal("Holding is false with two incomplete header blocks held")
+	}
+	if err := e.l.ResetDenied("/run/netns/" + e.srvNS); err != nil {
+		t.Fatal(err)
+	}
+	writeParts(t, quick, "st: server\r\n\r\n")
+	expectStatuses(t, quick, http.StatusOK)
+
+	time.Sleep(2100 * time.Millisecond) // beyond HoldMax (whole seconds, so up to 2 s)
+	if err := e.l.ResetDenied("/run/netns/" + e.srvNS); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := responses(slow, 1, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("slow header block after ResetDenied: %v, want a connection reset", err)
+	}
+	if got := e.counter(t, ReasonHeldTooLong); got != 1 {
+		t.Fatalf("held-too-long counter %d, want 1", got)
+	}
+	if e.sawTarget("/allowed/slow") {
+		t.Fatal("the server saw the slow request")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for e.l.Holding() {
+		if time.Now().After(deadline) {
+			t.Fatal("still Holding after the slow connection was reset")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The quick connection is untouched.
+	io.WriteString(quick, req("GET", "/allowed/quick-again"))
+	expectStatuses(t, quick, http.StatusOK)
 }

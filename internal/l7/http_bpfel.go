@@ -145,7 +145,8 @@ const (
 	httpL7ReasonL7R_AUDITED            httpL7Reason = 23
 	httpL7ReasonL7R_FORBIDDEN          httpL7Reason = 24
 	httpL7ReasonL7R_EVENT_LOST         httpL7Reason = 25
-	httpL7ReasonL7R_MAX                httpL7Reason = 26
+	httpL7ReasonL7R_HELD_TOO_LONG      httpL7Reason = 26
+	httpL7ReasonL7R_MAX                httpL7Reason = 27
 )
 
 type httpL7Rule struct {
@@ -175,10 +176,10 @@ type httpL7RulesetKey struct {
 }
 
 type httpL7Scratch struct {
-	_   structs.HostLayout
-	Len uint32
-	Pad uint32
-	Buf [8320]uint8
+	_     structs.HostLayout
+	Len   uint32
+	Since uint32
+	Buf   [8320]uint8
 }
 
 type httpL7SockState struct {
@@ -309,6 +310,7 @@ const (
 	httpProgL7Stream        = "l7_stream"
 	httpProgL7TestJudge     = "l7_test_judge"
 	httpProgL7Verdict       = "l7_verdict"
+	httpVarL7HoldMaxS       = "l7_hold_max_s"
 )
 
 // loadHttp returns the embedded CollectionSpec for http.
@@ -394,6 +396,7 @@ type httpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpVariableSpecs struct {
+	L7HoldMaxS *ebpf.VariableSpec `ebpf:"l7_hold_max_s"`
 }
 
 // httpObjects contains all objects after they have been loaded into the kernel.
@@ -465,6 +468,7 @@ func (m *httpMaps) Close() error {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpVariables struct {
+	L7HoldMaxS *ebpf.Variable `ebpf:"l7_hold_max_s"`
 }
 
 // httpPrograms contains all programs after they have been loaded into the kernel.

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -53,6 +54,10 @@ type Options struct {
 	IPCache *ebpf.Map
 	// Delivery is how allowed requests reach the application on judged ports (server side).
 	Delivery Delivery
+	// HoldMax bounds how long direct delivery holds an incomplete header block (a client sending
+	// it slowly): the connection is then denied and reset by the next ResetDenied. Whole seconds;
+	// 0 means DefaultHoldMax.
+	HoldMax time.Duration
 	// JudgeAtSource judges the ingress rules of a local server at the sockets of its local clients
 	// (their sk_msg program) when those clients have no egress rules for that port and their
 	// network namespace is trusted (SetTrustedNetns): the server's socket then stays out of the
@@ -61,6 +66,9 @@ type Options struct {
 	// at the server's socket as before.
 	JudgeAtSource bool
 }
+
+// DefaultHoldMax is Options.HoldMax's default.
+const DefaultHoldMax = 10 * time.Second
 
 // Delivery is how the kernel frames requests at the server's socket and hands the allowed ones to
 // the application.
@@ -133,6 +141,13 @@ func Load(opts Options) (_ *L7, err error) {
 	spec, err := loadHttp()
 	if err != nil {
 		return nil, fmt.Errorf("load l7 spec: %w", err)
+	}
+	holdMax := opts.HoldMax
+	if holdMax <= 0 {
+		holdMax = DefaultHoldMax
+	}
+	if err := spec.Variables["l7_hold_max_s"].Set(uint32((holdMax + time.Second - 1) / time.Second)); err != nil {
+		return nil, fmt.Errorf("load l7 spec: set the hold limit: %w", err)
 	}
 	var collOpts ebpf.CollectionOptions
 	if opts.PinDir != "" {
@@ -242,6 +257,14 @@ func detachAll(m *ebpf.Map, typ ebpf.AttachType) error {
 		}
 	}
 	return nil
+}
+
+// Holding reports whether direct delivery holds an incomplete header block for any connection: the
+// agent then sweeps with ResetDenied, which denies holds older than Options.HoldMax.
+func (l *L7) Holding() bool {
+	var key uint64
+	val := make([]byte, l.objs.L7Pending.ValueSize())
+	return l.objs.L7Pending.Iterate().Next(&key, val)
 }
 
 // ResetDenied resets (TCP RST, from the server's side) every denied connection in the network

@@ -45,6 +45,7 @@ const (
 	ReasonAudited
 	ReasonForbidden
 	ReasonEventLost
+	ReasonHeldTooLong
 	numReasons
 )
 
@@ -52,7 +53,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
-	"event-lost"}
+	"event-lost", "held-too-long"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {

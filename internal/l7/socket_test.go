@@ -121,6 +121,12 @@ func testDelivery(t *testing.T) Delivery {
 // newTestEnvDelivery is newTestEnv with the given delivery.
 func newTestEnvDelivery(t *testing.T, d Delivery) *testEnv {
 	t.Helper()
+	return newTestEnvOptions(t, Options{Delivery: d})
+}
+
+// newTestEnvOptions is newTestEnv with the given load options (unpinned).
+func newTestEnvOptions(t *testing.T, opts Options) *testEnv {
+	t.Helper()
 	const cgroupRoot = "/sys/fs/cgroup/unified"
 	var st unix.Statfs_t
 	if err := unix.Statfs(cgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
@@ -167,7 +173,7 @@ func newTestEnvDelivery(t *testing.T, d Delivery) *testEnv {
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
-	l, err := Load(Options{Delivery: d})
+	l, err := Load(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
