@@ -22,7 +22,7 @@ type Port struct {
 // Converge makes the kernel's judged ports and rule sets exactly ports and rules. It reads the
 // kernel, not a record of its own writes, so it also repairs drift: entries changed, removed, or
 // added by someone else (an added rule set or port would open or close traffic the policy does not
-// say). Rule sets are written before ports, so that a port is never judged before its rules exist,
+// say), and the SOCKHASH programs and l7_config Load set up. Rule sets are written before ports, so that a port is never judged before its rules exist,
 // and unwanted ports are deleted before unwanted rule sets. Rule lists are compiled once and reused
 // while they stay wanted. It returns the number of entries written or deleted; on error the
 // entries it could not converge stay as they were (the others are converged).
@@ -54,6 +54,12 @@ func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err
 	l.compiled = memo
 	n, err := l.repairTablesLocked()
 	l.mu.Unlock()
+	changed += n
+	if err != nil {
+		errs = append(errs, err)
+	}
+
+	n, err = l.repairAttachments()
 	changed += n
 	if err != nil {
 		errs = append(errs, err)

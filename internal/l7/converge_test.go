@@ -3,6 +3,9 @@ package l7
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 )
 
 // Converge reads the kernel: a second call with the same input writes nothing, and entries
@@ -94,5 +97,68 @@ func TestPrivilegedConvergeRepairsRuleSetsAndPorts(t *testing.T) {
 	}
 	if n, err := l.Converge(nil, nil); err != nil || n != 4 {
 		t.Fatalf("converge to nothing: %d changes, %v; want 4 deletions", n, err)
+	}
+}
+
+// Converge also repairs what Load set up: a SOCKHASH program detached behind its back (new
+// connections would go unjudged), a stream parser attached to l7_socks under direct delivery, and
+// l7_config.
+func TestPrivilegedConvergeRepairsProgramsAndConfig(t *testing.T) {
+	requireRoot(t)
+	for _, d := range []Delivery{DeliverDirect, DeliverRedirect} {
+		t.Run(d.String(), func(t *testing.T) {
+			l, err := Load(Options{Delivery: d, JudgeAtSource: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			if n, err := l.Converge(nil, nil); err != nil || n != 0 {
+				t.Fatalf("converge after load: %d changes, %v; want none", n, err)
+			}
+			attached := func(typ ebpf.AttachType) int {
+				t.Helper()
+				res, err := link.QueryPrograms(link.QueryOptions{Target: l.objs.L7Socks.FD(), Attach: typ})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(res.Programs)
+			}
+			verdict := l.objs.L7Stream
+			if d != DeliverDirect {
+				verdict = l.objs.L7Verdict
+			}
+			if err := link.RawDetachProgram(link.RawDetachProgramOptions{Target: l.objs.L7Socks.FD(), Program: verdict, Attach: ebpf.AttachSkSKBStreamVerdict}); err != nil {
+				t.Fatal(err)
+			}
+			if attached(ebpf.AttachSkSKBStreamVerdict) != 0 {
+				t.Fatal("the verdict program is still attached (the test's premise)")
+			}
+			if err := l.objs.L7Config.Update(uint32(0), uint32(0), ebpf.UpdateAny); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := l.Converge(nil, nil); err != nil || n != 2 {
+				t.Fatalf("repair: %d changes, %v; want 2 (verdict program, config)", n, err)
+			}
+			if attached(ebpf.AttachSkSKBStreamVerdict) != 1 {
+				t.Fatal("the verdict program was not re-attached")
+			}
+			var cfg uint32
+			if err := l.objs.L7Config.Lookup(uint32(0), &cfg); err != nil || cfg != configAtSource {
+				t.Fatalf("config %d (%v), want %d", cfg, err, configAtSource)
+			}
+			if d != DeliverDirect {
+				return
+			}
+			// A stray stream parser would frame messages for a program that expects segments.
+			if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: l.objs.L7Socks.FD(), Program: l.objs.L7Parser, Attach: ebpf.AttachSkSKBStreamParser}); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := l.Converge(nil, nil); err != nil || n != 1 {
+				t.Fatalf("stray parser: %d changes, %v; want 1", n, err)
+			}
+			if attached(ebpf.AttachSkSKBStreamParser) != 0 {
+				t.Fatal("the stray stream parser is still attached")
+			}
+		})
 	}
 }

@@ -133,6 +133,9 @@ type L7 struct {
 	tab           *tables
 	// compiled memoizes CompileRules for the rule lists of the last Converge, by their text.
 	compiled map[string][]CompiledRule
+	// delivery and config are what Load attached and wrote to l7_config; Converge repairs both.
+	delivery Delivery
+	config   uint32
 }
 
 // Load loads the programs, creates (or adopts) the maps and attaches the stream parser and verdict
@@ -195,6 +198,7 @@ func Load(opts Options) (_ *L7, err error) {
 	if opts.JudgeAtSource {
 		cfg |= configAtSource
 	}
+	l.delivery, l.config = opts.Delivery, cfg
 	if err := l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
 		l.reset.Close()
 		l.resetAtSource.Close()
@@ -208,28 +212,36 @@ func Load(opts Options) (_ *L7, err error) {
 	return l, nil
 }
 
-// attachSockhashPrograms attaches the programs of the delivery to the SOCKHASHes: the server side's
-// stream verdict (and, except for direct delivery, its stream parser) and the client side's sk_msg.
-// A parser left attached to an adopted l7_socks by an agent with another delivery is detached: the
-// direct verdict program must see segments, not parsed messages. Sockets keep the programs they
-// were inserted with.
-func (l *L7) attachSockhashPrograms(d Delivery) error {
-	type attachment struct {
-		prog *ebpf.Program
-		typ  ebpf.AttachType
-		m    *ebpf.Map
-	}
+// attachment is a program attached to a SOCKHASH.
+type attachment struct {
+	prog *ebpf.Program
+	typ  ebpf.AttachType
+	m    *ebpf.Map
+}
+
+// attachments are the programs delivery d attaches: the server side's stream verdict (and, except
+// for direct delivery, its stream parser) on l7_socks and the client side's sk_msg on
+// l7_egress_socks.
+func (l *L7) attachments(d Delivery) []attachment {
 	as := []attachment{{l.objs.L7Egress, ebpf.AttachSkMsgVerdict, l.objs.L7EgressSocks}}
+	if d == DeliverDirect {
+		return append(as, attachment{l.objs.L7Stream, ebpf.AttachSkSKBStreamVerdict, l.objs.L7Socks})
+	}
+	return append(as, attachment{l.objs.L7Parser, ebpf.AttachSkSKBStreamParser, l.objs.L7Socks},
+		attachment{l.objs.L7Verdict, ebpf.AttachSkSKBStreamVerdict, l.objs.L7Socks})
+}
+
+// attachSockhashPrograms attaches the programs of the delivery to the SOCKHASHes. A parser left
+// attached to an adopted l7_socks by an agent with another delivery is detached: the direct verdict
+// program must see segments, not parsed messages. Sockets keep the programs they were inserted
+// with.
+func (l *L7) attachSockhashPrograms(d Delivery) error {
 	if d == DeliverDirect {
 		if err := detachAll(l.objs.L7Socks, ebpf.AttachSkSKBStreamParser); err != nil {
 			return err
 		}
-		as = append(as, attachment{l.objs.L7Stream, ebpf.AttachSkSKBStreamVerdict, l.objs.L7Socks})
-	} else {
-		as = append(as, attachment{l.objs.L7Parser, ebpf.AttachSkSKBStreamParser, l.objs.L7Socks},
-			attachment{l.objs.L7Verdict, ebpf.AttachSkSKBStreamVerdict, l.objs.L7Socks})
 	}
-	for _, a := range as {
+	for _, a := range l.attachments(d) {
 		if err := link.RawAttachProgram(link.RawAttachProgramOptions{
 			Target: a.m.FD(), Program: a.prog, Attach: a.typ,
 		}); err != nil {
@@ -237,6 +249,55 @@ func (l *L7) attachSockhashPrograms(d Delivery) error {
 		}
 	}
 	return nil
+}
+
+// repairAttachments puts back what Load set up if it changed behind the agent's back: the
+// SOCKHASH programs (a verdict program detached from l7_socks would leave new connections
+// unjudged: a socket in a SOCKHASH without programs receives as if it were in none), a stream
+// parser attached in direct delivery, and l7_config. It returns the number of repairs.
+func (l *L7) repairAttachments() (int, error) {
+	n := 0
+	for _, a := range l.attachments(l.delivery) {
+		info, err := a.prog.Info()
+		if err != nil {
+			return n, fmt.Errorf("l7 %s program info: %w", a.typ, err)
+		}
+		id, _ := info.ID()
+		res, err := link.QueryPrograms(link.QueryOptions{Target: a.m.FD(), Attach: a.typ})
+		if err != nil {
+			return n, fmt.Errorf("query the %s program of the l7 sockhash: %w", a.typ, err)
+		}
+		if len(res.Programs) == 1 && res.Programs[0].ID == id {
+			continue
+		}
+		if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: a.m.FD(), Program: a.prog, Attach: a.typ}); err != nil {
+			return n, fmt.Errorf("re-attach %s to the l7 sockhash: %w", a.typ, err)
+		}
+		n++
+	}
+	if l.delivery == DeliverDirect {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: l.objs.L7Socks.FD(), Attach: ebpf.AttachSkSKBStreamParser})
+		if err != nil {
+			return n, fmt.Errorf("query the stream parser of the l7 sockhash: %w", err)
+		}
+		if len(res.Programs) > 0 {
+			if err := detachAll(l.objs.L7Socks, ebpf.AttachSkSKBStreamParser); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	var cfg uint32
+	if err := l.objs.L7Config.Lookup(uint32(0), &cfg); err != nil {
+		return n, fmt.Errorf("read l7 config: %w", err)
+	}
+	if cfg != l.config {
+		if err := l.objs.L7Config.Update(uint32(0), l.config, ebpf.UpdateAny); err != nil {
+			return n, fmt.Errorf("write l7 config: %w", err)
+		}
+		n++
+	}
+	return n, nil
 }
 
 // detachAll detaches whatever program of type typ is attached to the map m.
