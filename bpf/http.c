@@ -1188,6 +1188,11 @@ int l7_stream(struct __sk_buff *skb)
 		set_denied(st, L7_R_BUSY);
 		break;
 	case STREAM_ANSWER:
+		/* The whole segment becomes the 403 when it can (padded), so
+		 * that TCP counts exactly what arrived as read; a longer one
+		 * is cut to the header block's length. */
+		if (c.len >= FORBIDDEN_MIN && c.len <= L7_SCAN_LIMIT)
+			c.answer = c.len;
 		if (bpf_skb_change_tail(skb, c.answer, 0) == 0 && write_forbidden_at(skb, 0, c.answer) == 0 &&
 		    bpf_sk_redirect_hash(skb, &l7_socks, &cookie, 0) == SK_PASS) {
 			st->flags |= L7_SF_ANSWERED;

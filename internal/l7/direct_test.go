@@ -7,10 +7,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // sawBody reports the body length and FNV-64a hash the server saw for target, if it saw target.
@@ -51,6 +55,32 @@ func expectStatuses(t *testing.T, c net.Conn, want ...int) {
 	if fmt.Sprint(codes) != fmt.Sprint(want) {
 		t.Fatalf("statuses %v (%v), want %v", codes, err, want)
 	}
+}
+
+// serverRecvQ is what TCP counts as received and not yet read on the server's connections of port
+// (ss's Recv-Q, rcv_nxt - copied_seq), summed.
+func (e *testEnv) serverRecvQ(t *testing.T, port uint16) int {
+	t.Helper()
+	var out []byte
+	err := netns.Do("/run/netns/"+e.srvNS, func() error {
+		var err error
+		out, err = exec.Command("ss", "-tnH", "state", "established", fmt.Sprintf("( sport = :%d )", port)).CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ss: %v: %s", err, out)
+	}
+	sum := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			n, err := strconv.Atoi(f[0])
+			if err != nil {
+				t.Fatalf("ss line %q: %v", line, err)
+			}
+			sum += n
+		}
+	}
+	return sum
 }
 
 // Direct delivery (the default): l7_stream frames the requests in each received segment itself. These
@@ -112,6 +142,23 @@ func TestPrivilegedDirectDeliveryFramesAcrossSegments(t *testing.T) {
 		c := e.dial(t, port, false)
 		writeParts(t, c, "GET /sec", "ret/held HTTP/1.1\r\nHost: server\r\n\r\n")
 		e.expectForbidden(t, c, "/secret/held")
+	})
+	t.Run("TCP counts what the application got, held or answered, as read", func(t *testing.T) {
+		// Held bytes given back, and a denied segment turned whole into the 403: nothing may be
+		// left counted as unread (a level-triggered poller would see the socket readable) or
+		// counted twice (a later segment would not wake the reader).
+		c := e.dial(t, port, false)
+		writeParts(t, c, "GET /allowed/count", "ed HTTP/1.1\r\nHost: server\r\n\r\n")
+		expectStatuses(t, c, http.StatusOK)
+		d := e.dial(t, port, false)
+		body := strings.Repeat("b", 100)
+		io.WriteString(d, req("POST", "/secret/with-body", "Content-Length: 100")+body)
+		e.expectForbidden(t, d, "/secret/with-body")
+		if q := e.serverRecvQ(t, port); q != 0 {
+			t.Fatalf("server Recv-Q %d, want 0", q)
+		}
+		io.WriteString(c, req("GET", "/allowed/counted-again"))
+		expectStatuses(t, c, http.StatusOK)
 	})
 	t.Run("held bytes count toward the scan limit", func(t *testing.T) {
 		before := e.counter(t, ReasonTooLong)
