@@ -79,7 +79,7 @@ type testEnv struct {
 	seenCond chan struct{}
 }
 
-func cmdRun(t *testing.T, name string, args ...string) {
+func cmdRun(t testing.TB, name string, args ...string) {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -89,7 +89,7 @@ func cmdRun(t *testing.T, name string, args ...string) {
 
 // inNS runs fn on a locked OS thread inside the named network namespace; sockets and child
 // processes fn creates belong to it.
-func inNS(t *testing.T, name string, fn func()) {
+func inNS(t testing.TB, name string, fn func()) {
 	t.Helper()
 	if err := netns.Do("/run/netns/"+name, func() error { fn(); return nil }); err != nil {
 		t.Fatal(err)
@@ -98,14 +98,14 @@ func inNS(t *testing.T, name string, fn func()) {
 
 // newTestEnv builds two network namespaces joined by a veth pair, a cgroup with the programs
 // attached, and loads the programs; everything is removed when the test ends.
-func newTestEnv(t *testing.T) *testEnv {
+func newTestEnv(t testing.TB) *testEnv {
 	t.Helper()
 	return newTestEnvDelivery(t, testDelivery(t))
 }
 
 // testDelivery is PORTCULLIS_L7_TEST_DELIVERY (direct, the default, redirect or pass): the whole
 // package's socket tests can run with each.
-func testDelivery(t *testing.T) Delivery {
+func testDelivery(t testing.TB) Delivery {
 	t.Helper()
 	v := os.Getenv("PORTCULLIS_L7_TEST_DELIVERY")
 	if v == "" {
@@ -119,13 +119,13 @@ func testDelivery(t *testing.T) Delivery {
 }
 
 // newTestEnvDelivery is newTestEnv with the given delivery.
-func newTestEnvDelivery(t *testing.T, d Delivery) *testEnv {
+func newTestEnvDelivery(t testing.TB, d Delivery) *testEnv {
 	t.Helper()
 	return newTestEnvOptions(t, Options{Delivery: d})
 }
 
 // newTestEnvOptions is newTestEnv with the given load options (unpinned).
-func newTestEnvOptions(t *testing.T, opts Options) *testEnv {
+func newTestEnvOptions(t testing.TB, opts Options) *testEnv {
 	t.Helper()
 	const cgroupRoot = "/sys/fs/cgroup/unified"
 	var st unix.Statfs_t
@@ -187,7 +187,7 @@ func newTestEnvOptions(t *testing.T, opts Options) *testEnv {
 
 // judge makes the server address's port judged, for endpoint 1, by rs for requests from the client
 // address, which gets identity peer.
-func (e *testEnv) judge(t *testing.T, port uint16, peer uint32, rs RuleSet) {
+func (e *testEnv) judge(t testing.TB, port uint16, peer uint32, rs RuleSet) {
 	t.Helper()
 	if err := e.l.SetPort(e.srvAddr, port, 1); err != nil {
 		t.Fatal(err)
@@ -202,13 +202,13 @@ func (e *testEnv) judge(t *testing.T, port uint16, peer uint32, rs RuleSet) {
 
 // startServer starts the server process on (server IPv4 address, port) in the server namespace and
 // the test cgroup.
-func (e *testEnv) startServer(t *testing.T, port uint16, mptcp bool) {
+func (e *testEnv) startServer(t testing.TB, port uint16, mptcp bool) {
 	t.Helper()
 	e.startServerAt(t, "tcp4", netip.AddrPortFrom(e.srvAddr, port).String(), mptcp)
 }
 
 // startServerAt starts the server process listening on (network, addr).
-func (e *testEnv) startServerAt(t *testing.T, network, addr string, mptcp bool) {
+func (e *testEnv) startServerAt(t testing.TB, network, addr string, mptcp bool) {
 	t.Helper()
 	cg, err := os.Open(e.cgroup)
 	if err != nil {
@@ -284,12 +284,12 @@ func (e *testEnv) waitSeen(t *testing.T, target string) {
 	}
 }
 
-func (e *testEnv) dial(t *testing.T, port uint16, mptcp bool) net.Conn {
+func (e *testEnv) dial(t testing.TB, port uint16, mptcp bool) net.Conn {
 	t.Helper()
 	return e.dialAddr(t, netip.AddrPortFrom(e.srvAddr, port), mptcp)
 }
 
-func (e *testEnv) dialAddr(t *testing.T, ap netip.AddrPort, mptcp bool) net.Conn {
+func (e *testEnv) dialAddr(t testing.TB, ap netip.AddrPort, mptcp bool) net.Conn {
 	t.Helper()
 	var c net.Conn
 	var err error
