@@ -577,22 +577,25 @@ static __always_inline int answerable(const struct judge_out *out, __u32 n)
  * acknowledged everything (a client that waited for its answer). A
  * pipelining client is reset.
  */
-static __always_inline __u32 answer_len(struct __sk_buff *skb, const struct l7_sock_state *st,
-					const struct judge_out *out, __u32 n, __s64 avail)
+static __always_inline int answer_in_order(struct __sk_buff *skb, const struct l7_sock_state *st)
 {
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 
-	if (!answerable(out, n))
+	if (!st->requests)
+		return 1;
+	sk = skb->sk;
+	if (!sk)
 		return 0;
-	if (st->requests) {
-		sk = skb->sk;
-		if (!sk)
-			return 0;
-		tp = bpf_skc_to_tcp_sock(sk);
-		if (!tp || tp->write_seq == st->snd_mark || tp->snd_una != tp->write_seq)
-			return 0;
-	}
+	tp = bpf_skc_to_tcp_sock(sk);
+	return tp && tp->write_seq != st->snd_mark && tp->snd_una == tp->write_seq;
+}
+
+static __always_inline __u32 answer_len(struct __sk_buff *skb, const struct l7_sock_state *st,
+					const struct judge_out *out, __u32 n, __s64 avail)
+{
+	if (!answerable(out, n) || !answer_in_order(skb, st))
+		return 0;
 	if (out->hdr_len >= FORBIDDEN_MIN)
 		return out->hdr_len;
 	if (avail >= FORBIDDEN_MIN)
@@ -720,12 +723,39 @@ static __always_inline int chunk_framing(struct __sk_buff *skb, struct l7_sock_s
 	return r;
 }
 
+/* Copies up to L7_SCAN_LIMIT of the avail bytes at off into a scratch slot
+ * and judges them for the connection. Returns the slot, held (the caller
+ * reports and leaves it), or L7_SCRATCH_SLOTS when no slot could be had or
+ * the copy failed (nothing held). */
+static __always_inline __u32 judge_at(struct __sk_buff *skb, const struct l7_sock_state *st, __u32 off,
+				      __u32 avail, struct judge_out *out)
+{
+	struct l7_scratch *sc;
+	__u32 slot, n;
+
+	slot = slot_enter();
+	if (slot >= L7_SCRATCH_SLOTS)
+		return L7_SCRATCH_SLOTS;
+	sc = scratch(slot);
+	n = avail > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : avail;
+	if (!sc || n == 0 || n > L7_SCAN_LIMIT || bpf_skb_load_bytes(skb, off, sc->buf, n)) {
+		slot_leave();
+		return L7_SCRATCH_SLOTS;
+	}
+	out->slot = slot;
+	out->len = avail;
+	out->endpoint_id = st->endpoint_id;
+	out->peer = st->peer_identity;
+	out->port = st->port;
+	judge(out);
+	return slot;
+}
+
 SEC("sk_skb/stream_parser")
 int l7_parser(struct __sk_buff *skb)
 {
 	struct judge_out out = {};
 	struct l7_sock_state *st;
-	struct l7_scratch *sc;
 	struct l7_tuple tk = {};
 	__s64 off, avail;
 	__u64 cookie, t0;
@@ -770,25 +800,10 @@ int l7_parser(struct __sk_buff *skb)
 	}
 
 	t0 = bpf_ktime_get_ns();
-	slot = slot_enter();
+	slot = judge_at(skb, st, off, avail, &out);
 	if (slot >= L7_SCRATCH_SLOTS)
 		return deny_all(st, L7_R_BUSY, avail);
-	sc = scratch(slot);
-	if (!sc) {
-		slot_leave();
-		return deny_all(st, L7_R_BUSY, avail);
-	}
 	n = avail > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : (__u32)avail;
-	if (n == 0 || n > L7_SCAN_LIMIT || bpf_skb_load_bytes(skb, off, sc->buf, n)) {
-		slot_leave();
-		return deny_all(st, L7_R_BUSY, avail);
-	}
-	out.slot = slot;
-	out.len = avail;
-	out.endpoint_id = st->endpoint_id;
-	out.peer = st->peer_identity;
-	out.port = st->port;
-	judge(&out);
 	if (out.verdict == L7_NEED_MORE) {
 		slot_leave();
 		return 0;
@@ -876,9 +891,11 @@ int l7_verdict(struct __sk_buff *skb)
  * are not counted as read by TCP: a segment cut to nothing is dropped with
  * length 0, and the application's read of the completed one counts them.
  */
-#define NSEC_PER_SEC 1000000000ULL
-/* Longest hold of an incomplete header block, seconds (l7_reset); set at load. */
-const volatile __u32 l7_hold_max_s = 10;
+#define NSEC_PER_MSEC 1000000ULL
+/* Longest hold of an incomplete header block, milliseconds (l7_reset); set at
+ * load. Hold times are u32 milliseconds of bpf_ktime_get_ns, compared by
+ * difference (wraps after 49 days, longer than any hold). */
+const volatile __u32 l7_hold_max_ms = 10000;
 #define L7_STREAM_PIECES 4096 /* pieces (header blocks, bodies, chunk lines) per segment */
 
 enum {
@@ -904,19 +921,8 @@ struct stream_ctx {
 static __always_inline __u32 stream_answer_len(struct __sk_buff *skb, const struct l7_sock_state *st,
 					       const struct judge_out *out, __u32 n)
 {
-	struct bpf_sock *sk;
-	struct tcp_sock *tp;
-
-	if (!answerable(out, n))
+	if (!answerable(out, n) || !answer_in_order(skb, st))
 		return 0;
-	if (st->requests) {
-		sk = skb->sk;
-		if (!sk)
-			return 0;
-		tp = bpf_skc_to_tcp_sock(sk);
-		if (!tp || tp->write_seq == st->snd_mark || tp->snd_una != tp->write_seq)
-			return 0;
-	}
 	return out->hdr_len > FORBIDDEN_MIN ? out->hdr_len : FORBIDDEN_MIN;
 }
 
@@ -927,7 +933,6 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 	struct __sk_buff *skb = c->skb;
 	struct l7_sock_state *st = c->st;
 	struct judge_out out = {};
-	struct l7_scratch *sc;
 	__u32 avail, n, slot;
 	__u64 t0;
 
@@ -981,26 +986,13 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 	}
 
 	t0 = bpf_ktime_get_ns();
-	slot = slot_enter();
+	slot = judge_at(skb, st, c->pos, avail, &out);
 	if (slot >= L7_SCRATCH_SLOTS) {
 		set_denied(st, L7_R_BUSY);
 		c->stop = STREAM_RESET;
 		return 1;
 	}
-	sc = scratch(slot);
 	n = avail > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : avail;
-	if (!sc || n == 0 || n > L7_SCAN_LIMIT || bpf_skb_load_bytes(skb, c->pos, sc->buf, n)) {
-		slot_leave();
-		set_denied(st, L7_R_BUSY);
-		c->stop = STREAM_RESET;
-		return 1;
-	}
-	out.slot = slot;
-	out.len = avail;
-	out.endpoint_id = st->endpoint_id;
-	out.peer = st->peer_identity;
-	out.port = st->port;
-	judge(&out);
 	if (out.verdict == L7_NEED_MORE) {
 		slot_leave();
 		c->stop = STREAM_HOLD;
@@ -1133,7 +1125,7 @@ int l7_stream(struct __sk_buff *skb)
 	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 	struct stream_ctx c = {};
 	struct l7_scratch *pend;
-	__u32 now_s = bpf_ktime_get_ns() / NSEC_PER_SEC, since = now_s;
+	__u32 now_ms = bpf_ktime_get_ns() / NSEC_PER_MSEC, since = now_ms;
 
 	if (!st) {
 		count(L7_R_NO_STATE);
@@ -1170,7 +1162,7 @@ int l7_stream(struct __sk_buff *skb)
 		return SK_PASS;
 	case STREAM_HOLD:
 		/* A piece held again from the start keeps its first hold time. */
-		if (stream_hold(skb, cookie, c.pos, c.len, c.pos == 0 ? since : now_s) == 0) {
+		if (stream_hold(skb, cookie, c.pos, c.len, c.pos == 0 ? since : now_ms) == 0) {
 			/* Cut the held bytes off; a segment cut to nothing
 			 * is dropped without being counted as read. */
 			if (stream_cut(skb, c.pos) == 0) {
@@ -1610,7 +1602,7 @@ int l7_reset(struct bpf_iter__tcp *ctx)
 		 * socket readable; this bounds that. */
 		struct l7_scratch *pend = bpf_map_lookup_elem(&l7_pending, &cookie);
 
-		if (!pend || bpf_ktime_get_ns() / NSEC_PER_SEC - pend->since < l7_hold_max_s)
+		if (!pend || (__u32)(bpf_ktime_get_ns() / NSEC_PER_MSEC) - pend->since < l7_hold_max_ms)
 			return 0;
 		set_denied(st, L7_R_HELD_TOO_LONG);
 	}

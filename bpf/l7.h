@@ -145,7 +145,7 @@ struct l7_sock_state {
  * a fixed-size copy of a value that starts near the end stays inside it. */
 struct l7_scratch {
 	__u32 len;
-	__u32 since; /* l7_pending: when the bytes were first held (seconds of bpf_ktime_get_ns) */
+	__u32 since; /* l7_pending: when the bytes were first held (milliseconds of bpf_ktime_get_ns) */
 	__u8 buf[L7_SCAN_LIMIT + L7_EV_PATH_MAX];
 };
 
@@ -221,7 +221,7 @@ enum l7_reason {
 	L7_R_AUDITED,          /* would have been denied; forwarded (audit mode) */
 	L7_R_FORBIDDEN,        /* denied requests answered with 403 Forbidden */
 	L7_R_EVENT_LOST,       /* events not written: ring buffer full */
-	L7_R_HELD_TOO_LONG,    /* an incomplete header block held beyond l7_hold_max_s (direct delivery) */
+	L7_R_HELD_TOO_LONG,    /* an incomplete header block held beyond l7_hold_max_ms (direct delivery) */
 	L7_R_MAX,
 };
 

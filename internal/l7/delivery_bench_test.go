@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"bytes"
 	"slices"
 	"testing"
 	"time"
@@ -76,17 +75,8 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 				start := time.Now()
 				for i := 0; i < roundTrips; i++ {
 					t0 := time.Now()
-					if _, err := c.Write(rq); err != nil {
-						b.Fatal(err)
-					}
-					c.SetReadDeadline(time.Now().Add(2 * time.Second))
-					got := 0
-					for !bytes.HasSuffix(buf[:got], []byte("\r\n\r\nok")) {
-						n, err := c.Read(buf[got:])
-						if err != nil {
-							b.Fatalf("%s: round trip %d: %v", m.name, i, err)
-						}
-						got += n
+					if err := quietRoundTrip(c, rq, buf); err != nil {
+						b.Fatalf("%s: round trip %d: %v", m.name, i, err)
 					}
 					lat[m.name] = append(lat[m.name], time.Since(t0))
 				}

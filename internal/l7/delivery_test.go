@@ -3,6 +3,7 @@ package l7
 import (
 	"bytes"
 	"io"
+	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -23,6 +24,24 @@ import (
 func setDelivery(t *testing.T, e *testEnv) string {
 	t.Helper()
 	return testDelivery(t).String()
+}
+
+// quietRoundTrip writes rq ("GET /allowed/quiet") and reads until the quiet server's answer ends
+// ("ok"), within 2 s; buf is the read buffer.
+func quietRoundTrip(c net.Conn, rq, buf []byte) error {
+	if _, err := c.Write(rq); err != nil {
+		return err
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	got := 0
+	for !bytes.HasSuffix(buf[:got], []byte("\r\n\r\nok")) {
+		n, err := c.Read(buf[got:])
+		if err != nil {
+			return err
+		}
+		got += n
+	}
+	return nil
 }
 
 // serverSockets is what ss reports about the server's TCP sockets, for a failure message.
@@ -58,18 +77,9 @@ func TestPrivilegedKeepAliveRequestsAreNeverLost(t *testing.T) {
 	for time.Now().Before(deadline) {
 		c := e.dial(t, port, false)
 		for i := 0; i < 5000 && time.Now().Before(deadline); i++ {
-			if _, err := c.Write(rq); err != nil {
-				t.Fatal(err)
-			}
-			c.SetReadDeadline(time.Now().Add(2 * time.Second))
-			got := 0
-			for !bytes.HasSuffix(buf[:got], []byte("\r\n\r\nok")) {
-				n, err := c.Read(buf[got:])
-				if err != nil {
-					t.Fatalf("%s delivery: request %d of a keep-alive connection (%d answered before) got no answer: %v\nserver sockets:\n%s",
-						mode, i+1, total, err, e.serverSockets())
-				}
-				got += n
+			if err := quietRoundTrip(c, rq, buf); err != nil {
+				t.Fatalf("%s delivery: request %d of a keep-alive connection (%d answered before) got no answer: %v\nserver sockets:\n%s",
+					mode, i+1, total, err, e.serverSockets())
 			}
 			total++
 		}

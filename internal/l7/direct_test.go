@@ -245,7 +245,7 @@ func TestPrivilegedDirectDeliveryBoundsHolds(t *testing.T) {
 	writeParts(t, quick, "st: server\r\n\r\n")
 	expectStatuses(t, quick, http.StatusOK)
 
-	time.Sleep(2100 * time.Millisecond) // beyond HoldMax (whole seconds, so up to 2 s)
+	time.Sleep(1200 * time.Millisecond) // beyond HoldMax
 	if err := e.l.ResetDenied("/run/netns/" + e.srvNS); err != nil {
 		t.Fatal(err)
 	}

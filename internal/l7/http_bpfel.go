@@ -310,7 +310,7 @@ const (
 	httpProgL7Stream        = "l7_stream"
 	httpProgL7TestJudge     = "l7_test_judge"
 	httpProgL7Verdict       = "l7_verdict"
-	httpVarL7HoldMaxS       = "l7_hold_max_s"
+	httpVarL7HoldMaxMs      = "l7_hold_max_ms"
 )
 
 // loadHttp returns the embedded CollectionSpec for http.
@@ -396,7 +396,7 @@ type httpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpVariableSpecs struct {
-	L7HoldMaxS *ebpf.VariableSpec `ebpf:"l7_hold_max_s"`
+	L7HoldMaxMs *ebpf.VariableSpec `ebpf:"l7_hold_max_ms"`
 }
 
 // httpObjects contains all objects after they have been loaded into the kernel.
@@ -468,7 +468,7 @@ func (m *httpMaps) Close() error {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpVariables struct {
-	L7HoldMaxS *ebpf.Variable `ebpf:"l7_hold_max_s"`
+	L7HoldMaxMs *ebpf.Variable `ebpf:"l7_hold_max_ms"`
 }
 
 // httpPrograms contains all programs after they have been loaded into the kernel.

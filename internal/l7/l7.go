@@ -55,8 +55,8 @@ type Options struct {
 	// Delivery is how allowed requests reach the application on judged ports (server side).
 	Delivery Delivery
 	// HoldMax bounds how long direct delivery holds an incomplete header block (a client sending
-	// it slowly): the connection is then denied and reset by the next ResetDenied. Whole seconds;
-	// 0 means DefaultHoldMax.
+	// it slowly): the connection is then denied and reset by the next ResetDenied (to the
+	// millisecond); 0 means DefaultHoldMax.
 	HoldMax time.Duration
 	// JudgeAtSource judges the ingress rules of a local server at the sockets of its local clients
 	// (their sk_msg program) when those clients have no egress rules for that port and their
@@ -149,7 +149,7 @@ func Load(opts Options) (_ *L7, err error) {
 	if holdMax <= 0 {
 		holdMax = DefaultHoldMax
 	}
-	if err := spec.Variables["l7_hold_max_s"].Set(uint32((holdMax + time.Second - 1) / time.Second)); err != nil {
+	if err := spec.Variables["l7_hold_max_ms"].Set(uint32(holdMax.Milliseconds())); err != nil {
 		return nil, fmt.Errorf("load l7 spec: set the hold limit: %w", err)
 	}
 	var collOpts ebpf.CollectionOptions
