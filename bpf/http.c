@@ -723,6 +723,20 @@ static __always_inline int chunk_framing(struct __sk_buff *skb, struct l7_sock_s
 	return r;
 }
 
+/* Takes up to avail bytes of the body or chunk data being streamed: returns
+ * how many, and moves on to the next phase when it ends. */
+static __always_inline __u64 body_take(struct l7_sock_state *st, __u64 avail)
+{
+	__u64 n = st->body_remaining;
+
+	if (avail < n)
+		n = avail;
+	st->body_remaining -= n;
+	if (st->body_remaining == 0)
+		st->phase = st->phase == L7_PHASE_BODY ? L7_PHASE_HEADERS : L7_PHASE_CHUNK_CRLF;
+	return n;
+}
+
 /* Copies up to L7_SCAN_LIMIT of the avail bytes at off into a scratch slot
  * and judges them for the connection. Returns the slot, held (the caller
  * reports and leaves it), or L7_SCRATCH_SLOTS when no slot could be had or
@@ -785,16 +799,8 @@ int l7_parser(struct __sk_buff *skb)
 	case L7_PHASE_PASSTHROUGH:
 		return avail;
 	case L7_PHASE_BODY:
-	case L7_PHASE_CHUNK_DATA: {
-		__u64 n64 = st->body_remaining;
-
-		if ((__u64)avail < n64)
-			n64 = avail;
-		st->body_remaining -= n64;
-		if (st->body_remaining == 0)
-			st->phase = st->phase == L7_PHASE_BODY ? L7_PHASE_HEADERS : L7_PHASE_CHUNK_CRLF;
-		return n64;
-	}
+	case L7_PHASE_CHUNK_DATA:
+		return body_take(st, avail);
 	default:
 		return chunk_framing(skb, st, off, avail);
 	}
@@ -949,17 +955,9 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 		c->stop = STREAM_DONE;
 		return 1;
 	case L7_PHASE_BODY:
-	case L7_PHASE_CHUNK_DATA: {
-		__u64 n64 = st->body_remaining;
-
-		if ((__u64)avail < n64)
-			n64 = avail;
-		st->body_remaining -= n64;
-		if (st->body_remaining == 0)
-			st->phase = st->phase == L7_PHASE_BODY ? L7_PHASE_HEADERS : L7_PHASE_CHUNK_CRLF;
-		c->pos += n64;
+	case L7_PHASE_CHUNK_DATA:
+		c->pos += body_take(st, avail);
 		return 0;
-	}
 	default: {
 		__u8 b[CHUNK_LINE_MAX] = {};
 		int r;
@@ -1416,12 +1414,7 @@ int l7_egress(struct sk_msg_md *msg)
 	if (size == 0 || st->phase == L7_PHASE_PASSTHROUGH)
 		return SK_PASS;
 	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA) {
-		n = size;
-		if (st->body_remaining < n)
-			n = st->body_remaining;
-		st->body_remaining -= n;
-		if (st->body_remaining == 0)
-			st->phase = st->phase == L7_PHASE_BODY ? L7_PHASE_HEADERS : L7_PHASE_CHUNK_CRLF;
+		n = body_take(st, size);
 		bpf_msg_apply_bytes(msg, n);
 		count(L7_R_MSG_PASSED);
 		return SK_PASS;
