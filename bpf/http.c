@@ -140,11 +140,13 @@ struct {
  * Direct delivery (l7_stream): the start of a header block or chunk-size line
  * that arrived without its end, held here (keyed by socket cookie) until the
  * rest arrives; the application has not seen it. Same layout as a scratch
- * slot, which is where it is assembled.
+ * slot, which is where it is assembled. Entries are allocated on use (8 KiB
+ * each); the bound caps what clients holding header blocks open can make the
+ * kernel keep (64 MiB): beyond it a hold fails and its connection is denied.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 8192);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct l7_scratch);
