@@ -75,14 +75,16 @@ const DefaultHoldMax = 10 * time.Second
 type Delivery int
 
 const (
-	// DeliverDirect (the default): the verdict program alone (l7_stream) frames the requests in
-	// each received segment itself and passes allowed bytes with SK_PASS; an incomplete header
-	// block waits in l7_pending for the segment that completes it. No stream parser, no backlog hop.
-	DeliverDirect Delivery = iota
-	// DeliverRedirect: the kernel's stream parser frames each request (l7_parser) and the verdict
-	// program redirects allowed ones to the socket's own ingress, through the psock backlog (a work
-	// item per request: about +25 µs at one connection, docs/benchmarks.md).
-	DeliverRedirect
+	// DeliverRedirect (the default): the kernel's stream parser frames each request (l7_parser) and
+	// the verdict program redirects allowed ones to the socket's own ingress, through the psock
+	// backlog (a work item per request: about +25 µs at one connection, docs/benchmarks.md).
+	DeliverRedirect Delivery = iota
+	// DeliverDirect (opt-in): the verdict program alone (l7_stream) frames the requests in each
+	// received segment itself and passes allowed bytes with SK_PASS; an incomplete header block
+	// waits in l7_pending for the segment that completes it. No stream parser, no backlog hop. Not
+	// the default yet: one 4 MiB upload in several hundred stalled under a full test run
+	// (bpf/README.md, "Deliveries").
+	DeliverDirect
 	// DeliverPass: the stream parser, and SK_PASS for allowed requests. On this kernel it loses
 	// requests: TCP's read cursor runs ahead of what the application has read and the next request
 	// never reaches the parser (bpf/README.md, "Why allowed messages are not passed after the

@@ -103,8 +103,9 @@ func newTestEnv(t testing.TB) *testEnv {
 	return newTestEnvDelivery(t, testDelivery(t))
 }
 
-// testDelivery is PORTCULLIS_L7_TEST_DELIVERY (direct, the default, redirect or pass): the whole
-// package's socket tests can run with each.
+// testDelivery is PORTCULLIS_L7_TEST_DELIVERY (direct when unset, redirect or pass): the package's
+// socket tests run with direct delivery (its framing is this package's own code) and can run with
+// each.
 func testDelivery(t testing.TB) Delivery {
 	t.Helper()
 	v := os.Getenv("PORTCULLIS_L7_TEST_DELIVERY")
