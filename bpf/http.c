@@ -961,6 +961,8 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 		c->pos += body_take(st, avail);
 		return 0;
 	default: {
+		/* chunk_framing's step, written out: calling chunk_framing
+		 * from this bpf_loop callback exceeds the verifier's budget. */
 		__u8 b[CHUNK_LINE_MAX] = {};
 		int r;
 
@@ -1078,9 +1080,9 @@ static __always_inline int stream_cut(struct __sk_buff *skb, __u32 pos)
 	if (pos && bpf_skb_load_bytes(skb, 0, keep, pos))
 		return -1;
 	for (k = 0; k < 64; k++) {
-		left = skb->len - pos;
-		if (left == 0 || skb->len <= pos)
+		if (skb->len <= pos)
 			break;
+		left = skb->len - pos;
 		if (left > STREAM_PULL_MAX)
 			left = STREAM_PULL_MAX;
 		if (bpf_skb_adjust_room(skb, -(__s32)left, 0, 0))
@@ -1125,7 +1127,7 @@ int l7_stream(struct __sk_buff *skb)
 	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 	struct stream_ctx c = {};
 	struct l7_scratch *pend;
-	__u32 now_ms = bpf_ktime_get_ns() / NSEC_PER_MSEC, since = now_ms;
+	__u32 since = 0; /* of the bytes given back, if any */
 
 	if (!st) {
 		count(L7_R_NO_STATE);
@@ -1162,7 +1164,9 @@ int l7_stream(struct __sk_buff *skb)
 		return SK_PASS;
 	case STREAM_HOLD:
 		/* A piece held again from the start keeps its first hold time. */
-		if (stream_hold(skb, cookie, c.pos, c.len, c.pos == 0 ? since : now_ms) == 0) {
+		if (c.pos != 0 || !pend)
+			since = bpf_ktime_get_ns() / NSEC_PER_MSEC;
+		if (stream_hold(skb, cookie, c.pos, c.len, since) == 0) {
 			/* Cut the held bytes off; a segment cut to nothing
 			 * is dropped without being counted as read. */
 			if (stream_cut(skb, c.pos) == 0) {

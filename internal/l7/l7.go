@@ -239,7 +239,7 @@ func (l *L7) attachments(d Delivery) []attachment {
 // with.
 func (l *L7) attachSockhashPrograms(d Delivery) error {
 	if d == DeliverDirect {
-		if err := detachAll(l.objs.L7Socks, ebpf.AttachSkSKBStreamParser); err != nil {
+		if _, err := detachAll(l.objs.L7Socks, ebpf.AttachSkSKBStreamParser); err != nil {
 			return err
 		}
 	}
@@ -278,15 +278,10 @@ func (l *L7) repairAttachments() (int, error) {
 		n++
 	}
 	if l.delivery == DeliverDirect {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: l.objs.L7Socks.FD(), Attach: ebpf.AttachSkSKBStreamParser})
+		detached, err := detachAll(l.objs.L7Socks, ebpf.AttachSkSKBStreamParser)
+		n += detached
 		if err != nil {
-			return n, fmt.Errorf("query the stream parser of the l7 sockhash: %w", err)
-		}
-		if len(res.Programs) > 0 {
-			if err := detachAll(l.objs.L7Socks, ebpf.AttachSkSKBStreamParser); err != nil {
-				return n, err
-			}
-			n++
+			return n, err
 		}
 	}
 	var cfg uint32
@@ -302,24 +297,25 @@ func (l *L7) repairAttachments() (int, error) {
 	return n, nil
 }
 
-// detachAll detaches whatever program of type typ is attached to the map m.
-func detachAll(m *ebpf.Map, typ ebpf.AttachType) error {
+// detachAll detaches whatever program of type typ is attached to the map m and returns how many
+// it detached.
+func detachAll(m *ebpf.Map, typ ebpf.AttachType) (int, error) {
 	res, err := link.QueryPrograms(link.QueryOptions{Target: m.FD(), Attach: typ})
 	if err != nil {
-		return fmt.Errorf("query the %s programs of the l7 sockhash: %w", typ, err)
+		return 0, fmt.Errorf("query the %s programs of the l7 sockhash: %w", typ, err)
 	}
-	for _, p := range res.Programs {
+	for i, p := range res.Programs {
 		prog, err := ebpf.NewProgramFromID(p.ID)
 		if err != nil {
-			return fmt.Errorf("open attached %s program %d: %w", typ, p.ID, err)
+			return i, fmt.Errorf("open attached %s program %d: %w", typ, p.ID, err)
 		}
 		err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: m.FD(), Program: prog, Attach: typ})
 		prog.Close()
 		if err != nil {
-			return fmt.Errorf("detach %s program %d from the l7 sockhash: %w", typ, p.ID, err)
+			return i, fmt.Errorf("detach %s program %d from the l7 sockhash: %w", typ, p.ID, err)
 		}
 	}
-	return nil
+	return len(res.Programs), nil
 }
 
 // Holding reports whether direct delivery holds an incomplete header block for any connection: the
