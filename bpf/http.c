@@ -139,7 +139,8 @@ struct {
 /*
  * Direct delivery (l7_stream): the start of a header block or chunk-size line
  * that arrived without its end, held here (keyed by socket cookie) until the
- * rest arrives; the application has not seen it. Same layout as a scratch
+ * rest arrives; the application has not seen it (unless L7_SF_AHEAD is set on
+ * the connection: l7_stream). Same layout as a scratch
  * slot, which is where it is assembled. Entries are allocated on use (8 KiB
  * each); the bound caps what clients holding header blocks open can make the
  * kernel keep (64 MiB): beyond it a hold fails and its connection is denied.
@@ -651,18 +652,31 @@ static __always_inline int write_forbidden(struct __sk_buff *skb)
  * how a request hides inside a body. Each piece is its own message, so it
  * passes while the connection is allowed.
  *
- * b holds the first n (<= CHUNK_LINE_MAX) bytes at the current position.
+ * line holds the first n (<= CHUNK_LINE_MAX) bytes at the current position.
  * Returns the length of the next piece of framing, 0 when more bytes are
  * needed, -1 to deny. Chunk data is not handled here (phase CHUNK_DATA is
  * streamed like a Content-Length body).
+ *
+ * A global function, verified once on its own: inlined, its sixteen steps of
+ * branches made l7_stream's bpf_loop callback too complex for the verifier.
  */
-static __always_inline int chunk_step(const __u8 *b, __u32 n, struct l7_sock_state *st)
+struct chunk_line {
+	__u8 b[CHUNK_LINE_MAX];
+};
+
+__noinline int chunk_step(const struct chunk_line *line, __u32 n, struct l7_sock_state *st)
 {
+	const __u8 *b;
 	__u64 size = 0;
 	__u32 k;
 
+	if (!line || !st)
+		return -1;
+	b = line->b;
 	if (n == 0)
 		return 0;
+	if (n > CHUNK_LINE_MAX)
+		return -1;
 	if (st->phase == L7_PHASE_CHUNK_CRLF || st->phase == L7_PHASE_CHUNK_END) {
 		if (b[0] != '\r' || (n > 1 && b[1] != '\n'))
 			return -1;
@@ -711,15 +725,15 @@ static __always_inline int chunk_step(const __u8 *b, __u32 n, struct l7_sock_sta
 static __always_inline int chunk_framing(struct __sk_buff *skb, struct l7_sock_state *st, __s64 off,
 					 __s64 avail)
 {
-	__u8 b[CHUNK_LINE_MAX] = {};
+	struct chunk_line line = {};
 	__u32 n = avail > CHUNK_LINE_MAX ? CHUNK_LINE_MAX : (__u32)avail;
 	int r;
 
 	if (n == 0)
 		return 0;
-	if (bpf_skb_load_bytes(skb, off, b, n))
+	if (bpf_skb_load_bytes(skb, off, line.b, n))
 		return deny_all(st, L7_R_BAD_CHUNK, avail);
-	r = chunk_step(b, n, st);
+	r = chunk_step(&line, n, st);
 	if (r < 0)
 		return deny_all(st, L7_R_BAD_CHUNK, avail);
 	return r;
@@ -961,18 +975,17 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 		c->pos += body_take(st, avail);
 		return 0;
 	default: {
-		/* chunk_framing's step, written out: calling chunk_framing
-		 * from this bpf_loop callback exceeds the verifier's budget. */
-		__u8 b[CHUNK_LINE_MAX] = {};
+		/* chunk_framing's step, with this program's own outcomes */
+		struct chunk_line line = {};
 		int r;
 
 		n = avail > CHUNK_LINE_MAX ? CHUNK_LINE_MAX : avail;
-		if (n == 0 || n > CHUNK_LINE_MAX || bpf_skb_load_bytes(skb, c->pos, b, n)) {
+		if (n == 0 || n > CHUNK_LINE_MAX || bpf_skb_load_bytes(skb, c->pos, line.b, n)) {
 			set_denied(st, L7_R_BUSY);
 			c->stop = STREAM_RESET;
 			return 1;
 		}
-		r = chunk_step(b, n, st);
+		r = chunk_step(&line, n, st);
 		if (r < 0) {
 			set_denied(st, L7_R_BAD_CHUNK);
 			c->stop = STREAM_RESET;
@@ -1034,8 +1047,39 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 	return 1;
 }
 
+/* Where framing the segment stopped (stream_frame). */
+struct stream_out {
+	__u32 stop;
+	__u32 pos;
+	__u32 answer;
+	__u32 len;
+};
+
+/*
+ * Frames the segment's pieces from its start. A global function, verified
+ * once: inlined, the bpf_loop callback was verified again for every state
+ * l7_stream could be in at the call, past the verifier's budget.
+ */
+__noinline int stream_frame(struct __sk_buff *skb, struct l7_sock_state *st, struct stream_out *out)
+{
+	struct stream_ctx c = {};
+
+	if (!skb || !st || !out)
+		return -1;
+	c.skb = skb;
+	c.st = st;
+	c.len = skb->len;
+	skb_tuple(skb, &c.tk);
+	bpf_loop(L7_STREAM_PIECES, stream_piece, &c, 0);
+	out->stop = c.stop;
+	out->pos = c.pos;
+	out->answer = c.answer;
+	out->len = c.len;
+	return 0;
+}
+
 /* Keeps the len - pos bytes at pos in l7_pending, held since since. */
-static __always_inline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32 len, __u32 since)
+__noinline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32 len, __u32 since)
 {
 	struct l7_scratch *sc;
 	__u32 rest = len - pos, slot;
@@ -1068,11 +1112,13 @@ static __always_inline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u3
  * instead: the bytes to keep are saved, the segment is pulled from the front
  * (bpf_skb_adjust_room) and they are written back.
  */
-static __always_inline int stream_cut(struct __sk_buff *skb, __u32 pos)
+__noinline int stream_cut(struct __sk_buff *skb, __u32 pos)
 {
 	__u8 keep[STREAM_KEEP_SMALL] = {};
 	__u32 k, left;
 
+	if (!skb)
+		return -1;
 	if (pos >= skb->len)
 		return 0;
 	if (pos > STREAM_KEEP_SMALL)
@@ -1095,29 +1141,72 @@ static __always_inline int stream_cut(struct __sk_buff *skb, __u32 pos)
 	return 0;
 }
 
-/* Puts the held bytes back in front of the segment. */
-static __always_inline int stream_unhold(struct __sk_buff *skb, const struct l7_scratch *pend)
+/* Removes the first n (≤ L7_SCAN_LIMIT) bytes of the segment. */
+static __always_inline int stream_trim_front(struct __sk_buff *skb, __u32 n)
 {
-	__u32 p = pend->len, o = 0, k, n;
+	__u32 k, step;
 
+	for (k = 0; k < L7_SCAN_LIMIT / STREAM_PULL_MAX + 1; k++) {
+		if (n == 0)
+			return 0;
+		step = n > STREAM_PULL_MAX ? STREAM_PULL_MAX : n;
+		if (bpf_skb_adjust_room(skb, -(__s32)step, 0, 0))
+			return -1;
+		n -= step;
+	}
+	return n ? -1 : 0;
+}
+
+/*
+ * Makes the segment the bytes from ahead to keep: the first ahead bytes were
+ * delivered with an earlier segment (L7_SF_AHEAD) and came back in front of
+ * this one to be judged; the bytes from keep on are held. 0 when done; 1 when
+ * only the front could be removed: the segment is then the bytes from ahead
+ * to its end; -1 when neither.
+ */
+__noinline int stream_deliver(struct __sk_buff *skb, __u32 ahead, __u32 keep)
+{
+	__u32 len;
+
+	if (!skb)
+		return -1;
+	len = skb->len;
+	if (ahead > keep || keep > len || stream_trim_front(skb, ahead))
+		return -1;
+	if (stream_cut(skb, keep - ahead) == 0)
+		return 0;
+	return skb->len == len - ahead ? 1 : -1;
+}
+
+/* Puts the held bytes back in front of the segment. */
+__noinline int stream_unhold(struct __sk_buff *skb, const struct l7_scratch *pend)
+{
+	__u32 p, o, k, rest;
+
+	if (!skb || !pend)
+		return -1;
+	p = pend->len;
 	if (p == 0 || p > L7_SCAN_LIMIT)
 		return -1;
 	if (bpf_skb_change_head(skb, p, 0))
 		return -1;
+	/* Whole pieces of constant size, then the rest: offsets the verifier
+	 * knows exactly (a variable-size copy per step made it walk every
+	 * length this loop could see). */
 	for (k = 0; k < L7_SCAN_LIMIT / STREAM_COPY; k++) {
-		if (o >= p)
+		o = k * STREAM_COPY;
+		if (o + STREAM_COPY > p)
 			break;
-		n = p - o;
-		if (n > STREAM_COPY)
-			n = STREAM_COPY;
-		if (n == 0)
+		if (bpf_skb_store_bytes(skb, o, pend->buf + o, STREAM_COPY, 0))
 			return -1;
-		o &= SCAN_MASK;
-		if (bpf_skb_store_bytes(skb, o, pend->buf + o, n, 0))
-			return -1;
-		o += n;
 	}
-	return 0;
+	o = k * STREAM_COPY;
+	if (o >= p)
+		return 0;
+	rest = p - o;
+	if (rest == 0 || rest >= STREAM_COPY || o > L7_SCAN_LIMIT - STREAM_COPY)
+		return -1;
+	return bpf_skb_store_bytes(skb, o, pend->buf + o, rest, 0) ? -1 : 0;
 }
 
 SEC("sk_skb/stream_verdict")
@@ -1125,9 +1214,11 @@ int l7_stream(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
-	struct stream_ctx c = {};
+	struct stream_out c = {};
 	struct l7_scratch *pend;
 	__u32 since = 0; /* of the bytes given back, if any */
+	__u32 ahead = 0; /* how many of them the application already has */
+	int r;
 
 	if (!st) {
 		count(L7_R_NO_STATE);
@@ -1145,6 +1236,9 @@ int l7_stream(struct __sk_buff *skb)
 		int err = stream_unhold(skb, pend);
 
 		since = pend->since;
+		if (st->flags & L7_SF_AHEAD)
+			ahead = pend->len;
+		st->flags &= ~L7_SF_AHEAD;
 		bpf_map_delete_elem(&l7_pending, &cookie);
 		if (err) {
 			set_denied(st, L7_R_BUSY);
@@ -1152,14 +1246,15 @@ int l7_stream(struct __sk_buff *skb)
 			return SK_DROP;
 		}
 	}
-	c.skb = skb;
-	c.st = st;
-	c.len = skb->len;
-	skb_tuple(skb, &c.tk);
-	bpf_loop(L7_STREAM_PIECES, stream_piece, &c, 0);
+	stream_frame(skb, st, &c);
 
+	/* A request the application already has part of is not answered. */
+	if (ahead && c.stop == STREAM_ANSWER)
+		c.stop = STREAM_RESET;
 	switch (c.stop) {
 	case STREAM_DONE:
+		if (stream_trim_front(skb, ahead))
+			break;
 		count(L7_R_MSG_PASSED);
 		return SK_PASS;
 	case STREAM_HOLD:
@@ -1167,11 +1262,25 @@ int l7_stream(struct __sk_buff *skb)
 		if (c.pos != 0 || !pend)
 			since = bpf_ktime_get_ns() / NSEC_PER_MSEC;
 		if (stream_hold(skb, cookie, c.pos, c.len, since) == 0) {
-			/* Cut the held bytes off; a segment cut to nothing
-			 * is dropped without being counted as read. */
-			if (stream_cut(skb, c.pos) == 0) {
-				if (c.pos == 0)
-					return SK_DROP;
+			/*
+			 * Cut the held bytes off; a segment cut to nothing is
+			 * dropped without being counted as read. When the
+			 * kernel cannot cut (bpf_skb_change_tail keeps at most
+			 * ~16 KiB), or the piece was already delivered ahead,
+			 * the incomplete piece passes ahead of its judgment:
+			 * everything the scan saw of it is well-formed, it is
+			 * judged when complete, and a deny then resets.
+			 */
+			r = c.pos == 0 && ahead ? 1 : stream_deliver(skb, ahead, c.pos);
+			if (r == 1 && c.pos == 0 && ahead && stream_trim_front(skb, ahead))
+				r = -1;
+			if (r == 0 && c.pos == ahead)
+				return SK_DROP;
+			if (r >= 0) {
+				if (r == 1) {
+					st->flags |= L7_SF_AHEAD;
+					count(L7_R_AHEAD);
+				}
 				count(L7_R_MSG_PASSED);
 				return SK_PASS;
 			}
@@ -1194,7 +1303,7 @@ int l7_stream(struct __sk_buff *skb)
 		break;
 	case STREAM_RESET:
 		/* What was allowed before the denied request still passes. */
-		if (c.pos > 0 && stream_cut(skb, c.pos) == 0) {
+		if (c.pos > ahead && stream_deliver(skb, ahead, c.pos) == 0) {
 			count(L7_R_MSG_PASSED);
 			return SK_PASS;
 		}
@@ -1426,7 +1535,7 @@ int l7_egress(struct sk_msg_md *msg)
 		return SK_PASS;
 	}
 	if (st->phase != L7_PHASE_HEADERS) {
-		__u8 b[CHUNK_LINE_MAX] = {};
+		struct chunk_line line = {};
 		int r;
 
 		n = size > CHUNK_LINE_MAX ? CHUNK_LINE_MAX : size;
@@ -1434,9 +1543,9 @@ int l7_egress(struct sk_msg_md *msg)
 			goto deny_busy;
 		data = msg->data;
 		data_end = msg->data_end;
-		if (data + n > data_end || n == 0 || n > CHUNK_LINE_MAX || bpf_probe_read_kernel(b, n, data))
+		if (data + n > data_end || n == 0 || n > CHUNK_LINE_MAX || bpf_probe_read_kernel(line.b, n, data))
 			goto deny_busy;
-		r = chunk_step(b, n, st);
+		r = chunk_step(&line, n, st);
 		if (r < 0) {
 			set_denied(st, L7_R_BAD_CHUNK);
 			return SK_DROP;

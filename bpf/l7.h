@@ -118,6 +118,9 @@ enum l7_phase {
  * the server is a local endpoint whose ingress rules are judged here, by the
  * client's sk_msg program, instead of at the server's socket. */
 #define L7_SF_AT_SOURCE 4
+/* Direct delivery: the bytes held in l7_pending were delivered ahead of their
+ * judgment (the segment they ended could not be cut; bpf/http.c, l7_stream). */
+#define L7_SF_AHEAD 8
 
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
 struct l7_sock_state {
@@ -222,6 +225,7 @@ enum l7_reason {
 	L7_R_FORBIDDEN,        /* denied requests answered with 403 Forbidden */
 	L7_R_EVENT_LOST,       /* events not written: ring buffer full */
 	L7_R_HELD_TOO_LONG,    /* an incomplete header block held beyond l7_hold_max_ms (direct delivery) */
+	L7_R_AHEAD,            /* incomplete pieces delivered ahead of their judgment (direct delivery: l7_stream) */
 	L7_R_MAX,
 };
 

@@ -117,4 +117,7 @@ func TestPrivilegedLargeUploadsAreNeverLost(t *testing.T) {
 	if !e.sawTarget("/upload") {
 		t.Fatal("the server never saw an upload")
 	}
+	if mode == DeliverDirect.String() {
+		t.Logf("direct delivery: %d pieces passed ahead of their judgment", e.counter(t, ReasonAhead))
+	}
 }

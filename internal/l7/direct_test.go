@@ -138,6 +138,41 @@ func TestPrivilegedDirectDeliveryFramesAcrossSegments(t *testing.T) {
 		expectStatuses(t, c, http.StatusOK)
 		checkBody(t, "/upload/d", "helloX")
 	})
+	t.Run("an incomplete piece after more allowed bytes than the kernel lets a program cut", func(t *testing.T) {
+		// bpf_skb_change_tail keeps at most about 16 KiB of a segment: the incomplete header
+		// block (then chunk-size line) ending a segment of 40 KB passes ahead of its judgment,
+		// which comes when it is complete. Each connection is warmed first so that TCP sends
+		// the 40 KB as one segment.
+		warmed := func() net.Conn {
+			c := e.dial(t, port, false)
+			warm := strings.Repeat("w", 1<<20)
+			io.WriteString(c, req("POST", "/upload/warm", "Content-Length: "+strconv.Itoa(len(warm)))+warm)
+			expectStatuses(t, c, http.StatusOK)
+			return c
+		}
+		before := e.counter(t, ReasonAhead)
+		long := strings.Repeat("l", 40000)
+		c := warmed()
+		writeParts(t, c, req("POST", "/upload/long", "Content-Length: "+strconv.Itoa(len(long)))+long+"GET /allowed/after-long HTTP/1.1\r\nHo", "st: server\r\n\r\n")
+		expectStatuses(t, c, http.StatusOK, http.StatusOK)
+		checkBody(t, "/upload/long", long)
+		e.waitSeen(t, "/allowed/after-long")
+		writeParts(t, c, "POST /upload/long-chunks HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\n\r\n9c40\r\n"+long+"\r\n1", "0\r\n0123456789abcdef\r\n0\r\n\r\n")
+		expectStatuses(t, c, http.StatusOK)
+		checkBody(t, "/upload/long-chunks", long+"0123456789abcdef")
+		if got := e.counter(t, ReasonAhead); got != before+2 {
+			t.Fatalf("ahead counter %d, want %d: the pieces were not delivered ahead", got, before+2)
+		}
+		if q := e.serverRecvQ(t, port); q != 0 {
+			t.Fatalf("server Recv-Q %d, want 0", q)
+		}
+		// Denied once complete: the connection is reset, and the server never gets the request
+		// whole (it has the part that went ahead).
+		d := warmed()
+		writeParts(t, d, req("POST", "/upload/long-2", "Content-Length: "+strconv.Itoa(len(long)))+long+"GET /secret/ahead HTTP/1.1\r\nHo", "st: server\r\n\r\n")
+		expectStatuses(t, d, http.StatusOK)
+		e.expectDenied(t, d, "/secret/ahead")
+	})
 	t.Run("a held header block completed into a deny is answered and never seen", func(t *testing.T) {
 		c := e.dial(t, port, false)
 		writeParts(t, c, "GET /sec", "ret/held HTTP/1.1\r\nHost: server\r\n\r\n")

@@ -146,7 +146,8 @@ const (
 	httpL7ReasonL7R_FORBIDDEN          httpL7Reason = 24
 	httpL7ReasonL7R_EVENT_LOST         httpL7Reason = 25
 	httpL7ReasonL7R_HELD_TOO_LONG      httpL7Reason = 26
-	httpL7ReasonL7R_MAX                httpL7Reason = 27
+	httpL7ReasonL7R_AHEAD              httpL7Reason = 27
+	httpL7ReasonL7R_MAX                httpL7Reason = 28
 )
 
 type httpL7Rule struct {

@@ -46,6 +46,7 @@ const (
 	ReasonForbidden
 	ReasonEventLost
 	ReasonHeldTooLong
+	ReasonAhead
 	numReasons
 )
 
@@ -53,7 +54,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
-	"event-lost", "held-too-long"}
+	"event-lost", "held-too-long", "ahead"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
