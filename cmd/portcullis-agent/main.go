@@ -53,8 +53,8 @@ func main() {
 	flag.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the cgroup v2 mount (HTTP rules attach sock_ops there)")
 	flag.StringVar(&c.netns, "netns", "", "work on the interfaces of this network namespace (a path; the lab's nodes) instead of the agent's own")
 	flag.BoolVar(&c.http, "http", true, "judge HTTP requests at the socket for ports with HTTP rules (needs sockmap and cgroup v2); with false, such ports are enforced at L3/L4 only and reported Degraded")
-	flag.StringVar(&c.httpDelivery, "http-delivery", "redirect", "how the kernel frames requests at a server's socket on judged ports and hands allowed ones to the application: redirect (the kernel's stream parser frames, allowed requests go through the socket's backlog), direct (opt-in: the verdict program frames each received segment and passes allowed bytes at once, about 20 µs less per request at one connection; one large upload in several hundred stalled in tests, see bpf/README.md) or pass (stream parser and SK_PASS: this kernel loses requests with it; see bpf/README.md)")
-	flag.DurationVar(&c.httpHoldMax, "http-hold-max", l7.DefaultHoldMax, "with --http-delivery=direct, how long an incomplete request header block may wait for its end (a client sending it slowly) before the connection is denied and reset")
+	flag.StringVar(&c.httpDelivery, "http-delivery", "", "how the kernel frames requests at a server's socket on judged ports and hands allowed ones to the application: direct (the default on Linux 6.5 and later: the verdict program frames each received segment and passes allowed bytes at once), redirect (the default before 6.5: the kernel's stream parser frames, allowed requests go through the socket's backlog, about 15 to 20 µs more per request at one connection) or pass (stream parser and SK_PASS: this kernel loses requests with it; for measurements). See bpf/README.md, \"Deliveries\"")
+	flag.DurationVar(&c.httpHoldMax, "http-hold-max", l7.DefaultHoldMax, "with direct delivery, how long an incomplete request header block may wait for its end (a client sending it slowly) before the connection is denied and reset")
 	flag.BoolVar(&c.httpAtSource, "http-judge-at-source", true, "judge the ingress HTTP rules of a server on this node at the sockets of its clients on this node (their sk_msg program), for clients in pods where no process can hold CAP_NET_RAW or CAP_NET_ADMIN (every process's capability bounding set lacks both, as in Pod Security Standard restricted): allowed requests then cost no delivery hop. Other clients, and clients on other nodes, are judged at the server's socket")
 	flag.DurationVar(&c.interval, "drift-check-interval", 5*time.Second, "how often the kernel is compared with the desired state and repaired")
 	flag.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
@@ -74,8 +74,10 @@ func checkHost(c config) error {
 	if c.nodeName == "" {
 		return errors.New("no node name: pass --node-name or set NODE_NAME (fieldRef spec.nodeName)")
 	}
-	if _, err := l7.ParseDelivery(c.httpDelivery); err != nil {
-		return fmt.Errorf("--http-delivery: %w", err)
+	if c.httpDelivery != "" {
+		if _, err := l7.ParseDelivery(c.httpDelivery); err != nil {
+			return fmt.Errorf("--http-delivery: %w", err)
+		}
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(c.bpffs, &fs); err != nil {
@@ -91,6 +93,20 @@ func checkHost(c config) error {
 		return fmt.Errorf("%s is not a cgroup v2 mount: Portcullis needs the unified hierarchy", c.cgroupRoot)
 	}
 	return nil
+}
+
+// httpDelivery is the --http-delivery value (checked by checkHost), or when it is not given direct
+// delivery where the kernel supports it and redirect before that.
+func httpDelivery(flagValue string) l7.Delivery {
+	if flagValue != "" {
+		d, _ := l7.ParseDelivery(flagValue)
+		return d
+	}
+	if err := l7.DirectDeliverySupported(); err != nil {
+		ctrl.Log.WithName("setup").Info("using the stream parser's delivery (redirect)", "reason", err.Error())
+		return l7.DeliverRedirect
+	}
+	return l7.DeliverDirect
 }
 
 func run(c config) error {
@@ -111,7 +127,7 @@ func run(c config) error {
 	defer dp.Close()
 	var http7 *l7.L7
 	if c.http {
-		delivery, _ := l7.ParseDelivery(c.httpDelivery) // checked by checkHost
+		delivery := httpDelivery(c.httpDelivery)
 		// The HTTP programs share the datapath's IP cache, and their sock_ops program sits on the
 		// cgroup that holds the node's pods.
 		http7, err = l7.Load(l7.Options{PinDir: filepath.Join(c.pinDir, "l7"), IPCache: dp.IPCacheMap(), Delivery: delivery, HoldMax: c.httpHoldMax, JudgeAtSource: c.httpAtSource})

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -16,19 +15,15 @@ import (
 
 // The delivery tests check that allowed requests are never lost between the kernel and the
 // application: thousands of keep-alive requests answered one at a time, and large uploads on fresh
-// connections. They run with the agent's default delivery (redirect), or the one
+// connections. They run with the agent's default delivery (direct), or the one
 // PORTCULLIS_L7_TEST_DELIVERY names. With pass (stream parser and SK_PASS) they fail on this kernel:
-// that is the reproduction of the kernel bug bpf/README.md describes. With direct the upload test
-// stalled once in several hundred uploads (bpf/README.md, "Deliveries").
+// that is the reproduction of the kernel bug bpf/README.md describes.
 
-// deliveryEnv is a test environment with the delivery the agent uses by default (redirect), or the
+// deliveryEnv is a test environment with the delivery the agent uses by default (direct), or the
 // one PORTCULLIS_L7_TEST_DELIVERY names; it returns the delivery's name too.
 func deliveryEnv(t *testing.T) (*testEnv, string) {
 	t.Helper()
-	d := DeliverRedirect
-	if os.Getenv("PORTCULLIS_L7_TEST_DELIVERY") != "" {
-		d = testDelivery(t)
-	}
+	d := testDelivery(t)
 	return newTestEnvDelivery(t, d), d.String()
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-dev/portcullis/internal/netns"
 )
@@ -52,7 +53,8 @@ type Options struct {
 	// IPCache, when set, replaces the l7_ipcache map: the L3/L4 datapath's ipcache has the same
 	// key and value layout, so both halves can share one address → identity table.
 	IPCache *ebpf.Map
-	// Delivery is how allowed requests reach the application on judged ports (server side).
+	// Delivery is how allowed requests reach the application on judged ports (server side); the
+	// zero value is DeliverDirect, which Load refuses on kernels before 6.5.
 	Delivery Delivery
 	// HoldMax bounds how long direct delivery holds an incomplete header block (a client sending
 	// it slowly): the connection is then denied and reset by the next ResetDenied (to the
@@ -75,22 +77,47 @@ const DefaultHoldMax = 10 * time.Second
 type Delivery int
 
 const (
-	// DeliverRedirect (the default): the kernel's stream parser frames each request (l7_parser) and
-	// the verdict program redirects allowed ones to the socket's own ingress, through the psock
-	// backlog (a work item per request: about +25 µs at one connection, docs/benchmarks.md).
-	DeliverRedirect Delivery = iota
-	// DeliverDirect (opt-in): the verdict program alone (l7_stream) frames the requests in each
-	// received segment itself and passes allowed bytes with SK_PASS; an incomplete header block
-	// waits in l7_pending for the segment that completes it. No stream parser, no backlog hop. Not
-	// the default yet: one 4 MiB upload in several hundred stalled under a full test run
-	// (bpf/README.md, "Deliveries").
-	DeliverDirect
+	// DeliverDirect (the default): the verdict program alone (l7_stream) frames the requests in
+	// each received segment itself and passes allowed bytes with SK_PASS; an incomplete header
+	// block waits in l7_pending for the segment that completes it. No stream parser, no backlog
+	// hop (bpf/README.md, "Deliveries"). Needs Linux 6.5 or later (DirectDeliverySupported).
+	DeliverDirect Delivery = iota
+	// DeliverRedirect: the kernel's stream parser frames each request (l7_parser) and the verdict
+	// program redirects allowed ones to the socket's own ingress, through the psock backlog (a
+	// work item per request: about +25 µs at one connection, docs/benchmarks.md). For kernels
+	// before 6.5.
+	DeliverRedirect
 	// DeliverPass: the stream parser, and SK_PASS for allowed requests. On this kernel it loses
 	// requests: TCP's read cursor runs ahead of what the application has read and the next request
 	// never reaches the parser (bpf/README.md, "Why allowed messages are not passed after the
 	// stream parser"). Kept for measurements.
 	DeliverPass
 )
+
+// DirectDeliverySupported reports whether the running kernel can use DeliverDirect: the verdict
+// program grows and cuts the segments it is given, which is safe only since Linux 6.5, where the
+// segment is no longer shared with the socket's receive path (bpf/README.md).
+func DirectDeliverySupported() error {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return fmt.Errorf("kernel release: %w", err)
+	}
+	release := unix.ByteSliceToString(u.Release[:])
+	if !releaseAtLeast(release, 6, 5) {
+		return fmt.Errorf("direct delivery needs Linux 6.5 or later, this kernel is %s", release)
+	}
+	return nil
+}
+
+// releaseAtLeast reports whether a kernel release string ("6.18.0-1-amd64") is major.minor or
+// later; an unreadable one is not.
+func releaseAtLeast(release string, major, minor int) bool {
+	var ma, mi int
+	if _, err := fmt.Sscanf(release, "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
+}
 
 // ParseDelivery reads a --http-delivery value: direct, redirect or pass.
 func ParseDelivery(s string) (Delivery, error) {
@@ -143,6 +170,11 @@ type L7 struct {
 // Load loads the programs, creates (or adopts) the maps and attaches the stream parser and verdict
 // programs to the SOCKHASH.
 func Load(opts Options) (_ *L7, err error) {
+	if opts.Delivery == DeliverDirect {
+		if err := DirectDeliverySupported(); err != nil {
+			return nil, fmt.Errorf("load l7: %w (use DeliverRedirect)", err)
+		}
+	}
 	spec, err := loadHttp()
 	if err != nil {
 		return nil, fmt.Errorf("load l7 spec: %w", err)
