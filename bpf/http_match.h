@@ -122,8 +122,21 @@ struct walk {
 	__u32 ncls;
 	__u32 nstates;
 	__u32 state;
-	__u32 start;
-	__u32 slot;
+	__u32 pos; /* next byte to walk */
+	__u32 end;
+};
+
+/* Bytes a scan_cb or walk_cb call handles: the callback's call and setup are
+ * paid once per run instead of once per byte. */
+#define SCAN_RUN 16
+
+/* A callback's context, on its caller's stack: the per-CPU values it works
+ * on, looked up once by the caller (the callback only reads these pointers;
+ * its writes go to the map values). */
+struct scan_ctx {
+	struct scan *s;
+	const struct l7_scratch *sc;
+	const struct l7_dfa *d;
 };
 
 /*
@@ -163,7 +176,7 @@ struct scan {
 	__u32 have_rs;
 	__u32 matched;
 	__u32 log_missing;
-	__u32 pad_end;
+	__u32 pos; /* next byte to scan */
 };
 
 struct {
@@ -326,19 +339,9 @@ static __always_inline void name_byte(struct scan *s, __u32 k, __u8 c)
 		s->w2 |= v;
 }
 
-/* bpf_loop callback: one byte of the request line or header block. */
-static int scan_cb(__u32 i, __u32 *slotp)
+/* One byte c at i of the request line or header block; 1 to stop. */
+static __always_inline int scan_byte(struct scan *s, __u32 i, __u8 c)
 {
-	struct scan *s = scan_state(slotp);
-	struct l7_scratch *sc = scratch(*slotp);
-	__u8 c;
-
-	if (!s)
-		return 1;
-	if (!sc || i >= s->len)
-		return reject(s, L7_R_BUSY);
-	c = sc->buf[i & SCAN_MASK];
-
 	switch (s->st) {
 	case ST_METHOD:
 		if (c >= 'A' && c <= 'Z') {
@@ -463,30 +466,55 @@ static int scan_cb(__u32 i, __u32 *slotp)
 	return reject(s, L7_R_BAD_HEADER);
 }
 
-/* bpf_loop callback: one DFA transition. */
-static int walk_cb(__u32 i, __u32 *slotp)
+/* bpf_loop callback: the next SCAN_RUN bytes of the request line or header
+ * block, from s->pos; stops at the end of what there is (done still
+ * SCAN_RUNNING: the block is incomplete). */
+static int scan_cb(__u32 unused, struct scan_ctx *x)
 {
-	struct scan *s = scan_state(slotp);
-	struct l7_scratch *sc = scratch(*slotp);
-	struct l7_dfa *d;
-	struct walk *w;
-	__u32 idx, *next;
+	struct scan *s = x->s;
+	const struct l7_scratch *sc = x->sc;
+	__u32 k, i;
 
-	if (!s)
+	if (!s || !sc)
+		return 1;
+	i = s->pos;
+#pragma clang loop unroll(disable)
+	for (k = 0; k < SCAN_RUN; k++) {
+		if (i >= s->len)
+			return 1;
+		if (scan_byte(s, i, sc->buf[i & SCAN_MASK]))
+			return 1;
+		i++;
+	}
+	s->pos = i;
+	return 0;
+}
+
+/* bpf_loop callback: the next SCAN_RUN DFA transitions, from w->pos. */
+static int walk_cb(__u32 unused, struct scan_ctx *x)
+{
+	struct scan *s = x->s;
+	const struct l7_scratch *sc = x->sc;
+	const struct l7_dfa *d = x->d;
+	struct walk *w;
+	__u32 k, idx, *next;
+
+	if (!s || !sc || !d)
 		return 1;
 	w = &s->w;
-	d = bpf_map_lookup_elem(&l7_dfas, &w->id);
-	if (!sc || !d) {
-		w->state = 0;
-		return 1;
+#pragma clang loop unroll(disable)
+	for (k = 0; k < SCAN_RUN; k++) {
+		if (w->pos >= w->end)
+			return 1;
+		idx = w->base + w->state * w->ncls + d->classes[sc->buf[w->pos & SCAN_MASK]];
+		next = bpf_map_lookup_elem(&l7_dfa_cells, &idx);
+		if (!next || *next == 0 || *next >= w->nstates) {
+			w->state = 0; /* dead, or a corrupt table: no match */
+			return 1;
+		}
+		w->state = *next;
+		w->pos++;
 	}
-	idx = w->base + w->state * w->ncls + d->classes[sc->buf[(w->start + i) & SCAN_MASK]];
-	next = bpf_map_lookup_elem(&l7_dfa_cells, &idx);
-	if (!next || *next == 0 || *next >= w->nstates) {
-		w->state = 0; /* dead, or a corrupt table: no match */
-		return 1;
-	}
-	w->state = *next;
 	return 0;
 }
 
@@ -494,6 +522,7 @@ static int walk_cb(__u32 i, __u32 *slotp)
 static __noinline int dfa_match(__u32 id, __u32 start, __u32 len, __u32 slot)
 {
 	struct scan *s = bpf_map_lookup_elem(&l7_scans, &slot);
+	struct scan_ctx x = {};
 	struct l7_dfa *d;
 	struct walk *wp;
 	__u32 idx, *acc;
@@ -506,16 +535,22 @@ static __noinline int dfa_match(__u32 id, __u32 start, __u32 len, __u32 slot)
 	d = bpf_map_lookup_elem(&l7_dfas, &id);
 	if (!d || d->nstates == 0 || d->nclasses == 0 || d->start == 0 || d->start >= d->nstates)
 		return 0;
+	x.s = s;
+	x.sc = scratch(slot);
+	x.d = d;
+	if (!x.sc)
+		return 0;
 	wp->id = id;
 	wp->base = d->base;
 	wp->ncls = d->nclasses;
 	wp->nstates = d->nstates;
 	wp->state = d->start;
-	wp->start = start;
+	wp->pos = start;
+	wp->end = start + len;
 	if (len > L7_SCAN_LIMIT)
 		return 0;
 	if (len)
-		bpf_loop(len, walk_cb, &slot, 0);
+		bpf_loop((len + SCAN_RUN - 1) / SCAN_RUN, walk_cb, &x, 0);
 	if (wp->state == 0)
 		return 0;
 	idx = wp->base + wp->nstates * wp->ncls + wp->state;
@@ -587,6 +622,7 @@ struct judge_out {
  */
 __noinline int judge(struct judge_out *out)
 {
+	struct scan_ctx x = {};
 	struct scan *sp;
 	struct l7_ruleset *rs;
 	__u32 slot, len;
@@ -628,7 +664,13 @@ __noinline int judge(struct judge_out *out)
 		out->audit = sp->rs.flags & L7_RS_AUDIT;
 	}
 
-	bpf_loop(sp->len, scan_cb, &slot, 0);
+	x.s = sp;
+	x.sc = scratch(slot);
+	if (!x.sc) {
+		out->reason = L7_R_BUSY;
+		return 0;
+	}
+	bpf_loop((sp->len + SCAN_RUN - 1) / SCAN_RUN, scan_cb, &x, 0);
 
 	if (sp->done == SCAN_REJECT) {
 		out->reason = sp->reason;

@@ -234,8 +234,8 @@ type httpScan struct {
 		Ncls    uint32
 		Nstates uint32
 		State   uint32
-		Start   uint32
-		Slot    uint32
+		Pos     uint32
+		End     uint32
 	}
 	Key           httpL7RulesetKey
 	Rs            httpL7Ruleset
@@ -275,7 +275,7 @@ type httpScan struct {
 	HaveRs        uint32
 	Matched       uint32
 	LogMissing    uint32
-	PadEnd        uint32
+	Pos           uint32
 }
 
 // Names of all BPF objects in the ELF.

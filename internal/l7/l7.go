@@ -167,6 +167,11 @@ type L7 struct {
 	config   uint32
 }
 
+// workingMaps are the programs' per-CPU working memory (the request being judged, the scan's
+// state, the nesting depth): nothing in them outlives one program run, so they are not pinned, and
+// their layout can change between builds without making the pins of the last one incompatible.
+var workingMaps = map[string]bool{"l7_scratch": true, "l7_scans": true, "l7_nesting": true}
+
 // Load loads the programs, creates (or adopts) the maps and attaches the stream parser and verdict
 // programs to the SOCKHASH.
 func Load(opts Options) (_ *L7, err error) {
@@ -193,6 +198,11 @@ func Load(opts Options) (_ *L7, err error) {
 		}
 		for name, ms := range spec.Maps {
 			if strings.HasPrefix(name, ".") {
+				continue
+			}
+			if workingMaps[name] {
+				// A pin left by an earlier build is not adopted: drop it.
+				os.Remove(filepath.Join(opts.PinDir, name))
 				continue
 			}
 			ms.Pinning = ebpf.PinByName

@@ -3,8 +3,10 @@ package l7
 import (
 	"maps"
 	"os"
+	"path/filepath"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -96,5 +98,32 @@ func TestPrivilegedPinnedRulesSurviveRestartAndWritesAreIdempotent(t *testing.T)
 	}
 	if _, err := os.Stat(dir + "/l7_socks"); err != nil {
 		t.Fatalf("sockhash not pinned: %v", err)
+	}
+}
+
+// The programs' working maps are not pinned: a pin an earlier build left under one of their names,
+// with another layout, does not stop the agent from loading (it is removed).
+func TestPrivilegedWorkingMapPinsOfAnEarlierBuildAreDropped(t *testing.T) {
+	requireRoot(t)
+	dir := mountBPFFS(t)
+	for name := range workingMaps {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Pin(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+	}
+	l, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatalf("load over an earlier build's working-map pins: %v", err)
+	}
+	defer l.Close()
+	for name := range workingMaps {
+		if _, err := os.Stat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+			t.Errorf("%s is pinned (%v)", name, err)
+		}
 	}
 }
