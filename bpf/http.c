@@ -1119,7 +1119,8 @@ __noinline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32
  * header and checksum offsets (17 bytes measured on a segment whose head was
  * grown; 0 is always refused), so a short keep is done from the front
  * instead: the bytes to keep are saved, the segment is pulled from the front
- * (bpf_skb_adjust_room) and they are written back.
+ * (bpf_skb_adjust_room) and they are written back. It keeps at most ~16 KiB
+ * (bpf_skb_change_tail's limit): l7_stream passes ahead when it cannot cut.
  */
 __noinline int stream_cut(struct __sk_buff *skb, __u32 pos)
 {
