@@ -778,7 +778,7 @@ static __always_inline __u32 judge_at(struct __sk_buff *skb, const struct l7_soc
 	sc = scratch(slot);
 	n = avail > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : avail;
 	if (!sc || n == 0 || n > L7_SCAN_LIMIT || bpf_skb_load_bytes(skb, off, sc->buf, n)) {
-		slot_leave();
+		slot_leave(slot);
 		return L7_SCRATCH_SLOTS;
 	}
 	out->slot = slot;
@@ -836,14 +836,14 @@ int l7_parser(struct __sk_buff *skb)
 		return deny_all(st, L7_R_BUSY, avail);
 	n = avail > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : (__u32)avail;
 	if (out.verdict == L7_NEED_MORE) {
-		slot_leave();
+		slot_leave(slot);
 		return 0;
 	}
 	skb_tuple(skb, &tk);
 
 	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
 		emit(slot, &out, st, &tk, L7_EV_ALLOWED, 0, t0);
-		slot_leave();
+		slot_leave(slot);
 		count(L7_R_ALLOWED);
 		mark_passed(skb, st);
 		frame_body(st, &out);
@@ -855,7 +855,7 @@ int l7_parser(struct __sk_buff *skb)
 		/* Forward and report. A well-formed request keeps the framing;
 		 * after a malformed one the rest of the connection passes. */
 		emit(slot, &out, st, &tk, L7_EV_AUDITED, 0, t0);
-		slot_leave();
+		slot_leave(slot);
 		count(L7_R_AUDITED);
 		if (out.hdr_len && out.hdr_len <= n) {
 			mark_passed(skb, st);
@@ -867,7 +867,7 @@ int l7_parser(struct __sk_buff *skb)
 	}
 	msg = answer_len(skb, st, &out, n, avail);
 	emit(slot, &out, st, &tk, L7_EV_DENIED, msg ? L7_EVF_FORBIDDEN : L7_EVF_RESET, t0);
-	slot_leave();
+	slot_leave(slot);
 	set_denied(st, out.reason);
 	if (msg) {
 		st->flags |= L7_SF_ANSWER;
@@ -1018,13 +1018,13 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 	}
 	n = avail > L7_SCAN_LIMIT ? L7_SCAN_LIMIT : avail;
 	if (out.verdict == L7_NEED_MORE) {
-		slot_leave();
+		slot_leave(slot);
 		c->stop = STREAM_HOLD;
 		return 1;
 	}
 	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
 		emit(slot, &out, st, &c->tk, L7_EV_ALLOWED, 0, t0);
-		slot_leave();
+		slot_leave(slot);
 		count(L7_R_ALLOWED);
 		mark_passed(skb, st);
 		frame_body(st, &out);
@@ -1035,7 +1035,7 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 		out.reason = L7_R_BAD_HEADER;
 	if (out.audit) {
 		emit(slot, &out, st, &c->tk, L7_EV_AUDITED, 0, t0);
-		slot_leave();
+		slot_leave(slot);
 		count(L7_R_AUDITED);
 		if (out.hdr_len && out.hdr_len <= n) {
 			mark_passed(skb, st);
@@ -1050,7 +1050,7 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 	}
 	c->answer = c->pos == 0 ? stream_answer_len(skb, st, &out, n) : 0;
 	emit(slot, &out, st, &c->tk, L7_EV_DENIED, c->answer ? L7_EVF_FORBIDDEN : L7_EVF_RESET, t0);
-	slot_leave();
+	slot_leave(slot);
 	set_denied(st, out.reason);
 	c->stop = c->answer ? STREAM_ANSWER : STREAM_RESET;
 	return 1;
@@ -1105,7 +1105,7 @@ __noinline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32
 		sc->since = since;
 		err = bpf_map_update_elem(&l7_pending, &cookie, sc, BPF_ANY);
 	}
-	slot_leave();
+	slot_leave(slot);
 	return err;
 }
 
@@ -1582,7 +1582,7 @@ int l7_egress(struct sk_msg_md *msg)
 		goto deny_busy;
 	sc = scratch(slot);
 	if (!sc || n == 0 || n > L7_SCAN_LIMIT || bpf_probe_read_kernel(sc->buf, n, data)) {
-		slot_leave();
+		slot_leave(slot);
 		goto deny_busy;
 	}
 	out.slot = slot;
@@ -1593,14 +1593,14 @@ int l7_egress(struct sk_msg_md *msg)
 	out.direction = st->direction;
 	judge(&out);
 	if (out.verdict == L7_NEED_MORE) {
-		slot_leave();
+		slot_leave(slot);
 		/* Run again once at least one more byte is written. */
 		bpf_msg_cork_bytes(msg, size + 1);
 		return SK_PASS;
 	}
 	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
 		emit(slot, &out, st, &tk, L7_EV_ALLOWED, at_source ? L7_EVF_AT_SOURCE : 0, t0);
-		slot_leave();
+		slot_leave(slot);
 		count(L7_R_ALLOWED);
 		count(L7_R_MSG_PASSED);
 		mark_answered_to(msg, st);
@@ -1613,7 +1613,7 @@ int l7_egress(struct sk_msg_md *msg)
 		out.reason = L7_R_BAD_HEADER;
 	if (out.audit) {
 		emit(slot, &out, st, &tk, L7_EV_AUDITED, at_source ? L7_EVF_AT_SOURCE : 0, t0);
-		slot_leave();
+		slot_leave(slot);
 		count(L7_R_AUDITED);
 		count(L7_R_MSG_PASSED);
 		if (out.hdr_len && out.hdr_len <= n) {
@@ -1633,7 +1633,7 @@ int l7_egress(struct sk_msg_md *msg)
 
 		emit(slot, &out, st, &tk, L7_EV_DENIED,
 		     L7_EVF_AT_SOURCE | (answer ? L7_EVF_FORBIDDEN : L7_EVF_RESET), t0);
-		slot_leave();
+		slot_leave(slot);
 		set_denied(st, out.reason);
 		if (answer && answer_at_source(msg, &tk, out.hdr_len) == SK_PASS) {
 			st->flags |= L7_SF_ANSWERED;
@@ -1644,7 +1644,7 @@ int l7_egress(struct sk_msg_md *msg)
 		return SK_DROP;
 	}
 	emit(slot, &out, st, &tk, L7_EV_DENIED, 0, t0);
-	slot_leave();
+	slot_leave(slot);
 	set_denied(st, out.reason);
 	count(L7_R_MSG_DROPPED);
 	return SK_DROP;

@@ -33,10 +33,16 @@ struct {
 	__uint(max_entries, L7_SCRATCH_SLOTS + 1);
 } l7_scratch SEC(".maps");
 
+/* Which scratch slots of this CPU are in use (slot_enter). */
+struct l7_slots {
+	__u32 busy[L7_SCRATCH_SLOTS];
+};
+_Static_assert(L7_SCRATCH_SLOTS == 2, "slot_enter takes slot 0 or 1");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct l7_slots);
 	__uint(max_entries, 1);
 } l7_nesting SEC(".maps");
 
@@ -707,24 +713,34 @@ __noinline int judge(struct judge_out *out)
 	return 0;
 }
 
-/* Enter/leave a scratch slot on this CPU; slot L7_SCRATCH_SLOTS = busy. */
+/*
+ * Take / give back a scratch slot on this CPU; slot L7_SCRATCH_SLOTS = busy.
+ * Each slot has its own busy flag, taken with a compare-and-swap: programs run
+ * with migration disabled but, in task context (sk_msg, a socket's backlog),
+ * can be preempted, so a program may end while one that started after it
+ * still runs. A depth counter would then hand that one's slot out again.
+ */
 static __always_inline __u32 slot_enter(void)
 {
-	__u32 zero = 0, *n = bpf_map_lookup_elem(&l7_nesting, &zero);
+	__u32 zero = 0;
+	struct l7_slots *b = bpf_map_lookup_elem(&l7_nesting, &zero);
 
-	if (!n)
+	if (!b)
 		return L7_SCRATCH_SLOTS;
-	if (*n >= L7_SCRATCH_SLOTS)
-		return L7_SCRATCH_SLOTS;
-	return (*n)++;
+	if (__sync_val_compare_and_swap(&b->busy[0], 0, 1) == 0)
+		return 0;
+	if (__sync_val_compare_and_swap(&b->busy[1], 0, 1) == 0)
+		return 1;
+	return L7_SCRATCH_SLOTS;
 }
 
-static __always_inline void slot_leave(void)
+static __always_inline void slot_leave(__u32 slot)
 {
-	__u32 zero = 0, *n = bpf_map_lookup_elem(&l7_nesting, &zero);
+	__u32 zero = 0;
+	struct l7_slots *b = bpf_map_lookup_elem(&l7_nesting, &zero);
 
-	if (n && *n)
-		(*n)--;
+	if (b && slot < L7_SCRATCH_SLOTS)
+		b->busy[slot & 1] = 0;
 }
 
 #endif

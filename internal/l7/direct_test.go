@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
@@ -303,4 +305,57 @@ func TestPrivilegedDirectDeliveryBoundsHolds(t *testing.T) {
 	// The quick connection is untouched.
 	io.WriteString(quick, req("GET", "/allowed/quick-again"))
 	expectStatuses(t, quick, http.StatusOK)
+}
+
+// A program takes a scratch slot nobody holds and gives back only its own: programs in task context
+// can be preempted, so one may still hold slot 1 after the one that held slot 0 ended. With both
+// slots held on every CPU a request is denied (busy), never judged in a buffer in use.
+func TestPrivilegedScratchSlotsAreTakenOnlyWhenFree(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	const port, peer = 8080, 5000
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
+	e.startServer(t, port, false)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold := func(busy [2]uint32) {
+		t.Helper()
+		v := make([][2]uint32, ncpu)
+		for i := range v {
+			v[i] = busy
+		}
+		if err := e.l.objs.L7Nesting.Update(uint32(0), v, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := func() [][2]uint32 {
+		t.Helper()
+		var v [][2]uint32
+		if err := e.l.objs.L7Nesting.Lookup(uint32(0), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	defer hold([2]uint32{})
+
+	hold([2]uint32{0, 1}) // slot 1 held by a program that has not ended
+	c := e.dial(t, port, false)
+	io.WriteString(c, req("GET", "/allowed/slot-0"))
+	expectStatuses(t, c, http.StatusOK)
+	for cpu, b := range held() {
+		if b != [2]uint32{0, 1} {
+			t.Fatalf("CPU %d: slots %v after a request, want [0 1]: a slot in use was taken or given back", cpu, b)
+		}
+	}
+
+	hold([2]uint32{1, 1})
+	before := e.counter(t, ReasonBusy)
+	d := e.dial(t, port, false)
+	io.WriteString(d, req("GET", "/allowed/no-slot"))
+	e.expectDenied(t, d, "/allowed/no-slot")
+	if got := e.counter(t, ReasonBusy); got <= before {
+		t.Fatalf("busy counter %d, want more than %d", got, before)
+	}
 }

@@ -183,6 +183,11 @@ type httpL7Scratch struct {
 	Buf   [8320]uint8
 }
 
+type httpL7Slots struct {
+	_    structs.HostLayout
+	Busy [2]uint32
+}
+
 type httpL7SockState struct {
 	_             structs.HostLayout
 	BodyRemaining uint64
