@@ -36,6 +36,13 @@ func TestHelperServerProcess(t *testing.T) {
 	}
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(os.Getenv("L7_TEST_SERVER_MPTCP") == "1")
+	if os.Getenv("L7_TEST_SERVER_TFO") == "1" { // TCP Fast Open: data in the SYN (tfo_test.go)
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN, 16) })
+			return errors.Join(err, serr)
+		}
+	}
 	network := os.Getenv("L7_TEST_SERVER_NET")
 	if network == "" {
 		network = "tcp4"
