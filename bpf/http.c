@@ -1263,8 +1263,13 @@ int l7_stream(struct __sk_buff *skb)
 		c.stop = STREAM_RESET;
 	switch (c.stop) {
 	case STREAM_DONE:
-		if (stream_trim_front(skb, ahead))
+		if (stream_trim_front(skb, ahead)) {
+			/* Dropping allowed bytes the connection goes on
+			 * without would put the application's stream out of
+			 * step with the framing: deny it. */
+			set_denied(st, L7_R_BUSY);
 			break;
+		}
 		count(L7_R_MSG_PASSED);
 		return SK_PASS;
 	case STREAM_HOLD:
