@@ -225,7 +225,7 @@ enum l7_reason {
 	L7_R_FORBIDDEN,        /* denied requests answered with 403 Forbidden */
 	L7_R_EVENT_LOST,       /* events not written: ring buffer full */
 	L7_R_HELD_TOO_LONG,    /* an incomplete header block held beyond l7_hold_max_ms (direct delivery) */
-	L7_R_AHEAD,            /* incomplete pieces delivered ahead of their judgment (direct delivery: l7_stream) */
+	L7_R_AHEAD,            /* segments passed with an incomplete piece ahead of its judgment (direct delivery: l7_stream) */
 	L7_R_MAX,
 };
 
