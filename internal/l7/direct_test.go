@@ -59,7 +59,8 @@ func expectStatuses(t *testing.T, c net.Conn, want ...int) {
 	}
 }
 
-// serverRecvQOf is serverRecvQ for the server's side of the client connection c.
+// serverRecvQOf is what TCP counts as received and not yet read (ss's Recv-Q, rcv_nxt -
+// copied_seq) on the server's side of the client connection c.
 func (e *testEnv) serverRecvQOf(t *testing.T, c net.Conn) int {
 	t.Helper()
 	local := c.LocalAddr().(*net.TCPAddr)
@@ -81,32 +82,6 @@ func (e *testEnv) serverRecvQOf(t *testing.T, c net.Conn) int {
 		t.Fatalf("ss output %q: %v", out, err)
 	}
 	return n
-}
-
-// serverRecvQ is what TCP counts as received and not yet read on the server's connections of port
-// (ss's Recv-Q, rcv_nxt - copied_seq), summed.
-func (e *testEnv) serverRecvQ(t *testing.T, port uint16) int {
-	t.Helper()
-	var out []byte
-	err := netns.Do("/run/netns/"+e.srvNS, func() error {
-		var err error
-		out, err = exec.Command("ss", "-tnH", "state", "established", fmt.Sprintf("( sport = :%d )", port)).CombinedOutput()
-		return err
-	})
-	if err != nil {
-		t.Fatalf("ss: %v: %s", err, out)
-	}
-	sum := 0
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if f := strings.Fields(line); len(f) > 0 {
-			n, err := strconv.Atoi(f[0])
-			if err != nil {
-				t.Fatalf("ss line %q: %v", line, err)
-			}
-			sum += n
-		}
-	}
-	return sum
 }
 
 // Direct delivery (the default): l7_stream frames the requests in each received segment itself. These
@@ -189,8 +164,8 @@ func TestPrivilegedDirectDeliveryFramesAcrossSegments(t *testing.T) {
 		if got := e.counter(t, ReasonAhead); got != before+2 {
 			t.Fatalf("ahead counter %d, want %d: the pieces were not delivered ahead", got, before+2)
 		}
-		if q := e.serverRecvQ(t, port); q != 0 {
-			t.Fatalf("server Recv-Q %d, want 0", q)
+		if q := e.serverRecvQOf(t, c); q != 0 {
+			t.Fatalf("server Recv-Q %d, want 0\nserver sockets:\n%s", q, e.serverSockets())
 		}
 		// Denied once complete: the connection is reset, and the server never gets the request
 		// whole (it has the part that went ahead).
