@@ -1286,9 +1286,10 @@ int l7_stream(struct __sk_buff *skb)
 			 * everything the scan saw of it is well-formed, it is
 			 * judged when complete, and a deny then resets.
 			 */
-			r = c.pos == 0 && ahead ? 1 : stream_deliver(skb, ahead, c.pos);
-			if (r == 1 && c.pos == 0 && ahead && stream_trim_front(skb, ahead))
-				r = -1;
+			if (c.pos == 0 && ahead) /* still the piece that went ahead */
+				r = stream_trim_front(skb, ahead) ? -1 : 1;
+			else
+				r = stream_deliver(skb, ahead, c.pos);
 			if (r == 0 && c.pos == ahead)
 				return SK_DROP;
 			if (r >= 0) {

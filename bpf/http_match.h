@@ -123,7 +123,6 @@ enum scan_done {
 };
 
 struct walk {
-	__u32 id;
 	__u32 base;
 	__u32 ncls;
 	__u32 nstates;
@@ -546,7 +545,6 @@ static __noinline int dfa_match(__u32 id, __u32 start, __u32 len, __u32 slot)
 	x.d = d;
 	if (!x.sc)
 		return 0;
-	wp->id = id;
 	wp->base = d->base;
 	wp->ncls = d->nclasses;
 	wp->nstates = d->nstates;

@@ -234,7 +234,6 @@ type httpScan struct {
 	_ structs.HostLayout
 	W struct {
 		_       structs.HostLayout
-		Id      uint32
 		Base    uint32
 		Ncls    uint32
 		Nstates uint32
@@ -244,6 +243,7 @@ type httpScan struct {
 	}
 	Key           httpL7RulesetKey
 	Rs            httpL7Ruleset
+	_             [4]byte
 	Method        uint64
 	Version       uint64
 	W0            uint64
