@@ -52,6 +52,9 @@ func TestHelperServerProcess(t *testing.T) {
 		fmt.Println("listen:", err)
 		os.Exit(1)
 	}
+	if os.Getenv("L7_TEST_SERVER_GATED") == "1" { // accept only when told (accept_test.go)
+		ln = &gatedListener{Listener: ln, gate: bufio.NewScanner(os.Stdin)}
+	}
 	var mu sync.Mutex
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := fnv.New64a()
@@ -72,6 +75,20 @@ func TestHelperServerProcess(t *testing.T) {
 	os.Exit(0)
 }
 
+// gatedListener accepts a connection only after reading a line from its gate, so that a test can
+// have data arrive on a connection the application has not accepted yet.
+type gatedListener struct {
+	net.Listener
+	gate *bufio.Scanner
+}
+
+func (l *gatedListener) Accept() (net.Conn, error) {
+	if !l.gate.Scan() {
+		return nil, io.EOF
+	}
+	return l.Listener.Accept()
+}
+
 type testEnv struct {
 	l        *L7
 	srvNS    string
@@ -81,6 +98,7 @@ type testEnv struct {
 	cliAddr  netip.Addr
 	srvAddr6 netip.Addr
 	cliAddr6 netip.Addr
+	gate     io.Writer // the server's accept gate (L7_TEST_SERVER_GATED)
 	mu       sync.Mutex
 	seen     []string
 	seenCond chan struct{}
@@ -229,6 +247,11 @@ func (e *testEnv) startServerAt(t testing.TB, network, addr string, mptcp bool) 
 		cmd.Env = append(cmd.Env, "L7_TEST_SERVER_MPTCP=1")
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if os.Getenv("L7_TEST_SERVER_GATED") == "1" {
+		if e.gate, err = cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
