@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"iter"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -101,7 +102,7 @@ type names struct {
 // a manager Runnable.
 type Flows struct {
 	dp    *datapath.Datapath
-	http  *l7.L7
+	http  ruleSourcer // nil when HTTP judging is off
 	reset *Resetter
 	node  string
 
@@ -109,26 +110,64 @@ type Flows struct {
 	names       names
 	httpOrigins map[l7.RuleKey]map[string][]string
 	ring        []FlowRecord
+	httpRing    []HTTPFlow // ring[i].HTTP points at httpRing[i] for HTTP flows: no allocation per request
 	next        int
 	full        bool
+	// What the HTTP reader worked out once and reuses for every request (at tens of thousands of
+	// requests per second, naming each one afresh cost the agent more CPU than the kernel's judging):
+	// the text and pod of each address (cleared with names), and each kernel rule's source, policy
+	// and logged headers (cleared with the origins, or when the rule sets change: rulesVersion).
+	endpoints    map[netip.Addr]endpointName
+	rules        map[ruleRef]ruleName
+	rulesVersion uint64
+}
+
+// ruleSourcer is what the HTTP reader needs of *l7.L7.
+type ruleSourcer interface {
+	RuleSources(key l7.RuleKey, rule int) ([]string, l7.RuleKey)
+	RulesVersion() uint64
+	ReadEvents(ctx context.Context) iter.Seq2[l7.Event, error]
+}
+
+type endpointName struct{ ip, pod string }
+
+type ruleRef struct {
+	key  l7.RuleKey
+	rule int
+}
+
+// ruleName is how the flows name the rule that allowed a request.
+type ruleName struct {
+	rule, policy string
+	// logHeaders are the rule's logged headers, and firstLog the bit of the first in the event's
+	// LogMissing (the matched headers come first).
+	logHeaders []string
+	firstLog   int
 }
 
 // NewFlows returns a recorder that keeps the last size flows. http and reset may be nil (HTTP
 // judging off); reset, when set, is told about every denied request.
 func NewFlows(dp *datapath.Datapath, http *l7.L7, reset *Resetter, node string, size int) *Flows {
-	return &Flows{dp: dp, http: http, reset: reset, node: node, ring: make([]FlowRecord, size),
-		names: names{pods: map[netip.Addr]string{}, policies: map[uint32]string{}}}
+	f := &Flows{dp: dp, reset: reset, node: node, ring: make([]FlowRecord, size), httpRing: make([]HTTPFlow, size),
+		names:     names{pods: map[netip.Addr]string{}, policies: map[uint32]string{}},
+		endpoints: map[netip.Addr]endpointName{}, rules: map[ruleRef]ruleName{}}
+	if http != nil {
+		f.http = http
+	}
+	return f
 }
 
 func (f *Flows) setHTTPOrigins(o map[l7.RuleKey]map[string][]string) {
 	f.mu.Lock()
 	f.httpOrigins = o
+	clear(f.rules)
 	f.mu.Unlock()
 }
 
 func (f *Flows) setNames(n names) {
 	f.mu.Lock()
 	f.names = n
+	clear(f.endpoints)
 	f.mu.Unlock()
 }
 
@@ -187,6 +226,13 @@ func (f *Flows) keepLocked(rec FlowRecord) {
 	}
 }
 
+// keepHTTPLocked keeps an HTTP flow, its HTTP part in the slot's own storage.
+func (f *Flows) keepHTTPLocked(rec FlowRecord, h *HTTPFlow) {
+	f.httpRing[f.next] = *h
+	rec.HTTP = &f.httpRing[f.next]
+	f.keepLocked(rec)
+}
+
 // httpCounterKey labels the per-request counters; readHTTP keeps their children, since looking them
 // up by label values for every request costs more than the kernel's decision.
 type httpCounterKey struct{ direction, verdict, response, policy string }
@@ -205,78 +251,110 @@ func (f *Flows) readHTTP(ctx context.Context) {
 			}
 			continue
 		}
-		if f.reset != nil && ev.Verdict == l7.VerdictDenied {
-			// Ingress: a 403 (reset later, after a grace) or a reset now. Egress: the writer got
-			// EACCES; its connection is reset now.
-			f.reset.Notify(ev.Response)
-		}
-		rec := f.httpRecord(ev)
-		f.mu.Lock()
-		f.keepLocked(rec)
-		f.mu.Unlock()
-		k := httpCounterKey{rec.Direction, rec.Verdict, rec.HTTP.Response, rec.Policy}
-		c, ok := counters[k]
-		if !ok {
-			c = httpCounters{flowsTotal.WithLabelValues(k.direction, k.verdict), httpRequests.WithLabelValues(k.direction, k.verdict, k.response, k.policy)}
-			counters[k] = c
-		}
-		c.flows.Inc()
-		c.requests.Inc()
-		httpDecisionSeconds.Observe(ev.Latency.Seconds())
+		f.takeHTTP(ev, counters)
 	}
 }
 
-// httpRecord names an HTTP event: both pods, the rule that allowed it and its policy, and the
-// logged header mismatches.
-func (f *Flows) httpRecord(ev l7.Event) FlowRecord {
-	h := &HTTPFlow{Method: ev.Method, Path: ev.Path, Host: ev.Host, Cut: ev.PathCut || ev.HostCut,
+// takeHTTP records, counts and (when denied) reports one HTTP event.
+func (f *Flows) takeHTTP(ev l7.Event, counters map[httpCounterKey]httpCounters) {
+	if f.reset != nil && ev.Verdict == l7.VerdictDenied {
+		// Ingress: a 403 (reset later, after a grace) or a reset now. Egress: the writer got
+		// EACCES; its connection is reset now.
+		f.reset.Notify(ev.Response)
+	}
+	var h HTTPFlow
+	f.mu.Lock()
+	rec := f.httpRecordLocked(ev, &h)
+	f.keepHTTPLocked(rec, &h)
+	f.mu.Unlock()
+	k := httpCounterKey{rec.Direction, rec.Verdict, h.Response, rec.Policy}
+	c, ok := counters[k]
+	if !ok {
+		c = httpCounters{flowsTotal.WithLabelValues(k.direction, k.verdict), httpRequests.WithLabelValues(k.direction, k.verdict, k.response, k.policy)}
+		counters[k] = c
+	}
+	c.flows.Inc()
+	c.requests.Inc()
+	httpDecisionSeconds.Observe(ev.Latency.Seconds())
+}
+
+// httpRecordLocked names an HTTP event: both pods, the rule that allowed it and its policy, and the
+// logged header mismatches; the HTTP part goes to h.
+func (f *Flows) httpRecordLocked(ev l7.Event, h *HTTPFlow) FlowRecord {
+	*h = HTTPFlow{Method: ev.Method, Path: ev.Path, Host: ev.Host, Cut: ev.PathCut || ev.HostCut,
 		Response: ev.Response.String(), DecisionNanos: ev.Latency.Nanoseconds()}
 	rec := FlowRecord{Time: ev.Time, Node: f.node, Direction: "ingress", Verdict: ev.Verdict.String(),
-		Reason: ev.Reason.String(), Protocol: "HTTP", HTTP: h}
-	f.mu.Lock()
-	local := FlowEndpoint{IP: ev.Local.Addr().String(), Port: ev.Local.Port(), Pod: f.names.pods[ev.Local.Addr()]}
-	remote := FlowEndpoint{IP: ev.Remote.Addr().String(), Port: ev.Remote.Port(), Identity: ev.PeerIdentity, Pod: f.names.pods[ev.Remote.Addr()]}
-	origins := f.httpOrigins
-	f.mu.Unlock()
-	rec.Source, rec.Dest = remote, local
+		Reason: ev.Reason.String(), Protocol: "HTTP"}
+	local, remote := f.endpointLocked(ev.Local.Addr()), f.endpointLocked(ev.Remote.Addr())
+	rec.Dest = FlowEndpoint{IP: local.ip, Port: ev.Local.Port(), Pod: local.pod}
+	rec.Source = FlowEndpoint{IP: remote.ip, Port: ev.Remote.Port(), Identity: ev.PeerIdentity, Pod: remote.pod}
 	switch {
 	case ev.Egress:
+		rec.Direction, rec.Source, rec.Dest = "egress", rec.Dest, rec.Source
 	case ev.AtSource:
 		h.JudgedAt = "client"
 	default:
 		h.JudgedAt = "server"
 	}
-	if ev.Egress {
-		rec.Direction, rec.Source, rec.Dest = "egress", local, remote
-	}
 	if ev.Rule < 0 {
 		return rec
 	}
-	sources, key := f.http.RuleSources(ev.Key(), ev.Rule)
-	if len(sources) == 0 {
-		return rec
-	}
-	h.Rule = sources[0]
-	if len(sources) > 1 {
-		h.Rule = fmt.Sprintf("%s (and %d more rules that differ only in path)", sources[0], len(sources)-1)
-	}
-	var pols []string
-	for _, src := range sources {
-		pols = append(pols, origins[key][src]...)
-	}
-	if len(pols) > 0 {
-		rec.Policy = slices.Min(pols)
-	}
+	r := f.ruleLocked(ev.Key(), ev.Rule)
+	h.Rule, rec.Policy = r.rule, r.policy
 	if ev.LogMissing != 0 {
-		if r, err := policy.ParseHTTPRule(sources[0]); err == nil {
-			for i, hdr := range r.LogHeaders {
-				if ev.LogMissing&(1<<(len(r.Headers)+i)) != 0 {
-					h.HeaderMismatches = append(h.HeaderMismatches, hdr)
-				}
+		for i, hdr := range r.logHeaders {
+			if ev.LogMissing&(1<<(r.firstLog+i)) != 0 {
+				h.HeaderMismatches = append(h.HeaderMismatches, hdr)
 			}
 		}
 	}
 	return rec
+}
+
+// endpointLocked names an address, from the cache when it can.
+func (f *Flows) endpointLocked(a netip.Addr) endpointName {
+	if n, ok := f.endpoints[a]; ok {
+		return n
+	}
+	n := endpointName{ip: a.String(), pod: f.names.pods[a]}
+	if len(f.endpoints) >= 1<<16 { // peers outside the cluster can be many
+		clear(f.endpoints)
+	}
+	f.endpoints[a] = n
+	return n
+}
+
+// ruleLocked names the kernel's rule index rule of the rule set that judged key, from the cache
+// when the rule sets have not changed since.
+func (f *Flows) ruleLocked(key l7.RuleKey, rule int) ruleName {
+	if v := f.http.RulesVersion(); v != f.rulesVersion {
+		clear(f.rules)
+		f.rulesVersion = v
+	}
+	ref := ruleRef{key, rule}
+	if r, ok := f.rules[ref]; ok {
+		return r
+	}
+	var r ruleName
+	sources, key := f.http.RuleSources(key, rule)
+	if len(sources) > 0 {
+		r.rule = sources[0]
+		if len(sources) > 1 {
+			r.rule = fmt.Sprintf("%s (and %d more rules that differ only in path)", sources[0], len(sources)-1)
+		}
+		var pols []string
+		for _, src := range sources {
+			pols = append(pols, f.httpOrigins[key][src]...)
+		}
+		if len(pols) > 0 {
+			r.policy = slices.Min(pols)
+		}
+		if p, err := policy.ParseHTTPRule(sources[0]); err == nil {
+			r.logHeaders, r.firstLog = p.LogHeaders, len(p.Headers)
+		}
+	}
+	f.rules[ref] = r
+	return r
 }
 
 // Recent returns the kept flows, oldest first.
@@ -287,7 +365,14 @@ func (f *Flows) Recent() []FlowRecord {
 	if f.full {
 		out = append(out, f.ring[f.next:]...)
 	}
-	return append(out, f.ring[:f.next]...)
+	out = append(out, f.ring[:f.next]...)
+	for i := range out {
+		if out[i].HTTP != nil { // the slot's storage is reused when the ring comes round
+			h := *out[i].HTTP
+			out[i].HTTP = &h
+		}
+	}
+	return out
 }
 
 // ServeHTTP answers GET /flows with the kept flows as JSON, optionally only those of one pod

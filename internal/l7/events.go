@@ -94,20 +94,43 @@ const EventPollInterval = 100 * time.Millisecond
 func (l *L7) ReadEvents(ctx context.Context) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
 		clock := bpfevents.Now()
+		names := newInterner(4096)
 		// Only denies wake the reader (bpf/http.c); the rest is read at least every poll interval.
 		for raw, err := range bpfevents.Records(ctx, l.objs.L7Events, EventPollInterval) {
 			if err != nil {
 				yield(Event{}, fmt.Errorf("read l7 event ring buffer: %w", err))
 				return
 			}
-			if !yield(decodeEvent(raw, clock)) {
+			if !yield(decodeEvent(raw, clock, names)) {
 				return
 			}
 		}
 	}
 }
 
-func decodeEvent(raw []byte, clock bpfevents.Clock) (Event, error) {
+// interner hands out one string per distinct byte sequence, so that the methods, hosts and paths
+// that repeat from request to request cost a map lookup (which does not allocate) instead of a new
+// string each. It forgets everything when it holds max strings.
+type interner struct {
+	m   map[string]string
+	max int
+}
+
+func newInterner(max int) *interner { return &interner{m: make(map[string]string), max: max} }
+
+func (in *interner) get(b []byte) string {
+	if s, ok := in.m[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(in.m) >= in.max {
+		clear(in.m)
+	}
+	in.m[s] = s
+	return s
+}
+
+func decodeEvent(raw []byte, clock bpfevents.Clock, names *interner) (Event, error) {
 	if len(raw) < eventSize {
 		return Event{}, fmt.Errorf("l7 event of %d bytes, want %d", len(raw), eventSize)
 	}
@@ -117,9 +140,9 @@ func decodeEvent(raw []byte, clock bpfevents.Clock) (Event, error) {
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&e)), eventSize), raw)
 	text := func(b []byte, n uint16) (string, bool) {
 		if int(n) > len(b) {
-			return string(b), true
+			return names.get(b), true
 		}
-		return string(b[:n]), false
+		return names.get(b[:n]), false
 	}
 	out := Event{
 		Time:         clock.Time(e.TimeNs),

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -165,6 +166,8 @@ type L7 struct {
 	// delivery and config are what Load attached and wrote to l7_config; Converge repairs both.
 	delivery Delivery
 	config   uint32
+	// rulesVersion counts the changes to tab.ruleSrc (RulesVersion).
+	rulesVersion atomic.Uint64
 }
 
 // workingMaps are the programs' per-CPU working memory (the request being judged, the scan's

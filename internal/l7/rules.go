@@ -686,8 +686,13 @@ func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (wrote b
 		src[i] = r.Sources
 	}
 	l.tab.ruleSrc[key] = src
+	l.rulesVersion.Add(1)
 	return wrote, nil
 }
+
+// RulesVersion changes whenever what RuleSources returns may have changed (a rule set written or
+// removed); reading it takes no lock, so that a reader of events can cache what RuleSources said.
+func (l *L7) RulesVersion() uint64 { return l.rulesVersion.Load() }
 
 // RuleSources returns the rules given to SetRules that the kernel's rule index (Event.Rule) stands
 // for, in the rule set that judges key: key's own, or the wildcard peer's when key has none; it also
@@ -721,6 +726,7 @@ func (l *L7) DeleteRules(key RuleKey) error {
 	delete(l.tab.ruleRefs, key)
 	delete(l.tab.ruleHdrs, key)
 	delete(l.tab.ruleSrc, key)
+	l.rulesVersion.Add(1)
 	return nil
 }
 

@@ -382,6 +382,8 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 			// The kernel's own decision time per judged request, from the agent's histogram
 			// (user-service runs on node-a).
 			decSum, decCount := map[string]float64{}, map[string]float64{}
+			// The server node's agent's CPU time (it reads the flow events), per request.
+			agentCPU, requests := map[string]float64{}, map[string]float64{}
 			for range b.N {
 				for round := 0; round < 3; round++ {
 					for _, m := range modes {
@@ -399,9 +401,13 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 						}
 						sum0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum")
 						n0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_count")
-						results[m.name] = append(results[m.name], runWrk(b, client, target, conns, 3*time.Second))
+						cpu0 := metric(b, "node-a", "process_cpu_seconds_total")
+						r := runWrk(b, client, target, conns, 3*time.Second)
+						results[m.name] = append(results[m.name], r)
 						stop()
 						time.Sleep(300 * time.Millisecond) // the agent reads allowed requests' events every 100 ms
+						agentCPU[m.name] += metric(b, "node-a", "process_cpu_seconds_total") - cpu0
+						requests[m.name] += r.rps * 3
 						decSum[m.name] += metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum") - sum0
 						decCount[m.name] += metric(b, "node-a", "portcullis_agent_http_decision_seconds_count") - n0
 					}
@@ -413,6 +419,9 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 				b.ReportMetric(r.rps/base.rps, m.name+"-ratio")
 				b.ReportMetric(float64((r.p50 - base.p50).Microseconds()), m.name+"-added-p50-µs")
 				b.ReportMetric(float64(r.p99.Microseconds()), m.name+"-p99-µs")
+				if requests[m.name] > 0 {
+					b.ReportMetric(agentCPU[m.name]/requests[m.name]*1e9, m.name+"-agent-cpu-ns/req")
+				}
 				if decCount[m.name] > 0 {
 					b.ReportMetric(decSum[m.name]/decCount[m.name]*1e9, m.name+"-decision-ns")
 				}
