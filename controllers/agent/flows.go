@@ -113,13 +113,9 @@ type Flows struct {
 	httpRing    []HTTPFlow // ring[i].HTTP points at httpRing[i] for HTTP flows: no allocation per request
 	next        int
 	full        bool
-	// What the HTTP reader worked out once and reuses for every request (at tens of thousands of
-	// requests per second, naming each one afresh cost the agent more CPU than the kernel's judging):
-	// the text and pod of each address (cleared with names), and each kernel rule's source, policy
-	// and logged headers (cleared with the origins, or when the rule sets change: rulesVersion).
-	endpoints    map[netip.Addr]endpointName
-	rules        map[ruleRef]ruleName
-	rulesVersion uint64
+	// namesGen and originsGen count the changes to names and httpOrigins, so that the HTTP reader
+	// knows when what it cached from them is stale (httpReader).
+	namesGen, originsGen uint64
 }
 
 // ruleSourcer is what the HTTP reader needs of *l7.L7.
@@ -149,8 +145,7 @@ type ruleName struct {
 // judging off); reset, when set, is told about every denied request.
 func NewFlows(dp *datapath.Datapath, http *l7.L7, reset *Resetter, node string, size int) *Flows {
 	f := &Flows{dp: dp, reset: reset, node: node, ring: make([]FlowRecord, size), httpRing: make([]HTTPFlow, size),
-		names:     names{pods: map[netip.Addr]string{}, policies: map[uint32]string{}},
-		endpoints: map[netip.Addr]endpointName{}, rules: map[ruleRef]ruleName{}}
+		names: names{pods: map[netip.Addr]string{}, policies: map[uint32]string{}}}
 	if http != nil {
 		f.http = http
 	}
@@ -160,14 +155,14 @@ func NewFlows(dp *datapath.Datapath, http *l7.L7, reset *Resetter, node string, 
 func (f *Flows) setHTTPOrigins(o map[l7.RuleKey]map[string][]string) {
 	f.mu.Lock()
 	f.httpOrigins = o
-	clear(f.rules)
+	f.originsGen++
 	f.mu.Unlock()
 }
 
 func (f *Flows) setNames(n names) {
 	f.mu.Lock()
 	f.names = n
-	clear(f.endpoints)
+	f.namesGen++
 	f.mu.Unlock()
 }
 
@@ -241,9 +236,26 @@ type httpCounters struct {
 	flows, requests prometheus.Counter
 }
 
+// httpReader is the HTTP reader's own state. It names each request from what it worked out once
+// and reuses (at tens of thousands of requests per second, naming each one afresh cost the agent
+// more CPU than the kernel's judging): the text and pod of each address, until the names change;
+// each kernel rule's source, policy and logged headers, until the origins or the rule sets change
+// (l7's RulesVersion). It never holds the flows' lock while asking l7, whose lock a converge holds.
+type httpReader struct {
+	counters  map[httpCounterKey]httpCounters
+	endpoints map[netip.Addr]endpointName
+	rules     map[ruleRef]ruleName
+	// What the caches were filled under.
+	namesGen, originsGen, rulesVersion uint64
+}
+
+func newHTTPReader() *httpReader {
+	return &httpReader{counters: map[httpCounterKey]httpCounters{}, endpoints: map[netip.Addr]endpointName{}, rules: map[ruleRef]ruleName{}}
+}
+
 // readHTTP reads the kernel's HTTP request events until ctx ends.
 func (f *Flows) readHTTP(ctx context.Context) {
-	counters := map[httpCounterKey]httpCounters{}
+	rd := newHTTPReader()
 	for ev, err := range f.http.ReadEvents(ctx) {
 		if err != nil {
 			if ctx.Err() == nil {
@@ -251,41 +263,52 @@ func (f *Flows) readHTTP(ctx context.Context) {
 			}
 			continue
 		}
-		f.takeHTTP(ev, counters)
+		f.takeHTTP(ev, rd)
 	}
 }
 
 // takeHTTP records, counts and (when denied) reports one HTTP event.
-func (f *Flows) takeHTTP(ev l7.Event, counters map[httpCounterKey]httpCounters) {
+func (f *Flows) takeHTTP(ev l7.Event, rd *httpReader) {
 	if f.reset != nil && ev.Verdict == l7.VerdictDenied {
 		// Ingress: a 403 (reset later, after a grace) or a reset now. Egress: the writer got
 		// EACCES; its connection is reset now.
 		f.reset.Notify(ev.Response)
 	}
-	var h HTTPFlow
 	f.mu.Lock()
-	rec := f.httpRecordLocked(ev, &h)
+	namesGen, originsGen := f.namesGen, f.originsGen
+	f.mu.Unlock()
+	if namesGen != rd.namesGen {
+		clear(rd.endpoints)
+		rd.namesGen = namesGen
+	}
+	if v := f.http.RulesVersion(); originsGen != rd.originsGen || v != rd.rulesVersion {
+		clear(rd.rules)
+		rd.originsGen, rd.rulesVersion = originsGen, v
+	}
+	var h HTTPFlow
+	rec := f.httpRecord(ev, rd, &h)
+	f.mu.Lock()
 	f.keepHTTPLocked(rec, &h)
 	f.mu.Unlock()
 	k := httpCounterKey{rec.Direction, rec.Verdict, h.Response, rec.Policy}
-	c, ok := counters[k]
+	c, ok := rd.counters[k]
 	if !ok {
 		c = httpCounters{flowsTotal.WithLabelValues(k.direction, k.verdict), httpRequests.WithLabelValues(k.direction, k.verdict, k.response, k.policy)}
-		counters[k] = c
+		rd.counters[k] = c
 	}
 	c.flows.Inc()
 	c.requests.Inc()
 	httpDecisionSeconds.Observe(ev.Latency.Seconds())
 }
 
-// httpRecordLocked names an HTTP event: both pods, the rule that allowed it and its policy, and the
+// httpRecord names an HTTP event: both pods, the rule that allowed it and its policy, and the
 // logged header mismatches; the HTTP part goes to h.
-func (f *Flows) httpRecordLocked(ev l7.Event, h *HTTPFlow) FlowRecord {
+func (f *Flows) httpRecord(ev l7.Event, rd *httpReader, h *HTTPFlow) FlowRecord {
 	*h = HTTPFlow{Method: ev.Method, Path: ev.Path, Host: ev.Host, Cut: ev.PathCut || ev.HostCut,
 		Response: ev.Response.String(), DecisionNanos: ev.Latency.Nanoseconds()}
 	rec := FlowRecord{Time: ev.Time, Node: f.node, Direction: "ingress", Verdict: ev.Verdict.String(),
 		Reason: ev.Reason.String(), Protocol: "HTTP"}
-	local, remote := f.endpointLocked(ev.Local.Addr()), f.endpointLocked(ev.Remote.Addr())
+	local, remote := f.endpoint(rd, ev.Local.Addr()), f.endpoint(rd, ev.Remote.Addr())
 	rec.Dest = FlowEndpoint{IP: local.ip, Port: ev.Local.Port(), Pod: local.pod}
 	rec.Source = FlowEndpoint{IP: remote.ip, Port: ev.Remote.Port(), Identity: ev.PeerIdentity, Pod: remote.pod}
 	switch {
@@ -299,7 +322,7 @@ func (f *Flows) httpRecordLocked(ev l7.Event, h *HTTPFlow) FlowRecord {
 	if ev.Rule < 0 {
 		return rec
 	}
-	r := f.ruleLocked(ev.Key(), ev.Rule)
+	r := f.rule(rd, ev.Key(), ev.Rule)
 	h.Rule, rec.Policy = r.rule, r.policy
 	if ev.LogMissing != 0 {
 		for i, hdr := range r.logHeaders {
@@ -311,28 +334,27 @@ func (f *Flows) httpRecordLocked(ev l7.Event, h *HTTPFlow) FlowRecord {
 	return rec
 }
 
-// endpointLocked names an address, from the cache when it can.
-func (f *Flows) endpointLocked(a netip.Addr) endpointName {
-	if n, ok := f.endpoints[a]; ok {
+// endpoint names an address, from the reader's cache when it can.
+func (f *Flows) endpoint(rd *httpReader, a netip.Addr) endpointName {
+	if n, ok := rd.endpoints[a]; ok {
 		return n
 	}
-	n := endpointName{ip: a.String(), pod: f.names.pods[a]}
-	if len(f.endpoints) >= 1<<16 { // peers outside the cluster can be many
-		clear(f.endpoints)
+	f.mu.Lock()
+	pod := f.names.pods[a]
+	f.mu.Unlock()
+	n := endpointName{ip: a.String(), pod: pod}
+	if len(rd.endpoints) >= 1<<16 { // peers outside the cluster can be many
+		clear(rd.endpoints)
 	}
-	f.endpoints[a] = n
+	rd.endpoints[a] = n
 	return n
 }
 
-// ruleLocked names the kernel's rule index rule of the rule set that judged key, from the cache
-// when the rule sets have not changed since.
-func (f *Flows) ruleLocked(key l7.RuleKey, rule int) ruleName {
-	if v := f.http.RulesVersion(); v != f.rulesVersion {
-		clear(f.rules)
-		f.rulesVersion = v
-	}
+// rule names the kernel's rule index rule of the rule set that judged key, from the reader's cache
+// when it can.
+func (f *Flows) rule(rd *httpReader, key l7.RuleKey, rule int) ruleName {
 	ref := ruleRef{key, rule}
-	if r, ok := f.rules[ref]; ok {
+	if r, ok := rd.rules[ref]; ok {
 		return r
 	}
 	var r ruleName
@@ -343,9 +365,11 @@ func (f *Flows) ruleLocked(key l7.RuleKey, rule int) ruleName {
 			r.rule = fmt.Sprintf("%s (and %d more rules that differ only in path)", sources[0], len(sources)-1)
 		}
 		var pols []string
+		f.mu.Lock()
 		for _, src := range sources {
 			pols = append(pols, f.httpOrigins[key][src]...)
 		}
+		f.mu.Unlock()
 		if len(pols) > 0 {
 			r.policy = slices.Min(pols)
 		}
@@ -353,7 +377,7 @@ func (f *Flows) ruleLocked(key l7.RuleKey, rule int) ruleName {
 			r.logHeaders, r.firstLog = p.LogHeaders, len(p.Headers)
 		}
 	}
-	f.rules[ref] = r
+	rd.rules[ref] = r
 	return r
 }
 

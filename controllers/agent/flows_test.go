@@ -65,12 +65,12 @@ func testEvent(path string, rule int) l7.Event {
 
 func TestHTTPFlowsNameRulesPodsAndPolicies(t *testing.T) {
 	f, rules := newTestFlows(4)
-	counters := map[httpCounterKey]httpCounters{}
-	f.takeHTTP(testEvent("/a", 0), counters)
+	rd := newHTTPReader()
+	f.takeHTTP(testEvent("/a", 0), rd)
 	ev := testEvent("/private/metrics", 1)
 	ev.LogMissing = 1 << 2 // the second logged header (after one matched header and the first logged)
-	f.takeHTTP(ev, counters)
-	f.takeHTTP(testEvent("/a", 0), counters)
+	f.takeHTTP(ev, rd)
+	f.takeHTTP(testEvent("/a", 0), rd)
 
 	got := f.Recent()
 	if len(got) != 3 {
@@ -96,7 +96,7 @@ func TestHTTPFlowsNameRulesPodsAndPolicies(t *testing.T) {
 	rules.version++
 	f.setHTTPOrigins(map[l7.RuleKey]map[string][]string{testKey: {`method="GET" path="/b"`: {"production/c-policy"}}})
 	f.setNames(names{pods: map[netip.Addr]string{testClient: "production/renamed"}})
-	f.takeHTTP(testEvent("/b", 0), counters)
+	f.takeHTTP(testEvent("/b", 0), rd)
 	got = f.Recent()
 	b := got[len(got)-1]
 	if b.HTTP.Rule != `method="GET" path="/b"` || b.Policy != "production/c-policy" || b.Source.Pod != "production/renamed" || b.Dest.Pod != "" {
@@ -104,7 +104,7 @@ func TestHTTPFlowsNameRulesPodsAndPolicies(t *testing.T) {
 	}
 	rules.version++ // a rule set rewritten without an origins change
 	rules.sources[testKey][0] = []string{`method="GET" path="/c"`}
-	f.takeHTTP(testEvent("/c", 0), counters)
+	f.takeHTTP(testEvent("/c", 0), rd)
 	if got := f.Recent(); got[len(got)-1].HTTP.Rule != `method="GET" path="/c"` {
 		t.Errorf("after a rule set change: rule %q", got[len(got)-1].HTTP.Rule)
 	}
@@ -112,11 +112,11 @@ func TestHTTPFlowsNameRulesPodsAndPolicies(t *testing.T) {
 
 func TestHTTPFlowsReturnedOutliveTheRing(t *testing.T) {
 	f, _ := newTestFlows(2)
-	counters := map[httpCounterKey]httpCounters{}
-	f.takeHTTP(testEvent("/a", 0), counters)
+	rd := newHTTPReader()
+	f.takeHTTP(testEvent("/a", 0), rd)
 	first := f.Recent()
 	for _, p := range []string{"/x", "/y", "/z"} { // the ring comes round twice
-		f.takeHTTP(testEvent(p, -1), counters)
+		f.takeHTTP(testEvent(p, -1), rd)
 	}
 	if first[0].HTTP.Path != "/a" || first[0].Policy != "production/a-policy" {
 		t.Fatalf("a flow returned earlier changed to %+v, policy %q", *first[0].HTTP, first[0].Policy)
@@ -131,10 +131,10 @@ func TestHTTPFlowsReturnedOutliveTheRing(t *testing.T) {
 // keeping and counting it (allowed requests of one client under one rule, as in the lab's wrk runs).
 func BenchmarkTakeHTTP(b *testing.B) {
 	f, _ := newTestFlows(4096)
-	counters := map[httpCounterKey]httpCounters{}
+	rd := newHTTPReader()
 	ev := testEvent("/a", 0)
 	b.ReportAllocs()
 	for b.Loop() {
-		f.takeHTTP(ev, counters)
+		f.takeHTTP(ev, rd)
 	}
 }
