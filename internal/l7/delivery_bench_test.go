@@ -2,7 +2,10 @@ package l7
 
 import (
 	"context"
+	"net"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,16 +15,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// BenchmarkServerSideDelivery measures what judging at the server's socket adds to a keep-alive round
-// trip between two network namespaces (a client in one, the helper server in the other; "GET
-// /allowed/quiet", a 2-byte answer; one rule), for each delivery against no judging, in the same run,
-// and the floor of any design on the SOCKHASH receive path: "sockmap-floor" is a verdict program
-// that only returns SK_PASS (no framing, no judging).
-// The modes alternate, rounds × one connection × roundTrips requests each; each reports its median
-// and p99 over all its round trips, its added median against "none", its request rate as a ratio
-// to "none", and the time its programs ran per request (the kernel's BPF statistics; the redirect
-// delivery's parser and verdict together). The flow events are read as the agent reads them. Run with -benchtime=1x (one iteration is the whole comparison); root.
-func BenchmarkServerSideDelivery(b *testing.B) {
+// deliveryBench is what both server-side benchmarks share: the test environment with the server
+// started, a reader of the flow events as the agent reads them, the modes, and use, which switches
+// to a mode (new connections get it).
+type deliveryBench struct {
+	e       *testEnv
+	modes   []deliveryMode
+	use     func(name string, d Delivery)
+	passAll *ebpf.Program
+	rq      []byte
+}
+
+type deliveryMode struct {
+	name     string
+	delivery Delivery
+}
+
+func newDeliveryBench(b *testing.B) *deliveryBench {
 	requireRoot(b)
 	b.Setenv("L7_TEST_SERVER_QUIET", "1")
 	e := newTestEnvOptions(b, Options{Delivery: DeliverDirect})
@@ -31,24 +41,17 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 	// Events are read as the agent reads them (every EventPollInterval, or when a quarter of the
 	// ring is unread).
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	b.Cleanup(cancel)
 	go func() {
 		for range e.l.ReadEvents(ctx) {
 		}
 	}()
-	// Short rounds: the machine's drift over a round (several µs on this VM) lands on every mode
-	// alike.
-	const rounds, roundTrips = 40, 1000
-	modes := []struct {
-		name     string
-		delivery Delivery
-	}{{"none", 0}, {"sockmap-floor", DeliverDirect}, {"direct", DeliverDirect}, {"redirect", DeliverRedirect}}
 	passAll, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SkSKB, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer passAll.Close()
+	b.Cleanup(func() { passAll.Close() })
 	use := func(name string, d Delivery) {
 		b.Helper()
 		if name == "none" {
@@ -69,13 +72,50 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	rq := []byte(req("GET", "/allowed/quiet"))
-	buf := make([]byte, 4096)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer stats.Close()
+	b.Cleanup(func() { stats.Close() })
+	return &deliveryBench{e: e, use: use, passAll: passAll, rq: []byte(req("GET", "/allowed/quiet")),
+		modes: []deliveryMode{{"none", 0}, {"sockmap-floor", DeliverDirect}, {"direct", DeliverDirect}, {"redirect", DeliverRedirect}}}
+}
+
+// bpfTime is the run time of each mode's programs so far (the kernel's BPF statistics; the redirect
+// delivery's parser and verdict together).
+func (d *deliveryBench) bpfTime(b *testing.B) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for name, progs := range map[string][]*ebpf.Program{
+		"sockmap-floor": {d.passAll}, "direct": {d.e.l.objs.L7Stream}, "redirect": {d.e.l.objs.L7Parser, d.e.l.objs.L7Verdict},
+	} {
+		for _, p := range progs {
+			st, err := p.Stats()
+			if err != nil {
+				b.Fatal(err)
+			}
+			out[name] += st.Runtime
+		}
+	}
+	return out
+}
+
+// BenchmarkServerSideDelivery measures what judging at the server's socket adds to a keep-alive round
+// trip between two network namespaces (a client in one, the helper server in the other; "GET
+// /allowed/quiet", a 2-byte answer; one rule), for each delivery against no judging, in the same run,
+// and the floor of any design on the SOCKHASH receive path: "sockmap-floor" is a verdict program
+// that only returns SK_PASS (no framing, no judging).
+// The modes alternate, rounds × one connection × roundTrips requests each; each reports its median
+// and p99 over all its round trips, its added median against "none", its request rate as a ratio
+// to "none", and the time its programs ran per request (the kernel's BPF statistics; the redirect
+// delivery's parser and verdict together). The flow events are read as the agent reads them. Run with -benchtime=1x (one iteration is the whole comparison); root.
+func BenchmarkServerSideDelivery(b *testing.B) {
+	d := newDeliveryBench(b)
+	e, modes, use, rq := d.e, d.modes, d.use, d.rq
+	const port = 8080
+	// Short rounds: the machine's drift over a round (several µs on this VM) lands on every mode
+	// alike.
+	const rounds, roundTrips = 40, 1000
+	buf := make([]byte, 4096)
 	for range b.N {
 		lat := map[string][]time.Duration{}
 		busy := map[string]time.Duration{}
@@ -95,23 +135,13 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 				c.Close()
 			}
 		}
-		pct := func(d []time.Duration, p int) time.Duration {
-			s := slices.Clone(d)
+		pct := func(ds []time.Duration, p int) time.Duration {
+			s := slices.Clone(ds)
 			slices.Sort(s)
 			return s[len(s)*p/100]
 		}
 		// The programs' own time per request, from the kernel's BPF statistics.
-		for name, progs := range map[string][]*ebpf.Program{
-			"sockmap-floor": {passAll}, "direct": {e.l.objs.L7Stream}, "redirect": {e.l.objs.L7Parser, e.l.objs.L7Verdict},
-		} {
-			var runtime time.Duration
-			for _, p := range progs {
-				st, err := p.Stats()
-				if err != nil {
-					b.Fatal(err)
-				}
-				runtime += st.Runtime
-			}
+		for name, runtime := range d.bpfTime(b) {
 			b.ReportMetric(float64(runtime.Nanoseconds())/float64(rounds*roundTrips), name+"-bpf-ns/req")
 		}
 		base := pct(lat["none"], 50)
@@ -121,6 +151,67 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 			b.ReportMetric(float64(pct(lat[m.name], 99).Nanoseconds())/1e3, m.name+"-p99-µs")
 			b.ReportMetric(float64((p50-base).Nanoseconds())/1e3, m.name+"-added-p50-µs")
 			b.ReportMetric(busy["none"].Seconds()/busy[m.name].Seconds(), m.name+"-ratio")
+		}
+	}
+}
+
+// BenchmarkServerSideThroughput is BenchmarkServerSideDelivery's comparison at 16 connections: the
+// lab's c=16 target (HTTP rules at ≥ 0.95 of the requests per second without them) measured
+// without the lab's control plane, agents and wrk sharing the two cores. Each round runs every mode
+// for roundTime, 16 connections each sending requests back to back from this process (the client's
+// network namespace) to the helper server; it reports each mode's requests per second as a ratio to
+// "none" over all rounds, and its programs' time per request. Run with -benchtime=1x; root.
+func BenchmarkServerSideThroughput(b *testing.B) {
+	d := newDeliveryBench(b)
+	const port, conns = 8080, 16
+	const rounds, roundTime = 20, 500 * time.Millisecond
+	for range b.N {
+		reqs := map[string]int64{}
+		busy := map[string]time.Duration{}
+		for r := 0; r < rounds; r++ {
+			for _, m := range d.modes {
+				d.use(m.name, m.delivery)
+				cs := make([]net.Conn, conns)
+				for i := range cs {
+					cs[i] = d.e.dial(b, port, false)
+				}
+				var n atomic.Int64
+				var wg sync.WaitGroup
+				errs := make(chan error, conns)
+				start := time.Now()
+				end := start.Add(roundTime)
+				for _, c := range cs {
+					wg.Go(func() {
+						buf := make([]byte, 4096)
+						for time.Now().Before(end) {
+							if err := quietRoundTrip(c, d.rq, buf); err != nil {
+								errs <- err
+								return
+							}
+							n.Add(1)
+						}
+					})
+				}
+				wg.Wait()
+				busy[m.name] += time.Since(start)
+				for _, c := range cs {
+					c.Close()
+				}
+				select {
+				case err := <-errs:
+					b.Fatalf("%s: %v", m.name, err)
+				default:
+				}
+				reqs[m.name] += n.Load()
+			}
+		}
+		rate := func(name string) float64 { return float64(reqs[name]) / busy[name].Seconds() }
+		for _, m := range d.modes {
+			b.ReportMetric(rate(m.name)/rate("none"), m.name+"-ratio")
+		}
+		b.ReportMetric(rate("none"), "none-req/s")
+		for name, runtime := range d.bpfTime(b) {
+			b.ReportMetric(float64(runtime.Nanoseconds())/float64(reqs[name]), name+"-bpf-ns/req")
 		}
 	}
 }
