@@ -102,7 +102,7 @@ type names struct {
 // a manager Runnable.
 type Flows struct {
 	dp    *datapath.Datapath
-	http  ruleSourcer // nil when HTTP judging is off
+	http  httpSource // nil when HTTP judging is off
 	reset *Resetter
 	node  string
 
@@ -118,8 +118,8 @@ type Flows struct {
 	namesGen, originsGen uint64
 }
 
-// ruleSourcer is what the HTTP reader needs of *l7.L7.
-type ruleSourcer interface {
+// httpSource is what the HTTP reader needs of *l7.L7.
+type httpSource interface {
 	RuleSources(key l7.RuleKey, rule int) ([]string, l7.RuleKey)
 	RulesVersion() uint64
 	ReadEvents(ctx context.Context) iter.Seq2[l7.Event, error]
