@@ -137,11 +137,16 @@ func Setup(mgr ctrl.Manager, opts Options) (*Reconciler, error) {
 			return nil, err
 		}
 	}
-	coll := newCounterCollector(opts.Datapath, r.policyNames)
-	if err := metrics.Registry.Register(coll); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			return nil, err
+	colls := []prometheus.Collector{newCounterCollector(opts.Datapath, r.policyNames)}
+	if opts.L7 != nil {
+		colls = append(colls, newHTTPCounterCollector(opts.L7))
+	}
+	for _, coll := range colls {
+		if err := metrics.Registry.Register(coll); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return nil, err
+			}
 		}
 	}
 	own := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {

@@ -413,6 +413,36 @@ func (f *Flows) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(out)
 }
 
+// httpCounterCollector exports the HTTP programs' per-reason counters (l7.Counters): what the
+// flow events do not show, such as guard drops, events the ring could not take, connections held
+// too long or denied because a working slot was busy, next to the requests allowed and denied.
+type httpCounterCollector struct {
+	src interface {
+		Counters() (map[string]uint64, error)
+	}
+	desc *prometheus.Desc
+}
+
+func newHTTPCounterCollector(src interface {
+	Counters() (map[string]uint64, error)
+}) *httpCounterCollector {
+	return &httpCounterCollector{src: src, desc: prometheus.NewDesc("portcullis_http_datapath_total",
+		"The HTTP programs' counters by reason: requests allowed, audited and denied (by why), answered with 403 (forbidden) or reset, messages passed and dropped, data dropped by the guards, events lost, holds too long, pieces passed ahead of their judgment.",
+		[]string{"reason"}, nil)}
+}
+
+func (c *httpCounterCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *httpCounterCollector) Collect(ch chan<- prometheus.Metric) {
+	counters, err := c.src.Counters()
+	if err != nil {
+		return
+	}
+	for reason, v := range counters {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), reason)
+	}
+}
+
 // counterCollector exports the kernel's per-policy, per-reason counters to Prometheus.
 type counterCollector struct {
 	dp       *datapath.Datapath

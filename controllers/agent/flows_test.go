@@ -4,8 +4,11 @@ import (
 	"context"
 	"iter"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/portcullis-dev/portcullis/internal/l7"
 )
@@ -136,5 +139,23 @@ func BenchmarkTakeHTTP(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		f.takeHTTP(ev, rd)
+	}
+}
+
+type fakeCounters map[string]uint64
+
+func (c fakeCounters) Counters() (map[string]uint64, error) { return c, nil }
+
+func TestHTTPCountersAreExportedByReason(t *testing.T) {
+	c := newHTTPCounterCollector(fakeCounters{"forbidden": 3, "event-lost": 2, "guard-drop": 1})
+	want := `
+# HELP portcullis_http_datapath_total The HTTP programs' counters by reason: requests allowed, audited and denied (by why), answered with 403 (forbidden) or reset, messages passed and dropped, data dropped by the guards, events lost, holds too long, pieces passed ahead of their judgment.
+# TYPE portcullis_http_datapath_total counter
+portcullis_http_datapath_total{reason="event-lost"} 2
+portcullis_http_datapath_total{reason="forbidden"} 3
+portcullis_http_datapath_total{reason="guard-drop"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -198,12 +198,18 @@ func TestPrivilegedKeepAliveRequestsFollowAPolicyChange(t *testing.T) {
 		t.Fatalf("a request the new rule allows, on the same connection: %v", err)
 	}
 	before := serverSaw(t, billing, "/v1/invoices/inv-8")
+	// billing-service is on node-a; the kernel's own counters say what it did with the request.
+	const forbidden = `portcullis_http_datapath_total{reason="forbidden"}`
+	answered := metric(t, "node-a", forbidden)
 	// The connection waited for its answers, so the kernel can answer the denied request itself.
 	if err := ka.get("/v1/invoices/inv-8"); err == nil || err.Error() != "status 403" {
 		t.Errorf("a request the new rule denies, on the old connection: %v, want status 403", err)
 	}
 	if after := serverSaw(t, billing, "/v1/invoices/inv-8"); after != before {
 		t.Errorf("the server saw the denied request")
+	}
+	if n := metric(t, "node-a", forbidden); n != answered+1 {
+		t.Errorf("%s went from %v to %v over one 403, want one more", forbidden, answered, n)
 	}
 }
 
