@@ -213,5 +213,7 @@ func BenchmarkServerSideThroughput(b *testing.B) {
 		for name, runtime := range d.bpfTime(b) {
 			b.ReportMetric(float64(runtime.Nanoseconds())/float64(reqs[name]), name+"-bpf-ns/req")
 		}
+		// Requests whose flow event the ring could not take (the reader is the agent's).
+		b.ReportMetric(float64(d.e.counter(b, ReasonEventLost)), "events-lost")
 	}
 }

@@ -381,7 +381,7 @@ func (e *testEnv) expectDenied(t *testing.T, c net.Conn, target string) {
 }
 
 // counter reads one kernel counter.
-func (e *testEnv) counter(t *testing.T, r Reason) uint64 {
+func (e *testEnv) counter(t testing.TB, r Reason) uint64 {
 	t.Helper()
 	c, err := e.l.Counters()
 	if err != nil {

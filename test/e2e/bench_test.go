@@ -388,6 +388,8 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 			decSum, decCount := map[string]float64{}, map[string]float64{}
 			// The server node's agent's CPU time (it reads the flow events), per request.
 			agentCPU, requests := map[string]float64{}, map[string]float64{}
+			const lost = `portcullis_http_datapath_total{reason="event-lost"}`
+			lost0 := metric(b, "node-a", lost)
 			for range b.N {
 				// A first short run, not counted: the first measured run of a sub-benchmark came out
 				// up to a quarter slower than the rest.
@@ -444,6 +446,8 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 				}
 			}
 			b.ReportMetric(base.rps, "none-req/s")
+			// Flow events the server node's ring could not take (the agent reads too slowly).
+			b.ReportMetric(metric(b, "node-a", lost)-lost0, "events-lost")
 		})
 	}
 }
