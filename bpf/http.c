@@ -111,6 +111,38 @@ struct {
 	__uint(max_entries, 1);
 } l7_config SEC(".maps");
 
+/* l7_upgrades[0]: connections with L7_SF_UPGRADE set. The guards look at a
+ * segment's first bytes only while it is not 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} l7_upgrades SEC(".maps");
+
+/* Arms (websocket) or disarms the guards' look for the server's answer to a
+ * WebSocket upgrade request (L7_SF_UPGRADE). Only the connection's first
+ * request may arm it: the server's answer then starts at its first byte, and
+ * nothing a client sent earlier can stand there instead (a response body
+ * that echoes "HTTP/1.1 101 ..." at the right place would otherwise open the
+ * connection). The caller sets snd_mark to where that answer starts. Any
+ * later request disarms it. */
+static __always_inline void upgrade_set(struct l7_sock_state *st, __u32 websocket)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&l7_upgrades, &zero);
+
+	if (websocket && !st->requests) {
+		if (!(st->flags & L7_SF_UPGRADE) && n)
+			__sync_fetch_and_add(n, 1);
+		st->flags |= L7_SF_UPGRADE;
+	} else if (st->flags & L7_SF_UPGRADE) {
+		st->flags &= ~L7_SF_UPGRADE;
+		if (n)
+			__sync_fetch_and_add(n, -1);
+	}
+}
+
 /* Connections whose server's ingress rules are judged at the client's socket:
  * key the connection's 4-tuple as the server sees it (local: the server),
  * value the client socket's cookie, in l7_egress_socks. Written by the
@@ -339,12 +371,20 @@ int l7_sockops(struct bpf_sock_ops *ops)
 
 	if (op == BPF_SOCK_OPS_STATE_CB) {
 		if (ops->args[1] == BPF_TCP_CLOSE) {
+			struct l7_sock_state *old;
+
 			cookie = bpf_get_socket_cookie(ops);
+			old = bpf_map_lookup_elem(&l7_state, &cookie);
+			if (old)
+				upgrade_set(old, 0);
 			bpf_map_delete_elem(&l7_state, &cookie);
 			bpf_map_delete_elem(&l7_pending, &cookie);
 			if (ops_tuple(ops, &tk) == 0) {
 				struct l7_tuple sv;
 
+				old = bpf_map_lookup_elem(&l7_egress_state, &tk);
+				if (old)
+					upgrade_set(old, 0);
 				bpf_map_delete_elem(&l7_egress_state, &tk);
 				swap_tuple(&sv, &tk);
 				bpf_map_delete_elem(&l7_at_source, &sv);
@@ -845,7 +885,8 @@ int l7_parser(struct __sk_buff *skb)
 		emit(slot, &out, st, &tk, L7_EV_ALLOWED, 0, t0);
 		slot_leave(slot);
 		count(L7_R_ALLOWED);
-		mark_passed(skb, st);
+		upgrade_set(st, out.websocket);
+		mark_passed(skb, st); /* snd_mark: where the server's answer starts */
 		frame_body(st, &out);
 		return out.hdr_len;
 	}
@@ -1026,7 +1067,8 @@ static long stream_piece(__u32 i, struct stream_ctx *c)
 		emit(slot, &out, st, &c->tk, L7_EV_ALLOWED, 0, t0);
 		slot_leave(slot);
 		count(L7_R_ALLOWED);
-		mark_passed(skb, st);
+		upgrade_set(st, out.websocket);
+		mark_passed(skb, st); /* snd_mark: where the server's answer starts */
 		frame_body(st, &out);
 		c->pos += out.hdr_len;
 		return 0;
@@ -1410,15 +1452,103 @@ judged:
 	return 0;
 }
 
+/*
+ * A connection waiting for the answer to its WebSocket upgrade request
+ * (L7_SF_UPGRADE): the segment that starts at snd_mark carries the first
+ * bytes of the server's answer. "HTTP/1.1 101 " there switches the connection
+ * to pass-through (it carries WebSocket frames from now on, not requests);
+ * anything else there ends the wait and the connection stays judged. Egress:
+ * the server's socket (l7_state); ingress: a client socket that judges its
+ * own requests (l7_egress_state). The answer is seen here before either end
+ * can act on it: on its way out of the server, or before the client's TCP
+ * takes it.
+ */
+static __always_inline void upgrade_answer(struct __sk_buff *skb, __u32 egress)
+{
+	static const char switching[13] = "HTTP/1.1 101 ";
+	struct bpf_sock *sk = skb->sk;
+	struct l7_sock_state *st;
+	__u32 iphl, thl, seq, family;
+	__u8 b[13];
+	__u64 cookie;
+
+	if (!sk)
+		return;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return;
+	family = sk->family;
+	if (egress) {
+		cookie = bpf_get_socket_cookie(skb);
+		st = bpf_map_lookup_elem(&l7_state, &cookie);
+	} else {
+		struct l7_tuple t = {};
+		__u32 s6[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
+		__u32 d6[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
+
+		if (addr_from(t.local, family, sk->src_ip4, s6) || addr_from(t.remote, family, sk->dst_ip4, d6))
+			return;
+		t.local_port = sk->src_port;
+		t.remote_port = bpf_ntohs(sk->dst_port);
+		st = bpf_map_lookup_elem(&l7_egress_state, &t);
+	}
+	if (!st || !(st->flags & L7_SF_UPGRADE))
+		return;
+	if (bpf_skb_load_bytes(skb, 0, b, 1))
+		return;
+	if ((b[0] >> 4) == 4) {
+		iphl = (b[0] & 0xf) * 4;
+		if (bpf_skb_load_bytes(skb, 9, b, 1) || b[0] != IPPROTO_TCP)
+			return;
+	} else {
+		iphl = 40;
+		if (bpf_skb_load_bytes(skb, 6, b, 1) || b[0] != IPPROTO_TCP)
+			return;
+	}
+	if (iphl < 20 || iphl > 60 || bpf_skb_load_bytes(skb, iphl + 4, &seq, 4) || bpf_skb_load_bytes(skb, iphl + 12, b, 1))
+		return;
+	thl = (b[0] >> 4) * 4;
+	if (skb->len <= iphl + thl)
+		return; /* no data: a handshake, ACK, FIN or RST */
+	seq = bpf_htonl(seq); /* the same swap */
+	if ((__s32)(seq - st->snd_mark) < 0)
+		return; /* before the answer: the request's own data (ingress never) */
+	if (seq == st->snd_mark && skb->len >= iphl + thl + sizeof(b) &&
+	    bpf_skb_load_bytes(skb, iphl + thl, b, sizeof(b)) == 0) {
+		__u32 same = 1;
+
+#pragma unroll
+		for (int i = 0; i < (int)sizeof(b); i++)
+			same &= b[i] == (__u8)switching[i];
+		if (same) {
+			st->phase = L7_PHASE_PASSTHROUGH;
+			count(L7_R_UPGRADED);
+		}
+	}
+	upgrade_set(st, 0);
+}
+
+static __always_inline int upgrades_pending(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&l7_upgrades, &zero);
+
+	return n && *n;
+}
+
 SEC("cgroup_skb/ingress")
 int l7_guard(struct __sk_buff *skb)
 {
+	if (upgrades_pending())
+		upgrade_answer(skb, L7_INGRESS);
 	return guard(skb, L7_INGRESS);
 }
 
 SEC("cgroup_skb/egress")
 int l7_guard_egress(struct __sk_buff *skb)
 {
+	if (upgrades_pending())
+		upgrade_answer(skb, L7_EGRESS);
 	return guard(skb, L7_EGRESS);
 }
 
@@ -1450,6 +1580,24 @@ static __always_inline void mark_answered_to(struct sk_msg_md *msg, struct l7_so
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (tp)
 		st->snd_mark = tp->rcv_nxt;
+}
+
+/* The client's side of upgrade_set: the server's answer to the connection's
+ * first request starts at the client's rcv_nxt when it is sent. */
+static __always_inline void upgrade_set_client(struct sk_msg_md *msg, struct l7_sock_state *st, __u32 websocket)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+
+	if (websocket && !st->requests) {
+		sk = msg->sk;
+		tp = sk ? bpf_skc_to_tcp_sock(sk) : 0;
+		if (!tp)
+			websocket = 0;
+		else
+			st->snd_mark = tp->rcv_nxt;
+	}
+	upgrade_set(st, websocket);
 }
 
 /* Whether a request denied at source can be answered with 403 without
@@ -1610,6 +1758,7 @@ int l7_egress(struct sk_msg_md *msg)
 		count(L7_R_ALLOWED);
 		count(L7_R_MSG_PASSED);
 		mark_answered_to(msg, st);
+		upgrade_set_client(msg, st, out.websocket);
 		st->requests++;
 		frame_body(st, &out);
 		bpf_msg_apply_bytes(msg, out.hdr_len);
@@ -1780,5 +1929,6 @@ int l7_test_judge(struct l7_test_ctx *ctx)
 	ctx->body_len = out.body_len;
 	ctx->log_missing = out.log_missing;
 	ctx->audit = out.audit;
+	ctx->websocket = out.websocket;
 	return 0;
 }

@@ -181,7 +181,8 @@ struct scan {
 	__u32 have_rs;
 	__u32 matched;
 	__u32 log_missing;
-	__u32 pos; /* next byte to scan */
+	__u32 websocket; /* an Upgrade: websocket header */
+	__u32 pos;       /* next byte to scan */
 };
 
 struct {
@@ -320,6 +321,17 @@ static __always_inline int header_line(struct scan *s)
 		    s->vend - s->vstart != 7 || !s->cl_ok_ws_free ||
 		    s->vw != L8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0))
 			return reject(s, L7_R_TRANSFER_ENCODING);
+	}
+	/* Upgrade: websocket (any case, nothing else in the value). Only a
+	 * WebSocket upgrade is let through once the server answers 101: after an
+	 * h2c upgrade the connection carries HTTP/2 requests, which must not pass
+	 * unjudged. */
+	if (s->nlen == 7 && s->w0 == L8('u', 'p', 'g', 'r', 'a', 'd', 'e', 0) && s->vend - s->vstart == 9 &&
+	    s->cl_ok_ws_free && s->vw == L8('w', 'e', 'b', 's', 'o', 'c', 'k', 'e')) {
+		struct l7_scratch *sc = scratch(slot);
+
+		if (sc && lower(sc->buf[(s->vstart + 8) & (L7_SCAN_LIMIT - 1)]) == 't')
+			s->websocket = 1;
 	}
 	if (s->nlen == 4 && s->w0 == L8('h', 'o', 's', 't', 0, 0, 0, 0)) {
 		if (++s->nhost > 1)
@@ -613,7 +625,7 @@ struct judge_out {
 	__u32 chunked;
 	__u32 audit;       /* the rule set is in audit mode */
 	__u32 log_missing; /* see l7_event */
-	__u32 pad2;
+	__u32 websocket;   /* the request asks to upgrade to WebSocket (Upgrade: websocket) */
 };
 
 /*
@@ -645,6 +657,7 @@ __noinline int judge(struct judge_out *out)
 	out->chunked = 0;
 	out->audit = 0;
 	out->log_missing = 0;
+	out->websocket = 0;
 	out->reason = L7_R_BUSY;
 	if (!sp)
 		return 0;
@@ -695,6 +708,7 @@ __noinline int judge(struct judge_out *out)
 	out->hdr_len = sp->hdr_len;
 	out->body_len = sp->content_length;
 	out->chunked = sp->nte;
+	out->websocket = sp->websocket;
 	if (!sp->have_rs) {
 		out->reason = L7_R_NO_RULESET;
 		return 0;

@@ -121,6 +121,11 @@ enum l7_phase {
 /* Direct delivery: the bytes held in l7_pending were delivered ahead of their
  * judgment (the segment they ended could not be cut; bpf/http.c, l7_stream). */
 #define L7_SF_AHEAD 8
+/* The connection's first request asked for a WebSocket upgrade and was
+ * allowed: the guards look for the server's 101 at snd_mark (the server's
+ * first byte on the server's side, the client's first received byte on the
+ * client's), and switch the connection to pass-through if it is there. */
+#define L7_SF_UPGRADE 16
 
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
 struct l7_sock_state {
@@ -226,6 +231,7 @@ enum l7_reason {
 	L7_R_EVENT_LOST,       /* events not written: ring buffer full */
 	L7_R_HELD_TOO_LONG,    /* an incomplete header block held beyond l7_hold_max_ms (direct delivery) */
 	L7_R_AHEAD,            /* segments passed with an incomplete piece ahead of its judgment (direct delivery: l7_stream) */
+	L7_R_UPGRADED,         /* connections switched to pass-through by the server's 101 to a WebSocket upgrade */
 	L7_R_MAX,
 };
 
@@ -250,6 +256,8 @@ struct l7_test_ctx {
 	__u64 body_len;
 	__u32 log_missing;
 	__u32 audit;
+	__u32 websocket;
+	__u32 pad;
 };
 
 #endif

@@ -29,8 +29,12 @@ func TestHelperClientProcess(t *testing.T) {
 		t.Skip("helper process for TestPrivilegedEgressHTTPAtTheSocket")
 	}
 	raw, _ := base64.StdEncoding.DecodeString(os.Getenv("L7_TEST_CLIENT_WRITES"))
+	var exact [][]byte // bytes, not strings: JSON would replace bytes that are not UTF-8
+	json.Unmarshal(raw, &exact)
 	var writes []string
-	json.Unmarshal(raw, &writes)
+	for _, w := range exact {
+		writes = append(writes, string(w))
+	}
 	var d net.Dialer
 	d.SetMultipathTCP(os.Getenv("L7_TEST_CLIENT_MPTCP") == "1")
 	c, err := d.Dial("tcp4", addr)
@@ -64,6 +68,10 @@ func TestHelperClientProcess(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_UPLOAD")); err == nil {
 		// An upload of n bytes and a request after it, in one write.
 		writes = []string{req("POST", "/upload", "Content-Length: "+strconv.Itoa(n)) + strings.Repeat("u", n) + req("GET", "/allowed/after-upload")}
+	}
+	if os.Getenv("L7_TEST_CLIENT_WEBSOCKET") == "1" { // websocket_test.go
+		websocketClient(c, writes)
+		os.Exit(0)
 	}
 	between := os.Getenv("L7_TEST_CLIENT_READ_BETWEEN") == "1"
 	br := bufio.NewReader(c)
@@ -132,7 +140,11 @@ func (e *testEnv) runClientEnv(t *testing.T, port uint16, mptcp bool, pause time
 		t.Fatal(err)
 	}
 	defer cg.Close()
-	js, _ := json.Marshal(writes)
+	exact := make([][]byte, len(writes))
+	for i, w := range writes {
+		exact[i] = []byte(w)
+	}
+	js, _ := json.Marshal(exact)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperClientProcess$", "-test.v=false")
 	cmd.Env = append(os.Environ(), "L7_TEST_CLIENT="+netip.AddrPortFrom(e.srvAddr, port).String(),
 		"L7_TEST_CLIENT_WRITES="+base64.StdEncoding.EncodeToString(js))
@@ -159,7 +171,7 @@ func (e *testEnv) runClientEnv(t *testing.T, port uint16, mptcp bool, pause time
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if l := sc.Text(); strings.HasPrefix(l, "write ") || strings.HasPrefix(l, "responses ") || strings.HasPrefix(l, "dial ") ||
-				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") {
+				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") || strings.HasPrefix(l, "echo ") {
 				lines = append(lines, l)
 			}
 		}

@@ -147,7 +147,8 @@ const (
 	httpL7ReasonL7R_EVENT_LOST         httpL7Reason = 25
 	httpL7ReasonL7R_HELD_TOO_LONG      httpL7Reason = 26
 	httpL7ReasonL7R_AHEAD              httpL7Reason = 27
-	httpL7ReasonL7R_MAX                httpL7Reason = 28
+	httpL7ReasonL7R_UPGRADED           httpL7Reason = 28
+	httpL7ReasonL7R_MAX                httpL7Reason = 29
 )
 
 type httpL7Rule struct {
@@ -219,6 +220,8 @@ type httpL7TestCtx struct {
 	BodyLen      uint64
 	LogMissing   uint32
 	Audit        uint32
+	Websocket    uint32
+	Pad          uint32
 }
 
 type httpL7Tuple struct {
@@ -280,7 +283,9 @@ type httpScan struct {
 	HaveRs        uint32
 	Matched       uint32
 	LogMissing    uint32
+	Websocket     uint32
 	Pos           uint32
+	_             [4]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -306,6 +311,7 @@ const (
 	httpMapL7Socks          = "l7_socks"
 	httpMapL7State          = "l7_state"
 	httpMapL7TrustedNetns   = "l7_trusted_netns"
+	httpMapL7Upgrades       = "l7_upgrades"
 	httpProgL7Egress        = "l7_egress"
 	httpProgL7Guard         = "l7_guard"
 	httpProgL7GuardEgress   = "l7_guard_egress"
@@ -396,6 +402,7 @@ type httpMapSpecs struct {
 	L7Socks        *ebpf.MapSpec `ebpf:"l7_socks"`
 	L7State        *ebpf.MapSpec `ebpf:"l7_state"`
 	L7TrustedNetns *ebpf.MapSpec `ebpf:"l7_trusted_netns"`
+	L7Upgrades     *ebpf.MapSpec `ebpf:"l7_upgrades"`
 }
 
 // httpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -444,6 +451,7 @@ type httpMaps struct {
 	L7Socks        *ebpf.Map `ebpf:"l7_socks"`
 	L7State        *ebpf.Map `ebpf:"l7_state"`
 	L7TrustedNetns *ebpf.Map `ebpf:"l7_trusted_netns"`
+	L7Upgrades     *ebpf.Map `ebpf:"l7_upgrades"`
 }
 
 func (m *httpMaps) Close() error {
@@ -467,6 +475,7 @@ func (m *httpMaps) Close() error {
 		m.L7Socks,
 		m.L7State,
 		m.L7TrustedNetns,
+		m.L7Upgrades,
 	)
 }
 

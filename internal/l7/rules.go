@@ -47,6 +47,9 @@ const (
 	ReasonEventLost
 	ReasonHeldTooLong
 	ReasonAhead
+	// ReasonUpgraded counts connections switched to pass-through by the server's 101 to an allowed
+	// WebSocket upgrade (it is no request's reason).
+	ReasonUpgraded
 	numReasons
 )
 
@@ -54,7 +57,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
-	"event-lost", "held-too-long", "ahead"}
+	"event-lost", "held-too-long", "ahead", "upgraded"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
@@ -747,6 +750,10 @@ type Result struct {
 	LogMissing uint32
 	// Audit is true when the rule set that judged is in audit mode.
 	Audit bool
+	// WebSocket is true when the request asks to upgrade to WebSocket (Upgrade: websocket): if it
+	// is a connection's first request and allowed, the connection passes through once the server
+	// answers 101.
+	WebSocket bool
 }
 
 // testSlot is L7_TEST_SLOT: the scratch buffer only the test program uses, so that Judge on an
@@ -782,5 +789,5 @@ func (l *L7) Judge(key RuleKey, req []byte) (Result, error) {
 	}
 	return Result{Decision: Decision(out.Verdict), Reason: Reason(out.Reason), HeaderLen: int(out.HdrLen),
 		BodyLen: out.BodyLen, Chunked: out.Chunked != 0, Rule: int(out.Rule) - 1, LogMissing: out.LogMissing,
-		Audit: out.Audit != 0}, nil
+		Audit: out.Audit != 0, WebSocket: out.Websocket != 0}, nil
 }

@@ -57,6 +57,10 @@ func TestHelperServerProcess(t *testing.T) {
 	}
 	var mu sync.Mutex
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/ws") && r.Header.Get("Upgrade") != "" {
+			upgrade(w, r, &mu) // websocket_test.go
+			return
+		}
 		h := fnv.New64a()
 		n, _ := io.Copy(h, r.Body)
 		if os.Getenv("L7_TEST_SERVER_QUIET") == "1" && r.RequestURI == "/allowed/quiet" {
