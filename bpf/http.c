@@ -1511,9 +1511,9 @@ static __always_inline void upgrade_answer(struct __sk_buff *skb, __u32 egress)
 	if (skb->len <= iphl + thl)
 		return; /* no data: a handshake, ACK, FIN or RST */
 	seq = bpf_htonl(seq); /* the same swap */
-	if ((__s32)(seq - st->snd_mark) < 0)
-		return; /* before the answer: the request's own data (ingress never) */
-	if (seq == st->snd_mark && skb->len >= iphl + thl + sizeof(b) &&
+	if (seq != st->snd_mark)
+		return; /* not the answer's start: a later segment that came first, or a retransmission */
+	if (skb->len >= iphl + thl + sizeof(b) &&
 	    bpf_skb_load_bytes(skb, iphl + thl, b, sizeof(b)) == 0) {
 		__u32 same = 1;
 
