@@ -205,10 +205,28 @@ func (r *recorder) handler(port int) http.Handler {
 			Protocol: req.Proto, Port: port, Local: local, Remote: req.RemoteAddr,
 			Method: req.Method, Path: req.RequestURI, Host: req.Host, Header: req.Header, BodyBytes: n,
 		})
+		if strings.HasPrefix(req.URL.Path, "/ws") && strings.EqualFold(req.Header.Get("Upgrade"), "websocket") {
+			upgradeAndEcho(w)
+			return
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Lab-Endpoint", r.endpoint)
 		fmt.Fprintf(w, "endpoint=%s method=%s path=%s port=%d\n", r.endpoint, req.Method, req.RequestURI, port)
 	})
+}
+
+// upgradeAndEcho answers a WebSocket upgrade with 101 and then echoes every byte back, as a WebSocket
+// echo server answers its frames (the lab does not parse them).
+func upgradeAndEcho(w http.ResponseWriter) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"); err != nil {
+		return
+	}
+	_, _ = io.Copy(conn, brw.Reader)
 }
 
 func (r *recorder) echo(pc net.PacketConn, port int) error {

@@ -572,3 +572,55 @@ func TestPrivilegedPipelinedDenyIsResetByTheAgent(t *testing.T) {
 		t.Fatal("the server saw the denied request")
 	}
 }
+
+// A WebSocket through HTTP rules, end to end: the operator compiles a rule that allows the upgrade
+// request, the agents program it, and after the lab server's 101 the connection carries frames (a
+// frame here would be a denied request if it were judged). From node-b the server's socket judges
+// (the 101 is seen leaving it); from node-a the client's own socket does (the 101 is seen arriving).
+func TestPrivilegedWebSocketThroughHTTPRules(t *testing.T) {
+	needLab(t)
+	apply(t, fmt.Sprintf(webSocketPolicy, "reporting-service", "auth-service"))
+	t.Cleanup(func() { apply(t, fmt.Sprintf(billingPolicy, "reporting-service")) })
+	const upgraded = `portcullis_http_datapath_total{reason="upgraded"}`
+	before := metric(t, "node-a", upgraded)
+	const frame = "\x82\x1aGET /secret HTTP/1.1\r\n\r\n\r\n"
+	for _, from := range []string{reporting, "production/auth-service"} {
+		ka, err := dialFrom(t, from, billing, 9000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = ka.conn.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(ka.conn, "GET /ws HTTP/1.1\r\nHost: lab\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		resp, err := http.ReadResponse(ka.r, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("%s: upgrade answered %v, %v; want 101", from, resp, err)
+		}
+		for range 2 {
+			io.WriteString(ka.conn, frame)
+			got := make([]byte, len(frame))
+			if _, err := io.ReadFull(ka.r, got); err != nil || string(got) != frame {
+				t.Fatalf("%s: frame echoed as %q (%v)", from, got, err)
+			}
+		}
+	}
+	if n := metric(t, "node-a", upgraded); n != before+2 {
+		t.Errorf("%s went from %v to %v over two upgrades", upgraded, before, n)
+	}
+	if serverSaw(t, billing, "/secret") != 0 {
+		t.Error("the server read a frame as a request")
+	}
+}
+
+const webSocketPolicy = `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: billing-service-policy, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: billing-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: %s}}, {matchLabels: {app: %s}}]
+    toPorts:
+    - ports: [{port: "9000", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/v1/invoices/[^/]+"}, {method: GET, path: "/ws"}]}
+`
