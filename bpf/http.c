@@ -1533,7 +1533,7 @@ static __always_inline int upgrades_pending(void)
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&l7_upgrades, &zero);
 
-	return n && *n;
+	return n && (__s64)*n > 0; /* below zero after a recount raced a disarm (repairUpgrades) */
 }
 
 SEC("cgroup_skb/ingress")

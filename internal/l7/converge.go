@@ -64,6 +64,11 @@ func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err
 	if err != nil {
 		errs = append(errs, err)
 	}
+	n, err = l.repairUpgrades()
+	changed += n
+	if err != nil {
+		errs = append(errs, err)
+	}
 
 	wantPorts := map[httpL7PortKey]httpL7PortValue{}
 	for _, p := range ports {
@@ -96,6 +101,55 @@ func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err
 		changed++
 	}
 	return changed, errors.Join(errs...)
+}
+
+// sfUpgrade is L7_SF_UPGRADE (bpf/l7.h): the connection waits for the answer to its WebSocket
+// upgrade.
+const sfUpgrade = 16
+
+// repairUpgrades recounts the connections waiting for the answer to a WebSocket upgrade when
+// l7_upgrades says there are any. The programs keep it exact as connections arm, get their answer
+// and close, but a connection whose close the programs never saw (its cgroup's sock_ops detached
+// first) would keep it above 0 for good, and the guards would look up every segment's connection.
+// The recount can race with a program arming or disarming; a count left wrong by one is put right
+// at the next converge, and the guards treat a count below zero as zero.
+func (l *L7) repairUpgrades() (int, error) {
+	var n uint64
+	if err := l.objs.L7Upgrades.Lookup(uint32(0), &n); err != nil {
+		return 0, fmt.Errorf("read l7 upgrades: %w", err)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	var waiting uint64
+	var st httpL7SockState
+	var cookie uint64
+	it := l.objs.L7State.Iterate()
+	for it.Next(&cookie, &st) {
+		if st.Flags&sfUpgrade != 0 {
+			waiting++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("list l7 connections: %w", err)
+	}
+	var tk httpL7Tuple
+	it = l.objs.L7EgressState.Iterate()
+	for it.Next(&tk, &st) {
+		if st.Flags&sfUpgrade != 0 {
+			waiting++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("list l7 client connections: %w", err)
+	}
+	if waiting == n {
+		return 0, nil
+	}
+	if err := l.objs.L7Upgrades.Update(uint32(0), waiting, ebpf.UpdateAny); err != nil {
+		return 0, fmt.Errorf("write l7 upgrades: %w", err)
+	}
+	return 1, nil
 }
 
 // syncMap makes the hash map m hold exactly want: entries missing or different are written, others

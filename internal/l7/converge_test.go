@@ -146,6 +146,18 @@ func TestPrivilegedConvergeRepairsProgramsAndConfig(t *testing.T) {
 			if err := l.objs.L7Config.Lookup(uint32(0), &cfg); err != nil || cfg != configAtSource {
 				t.Fatalf("config %d (%v), want %d", cfg, err, configAtSource)
 			}
+			// Connections said to wait for an upgrade's answer that no longer exist (their close
+			// unseen) are forgotten: the guards would otherwise look up every segment's connection.
+			if err := l.objs.L7Upgrades.Update(uint32(0), uint64(3), ebpf.UpdateAny); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := l.Converge(nil, nil); err != nil || n != 1 {
+				t.Fatalf("upgrade count: %d changes, %v; want 1", n, err)
+			}
+			var waiting uint64
+			if err := l.objs.L7Upgrades.Lookup(uint32(0), &waiting); err != nil || waiting != 0 {
+				t.Fatalf("upgrade count %d (%v) after the repair, want 0", waiting, err)
+			}
 			if d != DeliverDirect {
 				return
 			}
