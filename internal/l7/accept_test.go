@@ -76,6 +76,7 @@ func TestPrivilegedRequestsSentBeforeAcceptAreJudged(t *testing.T) {
 		}
 		io.WriteString(c, fmt.Sprintf("gth: %d\r\n\r\n%s", len(body), body))
 		expectStatuses(t, c, http.StatusOK)
+		e.waitSeen(t, "/allowed/early-split") // the server's report can come after its answer
 		if got, ok := e.sawBody("/allowed/early-split"); !ok || got != bodyOf(body) {
 			t.Fatalf("server saw body %q (%v), want %q", got, ok, bodyOf(body))
 		}
