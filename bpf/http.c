@@ -1375,6 +1375,46 @@ int l7_stream(struct __sk_buff *skb)
 	return SK_DROP;
 }
 
+/* The connection's 4-tuple as its socket sees it (local: this end). */
+static __always_inline int sk_tuple(struct bpf_sock *sk, struct l7_tuple *t)
+{
+	__u32 s6[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
+	__u32 d6[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
+	__u32 family = sk->family;
+
+	if (addr_from(t->local, family, sk->src_ip4, s6) || addr_from(t->remote, family, sk->dst_ip4, d6))
+		return -1;
+	t->local_port = sk->src_port;
+	t->remote_port = bpf_ntohs(sk->dst_port);
+	return 0;
+}
+
+/* Where a cgroup_skb segment's TCP header (th) and data start: skb->data is
+ * at the network header here. -1 when they cannot be told: a read fails,
+ * not TCP, or IPv6 extension headers. */
+static __always_inline int tcp_offsets(struct __sk_buff *skb, __u32 *th, __u32 *data)
+{
+	__u32 iphl;
+	__u8 b;
+
+	if (bpf_skb_load_bytes(skb, 0, &b, 1))
+		return -1;
+	if ((b >> 4) == 4) {
+		iphl = (b & 0xf) * 4;
+		if (bpf_skb_load_bytes(skb, 9, &b, 1) || b != IPPROTO_TCP)
+			return -1;
+	} else {
+		iphl = 40;
+		if (bpf_skb_load_bytes(skb, 6, &b, 1) || b != IPPROTO_TCP)
+			return -1;
+	}
+	if (bpf_skb_load_bytes(skb, iphl + 12, &b, 1))
+		return -1;
+	*th = iphl;
+	*data = iphl + (b >> 4) * 4;
+	return 0;
+}
+
 /*
  * Drops data segments of a judged connection whose socket is not in its
  * SOCKHASH (failed insert, entry removed, MPTCP subflow, connection older
@@ -1385,8 +1425,7 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 {
 	struct l7_port_key pk = {};
 	struct bpf_sock *sk = skb->sk, *member;
-	__u32 iphl, thl, family;
-	__u8 b[2];
+	__u32 th, data, family;
 	__u64 cookie;
 
 	if (!sk)
@@ -1409,25 +1448,10 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 		return 1;
 
 	/* Only segments that carry data matter; handshake, ACKs, FIN and RST
-	 * pass so that a refused connection still closes. skb->data is at the
-	 * network header here. */
-	if (bpf_skb_load_bytes(skb, 0, b, 1))
-		return 0;
-	if ((b[0] >> 4) == 4) {
-		iphl = (b[0] & 0xf) * 4;
-		if (bpf_skb_load_bytes(skb, 9, b, 1) || b[0] != IPPROTO_TCP)
-			goto judged;
-	} else {
-		iphl = 40;
-		if (bpf_skb_load_bytes(skb, 6, b, 1) || b[0] != IPPROTO_TCP)
-			goto judged; /* extension headers: treat as data */
-	}
-	if (bpf_skb_load_bytes(skb, iphl + 12, b, 1))
-		goto judged;
-	thl = (b[0] >> 4) * 4;
-	if (skb->len <= iphl + thl)
+	 * pass so that a refused connection still closes. Headers that cannot
+	 * be read (IPv6 extension headers) count as data. */
+	if (tcp_offsets(skb, &th, &data) == 0 && skb->len <= data)
 		return 1;
-judged:
 	cookie = bpf_get_socket_cookie(skb);
 	member = bpf_map_lookup_elem(egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie);
 	if (member) {
@@ -1438,15 +1462,9 @@ judged:
 		/* Judged at the client's socket, as long as that socket is
 		 * still in l7_egress_socks. */
 		struct l7_tuple t = {};
-		__u32 d6[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
 
-		__builtin_memcpy(t.local, pk.addr, 16);
-		if (addr_from(t.remote, family, sk->dst_ip4, d6) == 0) {
-			t.local_port = pk.port;
-			t.remote_port = bpf_ntohs(sk->dst_port);
-			if (judged_at_source(&t))
-				return 1;
-		}
+		if (sk_tuple(sk, &t) == 0 && judged_at_source(&t))
+			return 1;
 	}
 	count(L7_R_GUARD_DROP);
 	return 0;
@@ -1468,7 +1486,7 @@ static __always_inline void upgrade_answer(struct __sk_buff *skb, __u32 egress)
 	static const char switching[13] = "HTTP/1.1 101 ";
 	struct bpf_sock *sk = skb->sk;
 	struct l7_sock_state *st;
-	__u32 iphl, thl, seq, family;
+	__u32 th, data, seq;
 	__u8 b[13];
 	__u64 cookie;
 
@@ -1477,44 +1495,25 @@ static __always_inline void upgrade_answer(struct __sk_buff *skb, __u32 egress)
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->protocol != IPPROTO_TCP)
 		return;
-	family = sk->family;
 	if (egress) {
 		cookie = bpf_get_socket_cookie(skb);
 		st = bpf_map_lookup_elem(&l7_state, &cookie);
 	} else {
 		struct l7_tuple t = {};
-		__u32 s6[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
-		__u32 d6[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
 
-		if (addr_from(t.local, family, sk->src_ip4, s6) || addr_from(t.remote, family, sk->dst_ip4, d6))
+		if (sk_tuple(sk, &t))
 			return;
-		t.local_port = sk->src_port;
-		t.remote_port = bpf_ntohs(sk->dst_port);
 		st = bpf_map_lookup_elem(&l7_egress_state, &t);
 	}
 	if (!st || !(st->flags & L7_SF_UPGRADE))
 		return;
-	if (bpf_skb_load_bytes(skb, 0, b, 1))
+	/* A segment without data (handshake, ACK, FIN, RST) is not the answer. */
+	if (tcp_offsets(skb, &th, &data) || skb->len <= data || bpf_skb_load_bytes(skb, th + 4, &seq, 4))
 		return;
-	if ((b[0] >> 4) == 4) {
-		iphl = (b[0] & 0xf) * 4;
-		if (bpf_skb_load_bytes(skb, 9, b, 1) || b[0] != IPPROTO_TCP)
-			return;
-	} else {
-		iphl = 40;
-		if (bpf_skb_load_bytes(skb, 6, b, 1) || b[0] != IPPROTO_TCP)
-			return;
-	}
-	if (iphl < 20 || iphl > 60 || bpf_skb_load_bytes(skb, iphl + 4, &seq, 4) || bpf_skb_load_bytes(skb, iphl + 12, b, 1))
-		return;
-	thl = (b[0] >> 4) * 4;
-	if (skb->len <= iphl + thl)
-		return; /* no data: a handshake, ACK, FIN or RST */
 	seq = bpf_htonl(seq); /* the same swap */
 	if (seq != st->snd_mark)
 		return; /* not the answer's start: a later segment that came first, or a retransmission */
-	if (skb->len >= iphl + thl + sizeof(b) &&
-	    bpf_skb_load_bytes(skb, iphl + thl, b, sizeof(b)) == 0) {
+	if (skb->len >= data + sizeof(b) && bpf_skb_load_bytes(skb, data, b, sizeof(b)) == 0) {
 		__u32 same = 1;
 
 #pragma unroll

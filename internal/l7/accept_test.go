@@ -10,21 +10,24 @@ import (
 	"time"
 )
 
+// waitUntil polls done every 10 ms for up to 5 s, and then fails with what failure says.
+func waitUntil(t *testing.T, done func() bool, failure func() string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !done(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(failure())
+		}
+	}
+}
+
 // waitServerRecvQ waits until TCP counts want bytes as received and not yet read on the server's
 // side of c.
 func (e *testEnv) waitServerRecvQ(t *testing.T, c net.Conn, want int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		q := e.serverRecvQOf(t, c)
-		if q == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server Recv-Q %d, want %d\nserver sockets:\n%s", q, want, e.serverSockets())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var q int
+	waitUntil(t, func() bool { q = e.serverRecvQOf(t, c); return q == want }, func() string {
+		return fmt.Sprintf("server Recv-Q %d, want %d\nserver sockets:\n%s", q, want, e.serverSockets())
+	})
 }
 
 // acceptOne lets the gated server accept one more connection.

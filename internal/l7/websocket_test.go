@@ -197,20 +197,13 @@ func TestPrivilegedWebSocketUpgradesAtTheServer(t *testing.T) {
 // waitUpgradesPending waits until want connections wait for the answer to their upgrade.
 func (e *testEnv) waitUpgradesPending(t *testing.T, want uint64) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var n uint64
+	var n uint64
+	waitUntil(t, func() bool {
 		if err := e.l.objs.L7Upgrades.Lookup(uint32(0), &n); err != nil {
 			t.Fatal(err)
 		}
-		if n == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections wait for an upgrade's answer, want %d", n, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return n == want
+	}, func() string { return fmt.Sprintf("%d connections wait for an upgrade's answer, want %d", n, want) })
 }
 
 // The same at a client's socket: a client judged at its own socket (ingress rules at source) and a
