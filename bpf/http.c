@@ -1684,6 +1684,15 @@ int l7_egress(struct sk_msg_md *msg)
 	}
 	if (st->denied) {
 		count(L7_R_STICKY);
+		/* After a 403 answered at source the client's later bytes (the
+		 * rest of the write that carried the denied header block, a
+		 * body) are discarded and its writes succeed, as when the
+		 * server's socket answers and drops them: the client goes on to
+		 * read the 403 instead of failing on EACCES. The agent resets
+		 * the connection after the answer's grace. */
+		if ((st->flags & (L7_SF_AT_SOURCE | L7_SF_ANSWERED)) == (L7_SF_AT_SOURCE | L7_SF_ANSWERED) &&
+		    size && bpf_msg_pop_data(msg, 0, size, 0) == 0)
+			return SK_PASS;
 		return SK_DROP;
 	}
 	at_source = st->flags & L7_SF_AT_SOURCE;

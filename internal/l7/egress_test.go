@@ -69,6 +69,10 @@ func TestHelperClientProcess(t *testing.T) {
 		// An upload of n bytes and a request after it, in one write.
 		writes = []string{req("POST", "/upload", "Content-Length: "+strconv.Itoa(n)) + strings.Repeat("u", n) + req("GET", "/allowed/after-upload")}
 	}
+	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_APPEND")); err == nil && len(writes) > 0 {
+		// n more bytes at the end of the first write (a body too large for the environment).
+		writes[0] += strings.Repeat("b", n)
+	}
 	if os.Getenv("L7_TEST_CLIENT_WEBSOCKET") == "1" { // websocket_test.go
 		websocketClient(c, writes)
 		os.Exit(0)

@@ -238,6 +238,12 @@ func probeError(what string, res probeResult) error {
 // ErrDenied or ErrUnreachable with errors.Is when the request failed in one of those ways. A nil headers
 // is fine; a "Host" header sets the request's host.
 func (l *Lab) HTTP(ctx context.Context, from, to string, port int, method, path string, headers http.Header) (*HTTPResponse, error) {
+	return l.HTTPBody(ctx, from, to, port, method, path, headers, "")
+}
+
+// HTTPBody is HTTP with a request body (sent with its Content-Length; Go's client writes a small body
+// in the same write as the header block, as most clients do).
+func (l *Lab) HTTPBody(ctx context.Context, from, to string, port int, method, path string, headers http.Header, body string) (*HTTPResponse, error) {
 	addr, err := l.target(to)
 	if err != nil {
 		return nil, err
@@ -250,6 +256,9 @@ func (l *Lab) HTTP(ctx context.Context, from, to string, port int, method, path 
 	}
 	args := []string{"http", "--addr", addr.String(), "--port", strconv.Itoa(port), "--method", method,
 		"--path", path, "--timeout", probeTimeout(ctx).String()}
+	if body != "" {
+		args = append(args, "--body", body)
+	}
 	for k, vs := range headers {
 		for _, v := range vs {
 			args = append(args, "--header", k+": "+v)
