@@ -37,7 +37,7 @@ func TestHelperClientProcess(t *testing.T) {
 	}
 	var d net.Dialer
 	d.SetMultipathTCP(os.Getenv("L7_TEST_CLIENT_MPTCP") == "1")
-	c, err := d.Dial("tcp4", addr)
+	c, err := d.Dial("tcp", addr) // an IPv4 or IPv6 literal
 	if err != nil {
 		fmt.Println("dial err", err)
 		os.Exit(1)
