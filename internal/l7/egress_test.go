@@ -248,6 +248,37 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 			t.Fatalf("client said %q; want EACCES, then an aborted connection", got)
 		}
 	})
+	t.Run("the egress guard drops the data if the client's socket leaves the judged set", func(t *testing.T) {
+		drops := e.counter(t, ReasonGuardDrop)
+		done := make(chan []string)
+		go func() {
+			done <- e.runClientOpts(t, port, false, 1500*time.Millisecond, req("GET", "/allowed/e-guard-a"), req("GET", "/allowed/e-guard-b"))
+		}()
+		e.waitSeen(t, "/allowed/e-guard-a")
+		// Take the client's socket out of l7_egress_socks (the only connection open).
+		var cookies []uint64
+		var k uint64
+		for it := e.l.objs.L7EgressSocks.Iterate(); it.Next(&k, new(uint64)); {
+			cookies = append(cookies, k)
+		}
+		for _, c := range cookies {
+			if err := e.l.objs.L7EgressSocks.Delete(c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(cookies) != 1 {
+			t.Fatalf("removed %d client sockets from l7_egress_socks, want 1", len(cookies))
+		}
+		got := <-done
+		t.Logf("client: %q", got)
+		time.Sleep(200 * time.Millisecond)
+		if e.sawTarget("/allowed/e-guard-b") {
+			t.Fatal("the server saw a request the client's socket no longer judged")
+		}
+		if e.counter(t, ReasonGuardDrop) == drops {
+			t.Fatal("the egress guard dropped nothing")
+		}
+	})
 	t.Run("an MPTCP connection cannot bypass egress rules", func(t *testing.T) {
 		failed := e.counter(t, ReasonInsertFailed)
 		got := e.runClientOpts(t, mptcpPort, true, 0, req("GET", "/secret-e-mptcp"))
