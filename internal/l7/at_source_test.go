@@ -35,15 +35,7 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 			t.Fatalf("event %+v: judged at source although the client's namespace is not trusted", ev)
 		}
 	})
-	// The agent trusts namespaces where no process can hold CAP_NET_RAW or CAP_NET_ADMIN
-	// (controllers/agent TrustScanner); here the test says so.
-	cookie, err := netns.Cookie("/run/netns/" + e.cliNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetTrustedNetns(map[uint64]bool{cookie: true}); err != nil {
-		t.Fatal(err)
-	}
+	e.trustClient(t)
 
 	t.Run("an allowed request reaches the server, judged at the client's socket", func(t *testing.T) {
 		got := e.runClientEnv(t, port, false, 0, status, req("GET", "/allowed/s1"))
@@ -235,14 +227,33 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 		if removed != 1 {
 			t.Fatalf("removed %d client sockets from l7_egress_socks, want 1", removed)
 		}
-		got := <-done
-		t.Logf("client: %q", got)
-		time.Sleep(200 * time.Millisecond)
-		if e.sawTarget("/allowed/s5b") {
-			t.Fatal("the server saw a request its client's socket no longer judged")
-		}
-		if e.counter(t, ReasonGuardDrop) == drops {
-			t.Fatal("the ingress guard dropped nothing")
-		}
+		t.Logf("client: %q", <-done)
+		e.expectUnseen(t, "/allowed/s5b", ReasonGuardDrop, drops)
 	})
+}
+
+// trustClient says that the client's network namespace may be judged at source, as the agent's
+// TrustScanner does for namespaces where no process can hold CAP_NET_RAW or CAP_NET_ADMIN.
+func (e *testEnv) trustClient(t *testing.T) {
+	t.Helper()
+	cookie, err := netns.Cookie("/run/netns/" + e.cliNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetTrustedNetns(map[uint64]bool{cookie: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expectUnseen checks, after a moment, that the server never saw target and that the kernel
+// counted reason since it stood at before (what stopped it).
+func (e *testEnv) expectUnseen(t *testing.T, target string, reason Reason, before uint64) {
+	t.Helper()
+	time.Sleep(200 * time.Millisecond)
+	if e.sawTarget(target) {
+		t.Fatalf("the server saw %s", target)
+	}
+	if e.counter(t, reason) == before {
+		t.Fatalf("the kernel counted no %s: what stopped %s?", reason, target)
+	}
 }

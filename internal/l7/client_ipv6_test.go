@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // The client side over IPv6: egress rules judged at the client's socket (a deny fails the write
@@ -36,13 +34,7 @@ func TestPrivilegedClientSideOverIPv6(t *testing.T) {
 	if err := e.l.SetIdentity(netip.PrefixFrom(e.cliAddr6, 128), peer); err != nil {
 		t.Fatal(err)
 	}
-	cookie, err := netns.Cookie("/run/netns/" + e.cliNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetTrustedNetns(map[uint64]bool{cookie: true}); err != nil {
-		t.Fatal(err)
-	}
+	e.trustClient(t)
 	for _, port := range []uint16{egressPort, ingressPort} {
 		e.startServerAt(t, "tcp6", netip.AddrPortFrom(e.srvAddr6, port).String(), false)
 	}

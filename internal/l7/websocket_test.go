@@ -11,8 +11,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // upgrade is the helper server's answer to a request for /ws… with an Upgrade header: 400 for
@@ -219,13 +217,7 @@ func TestPrivilegedWebSocketUpgradesAtTheClient(t *testing.T) {
 		if err := e.l.objs.L7Config.Update(uint32(0), uint32(configAtSource), 0); err != nil {
 			t.Fatal(err)
 		}
-		cookie, err := netns.Cookie("/run/netns/" + e.cliNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := e.l.SetTrustedNetns(map[uint64]bool{cookie: true}); err != nil {
-			t.Fatal(err)
-		}
+		e.trustClient(t)
 		e.judge(t, port, peer, RuleSet{Rules: rules})
 		e.startServer(t, port, false)
 		before := e.counter(t, ReasonUpgraded)
