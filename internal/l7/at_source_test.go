@@ -68,8 +68,8 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 		}
 	})
 	// Go's, Python's and Node's clients write a small body in the same write as its header
-	// block; a 100 KB one spans several runs of the program.
-	for _, size := range []int{3, 100_000} {
+	// block; 100 KB and 4 MiB ones span several runs of the program.
+	for _, size := range []int{3, 100_000, 4 << 20} {
 		t.Run(fmt.Sprintf("a denied request written whole with a %d-byte body gets 403 and its write succeeds", size), func(t *testing.T) {
 			target := fmt.Sprintf("/secret-body-%d", size)
 			w := req("POST", target, "User-Agent: portcullis-test/1.0 (l7)", "Content-Length: "+strconv.Itoa(size))
