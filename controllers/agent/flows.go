@@ -146,7 +146,7 @@ type ruleName struct {
 func NewFlows(dp *datapath.Datapath, http *l7.L7, reset *Resetter, node string, size int) *Flows {
 	f := &Flows{dp: dp, reset: reset, node: node, ring: make([]FlowRecord, size), httpRing: make([]HTTPFlow, size),
 		names: names{pods: map[netip.Addr]string{}, policies: map[uint32]string{}}}
-	if http != nil {
+	if http != nil { // a nil *l7.L7 in the interface would not compare equal to nil
 		f.http = http
 	}
 	return f
@@ -417,15 +417,16 @@ func (f *Flows) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // flow events do not show, such as guard drops, events the ring could not take, connections held
 // too long or denied because a working slot was busy, next to the requests allowed and denied.
 type httpCounterCollector struct {
-	src interface {
-		Counters() (map[string]uint64, error)
-	}
+	src  httpCounterSource
 	desc *prometheus.Desc
 }
 
-func newHTTPCounterCollector(src interface {
+// httpCounterSource is what the collector needs of *l7.L7.
+type httpCounterSource interface {
 	Counters() (map[string]uint64, error)
-}) *httpCounterCollector {
+}
+
+func newHTTPCounterCollector(src httpCounterSource) *httpCounterCollector {
 	return &httpCounterCollector{src: src, desc: prometheus.NewDesc("portcullis_http_datapath_total",
 		"The HTTP programs' counters by reason: requests allowed, audited and denied (by why), answered with 403 (forbidden) or reset, messages passed and dropped, data dropped by the guards, events lost, holds too long, pieces passed ahead of their judgment.",
 		[]string{"reason"}, nil)}

@@ -121,28 +121,15 @@ func (l *L7) repairUpgrades() (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	var waiting uint64
-	var st httpL7SockState
-	var cookie uint64
-	it := l.objs.L7State.Iterate()
-	for it.Next(&cookie, &st) {
-		if st.Flags&sfUpgrade != 0 {
-			waiting++
-		}
+	server, err := countUpgrading[uint64](l.objs.L7State, "l7 connections")
+	if err != nil {
+		return 0, err
 	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("list l7 connections: %w", err)
+	client, err := countUpgrading[httpL7Tuple](l.objs.L7EgressState, "l7 client connections")
+	if err != nil {
+		return 0, err
 	}
-	var tk httpL7Tuple
-	it = l.objs.L7EgressState.Iterate()
-	for it.Next(&tk, &st) {
-		if st.Flags&sfUpgrade != 0 {
-			waiting++
-		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("list l7 client connections: %w", err)
-	}
+	waiting := server + client
 	if waiting == n {
 		return 0, nil
 	}
@@ -150,6 +137,24 @@ func (l *L7) repairUpgrades() (int, error) {
 		return 0, fmt.Errorf("write l7 upgrades: %w", err)
 	}
 	return 1, nil
+}
+
+// countUpgrading counts the connections of a state map (keys K: socket cookies or 4-tuples) that
+// wait for the answer to a WebSocket upgrade.
+func countUpgrading[K any](m *ebpf.Map, what string) (uint64, error) {
+	var k K
+	var st httpL7SockState
+	var n uint64
+	it := m.Iterate()
+	for it.Next(&k, &st) {
+		if st.Flags&sfUpgrade != 0 {
+			n++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("list %s: %w", what, err)
+	}
+	return n, nil
 }
 
 // syncMap makes the hash map m hold exactly want: entries missing or different are written, others

@@ -368,6 +368,9 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 // one mode moved by ±10 % on this machine (L3/L4 alone from 0.87 to 1.37 of "none" in one round).
 const benchRounds = 5
 
+// benchRun is how long each measured wrk run of BenchmarkLabHTTPRules lasts.
+const benchRun = 3 * time.Second
+
 // benchHTTPRules runs the five modes of BenchmarkLabHTTPRules from one client pod.
 func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 	modes := []struct {
@@ -415,12 +418,12 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 						sum0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum")
 						n0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_count")
 						cpu0 := metric(b, "node-a", "process_cpu_seconds_total")
-						r := runWrk(b, client, target, conns, 3*time.Second)
+						r := runWrk(b, client, target, conns, benchRun)
 						results[m.name] = append(results[m.name], r)
 						stop()
 						time.Sleep(300 * time.Millisecond) // the agent reads allowed requests' events every 100 ms
 						agentCPU[m.name] += metric(b, "node-a", "process_cpu_seconds_total") - cpu0
-						requests[m.name] += r.rps * 3
+						requests[m.name] += r.rps * benchRun.Seconds()
 						decSum[m.name] += metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum") - sum0
 						decCount[m.name] += metric(b, "node-a", "portcullis_agent_http_decision_seconds_count") - n0
 					}
@@ -428,25 +431,21 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 			}
 			base := median(results["none"])
 			for _, m := range modes {
-				// Each round's ratio against "none" of the same round: how much of the spread is
-				// the machine's drift between rounds.
+				// Each round's ratio against "none" of the same round, logged (how much of the
+				// spread is the machine's drift between rounds) and as a median (the drift cancels
+				// out of it).
 				var rounds []string
-				for i, r := range results[m.name] {
-					rounds = append(rounds, fmt.Sprintf("%.0f (%.2f)", r.rps, r.rps/results["none"][i].rps))
-				}
-				b.Logf("%s req/s by round (ratio to none in the round): %s", m.name, strings.Join(rounds, ", "))
-			}
-			for _, m := range modes {
-				r := median(results[m.name])
-				b.ReportMetric(r.rps/base.rps, m.name+"-ratio")
-				// The median of each round's ratio to "none" of the same round: the machine's
-				// drift between rounds cancels out of it.
 				var paired []float64
 				for i, r := range results[m.name] {
-					paired = append(paired, r.rps/results["none"][i].rps)
+					ratio := r.rps / results["none"][i].rps
+					rounds = append(rounds, fmt.Sprintf("%.0f (%.2f)", r.rps, ratio))
+					paired = append(paired, ratio)
 				}
+				b.Logf("%s req/s by round (ratio to none in the round): %s", m.name, strings.Join(rounds, ", "))
 				slices.Sort(paired)
 				b.ReportMetric(paired[len(paired)/2], m.name+"-paired-ratio")
+				r := median(results[m.name])
+				b.ReportMetric(r.rps/base.rps, m.name+"-ratio")
 				b.ReportMetric(float64((r.p50 - base.p50).Microseconds()), m.name+"-added-p50-µs")
 				b.ReportMetric(float64(r.p99.Microseconds()), m.name+"-p99-µs")
 				if requests[m.name] > 0 {
