@@ -614,7 +614,8 @@ static const char spaces[64] = "                                                
  * hand. */
 static __always_inline int answerable(const struct judge_out *out, __u32 n)
 {
-	if (out->reason != L7_R_NO_RULE_MATCH && out->reason != L7_R_NO_RULESET)
+	if (out->reason != L7_R_NO_RULE_MATCH && out->reason != L7_R_NO_RULESET &&
+	    out->reason != L7_R_DOT_SEGMENT)
 		return 0;
 	return out->hdr_len && out->hdr_len <= n;
 }

@@ -183,6 +183,10 @@ struct scan {
 	__u32 log_missing;
 	__u32 websocket; /* an Upgrade: websocket header */
 	__u32 pos;       /* next byte to scan */
+	/* Dot segments in the path (path_byte): the current segment's state,
+	 * a percent escape being read and its first digit, and whether the
+	 * path has one; dot_denied: a rule with a path was skipped for it. */
+	__u32 seg, pct, pct_hi, dotseg, dot_denied;
 };
 
 struct {
@@ -214,6 +218,90 @@ static __always_inline int is_tchar(__u8 c)
 static __always_inline __u8 lower(__u8 c)
 {
 	return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+}
+
+/* Dot segments. A path such as /public/../internal matches the rule
+ * /public/.* as sent, and a server that normalizes it (RFC 3986 remove_dot_segments;
+ * file servers, Python's http.server, Tomcat) serves /internal: the path
+ * the rules judged is not the one the server acts on. Cilium's Envoy rewrites
+ * the path before matching; the kernel cannot, so a path with a dot segment
+ * matches no rule that has a path (rules without a path still allow it).
+ * A segment is a "." or ".." in any spelling a server may decode to one:
+ * dots as "." or %2e, segments separated by "/", "\", %2f or %5c, and a
+ * segment ending at ";" or "#" (Tomcat reads /..;/ as /../). Each path byte
+ * before the query goes through path_byte; internal/evaluator's dotSegment
+ * is the same machine in Go, and the differential test holds them equal. */
+enum {
+	SEG_START = 0, /* at the start of a segment */
+	SEG_DOT1,      /* the segment so far is one dot */
+	SEG_DOT2,      /* ... two dots */
+	SEG_OTHER,     /* anything else: not a dot segment */
+};
+
+static __always_inline int hex_value(__u8 c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = lower(c);
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* One unit of the path: a byte as sent (literal) or a decoded %XX. */
+static __always_inline void seg_unit(struct scan *s, __u32 u, int literal)
+{
+	int dots = s->seg == SEG_DOT1 || s->seg == SEG_DOT2;
+
+	if (u == '/' || u == '\\') {
+		if (dots)
+			s->dotseg = 1;
+		s->seg = SEG_START;
+	} else if (u == '.') {
+		if (s->seg < SEG_OTHER)
+			s->seg++;
+	} else {
+		if (literal && (u == ';' || u == '#') && dots)
+			s->dotseg = 1;
+		s->seg = SEG_OTHER;
+	}
+}
+
+static __always_inline void path_byte(struct scan *s, __u8 c)
+{
+	int h = hex_value(c);
+
+	if (s->pct == 1) {
+		s->pct = 0;
+		if (h >= 0) {
+			s->pct = 2;
+			s->pct_hi = h;
+			return;
+		}
+		s->seg = SEG_OTHER; /* a '%' not followed by two hex digits */
+	} else if (s->pct == 2) {
+		s->pct = 0;
+		if (h >= 0) {
+			seg_unit(s, (s->pct_hi << 4) | h, 0);
+			return;
+		}
+		s->seg = SEG_OTHER;
+	}
+	if (c == '%') {
+		s->pct = 1;
+		return;
+	}
+	seg_unit(s, c, 1);
+}
+
+/* The path ends (at '?' or the space before the version). */
+static __always_inline void path_end(struct scan *s, __u32 i)
+{
+	s->pend = i;
+	if (s->pct)
+		s->seg = SEG_OTHER;
+	if (s->seg == SEG_DOT1 || s->seg == SEG_DOT2)
+		s->dotseg = 1;
 }
 
 /* Methods we judge; anything else (lower case, extension methods) is denied
@@ -391,14 +479,18 @@ static __always_inline int scan_byte(struct scan *s, __u32 i, __u8 c)
 			return reject(s, L7_R_BAD_TARGET);
 		if (c == ' ') {
 			if (!s->pend)
-				s->pend = i;
+				path_end(s, i);
 			s->st = ST_VERSION;
 			return 0;
 		}
 		if (c < 0x21 || c > 0x7e)
 			return reject(s, L7_R_BAD_TARGET);
-		if (c == '?' && !s->pend)
-			s->pend = i;
+		if (!s->pend) {
+			if (c == '?')
+				path_end(s, i);
+			else
+				path_byte(s, c);
+		}
 		return 0;
 	case ST_VERSION:
 		if (c == '\r') {
@@ -610,6 +702,10 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 		return 0;
 	if (!dfa_match(r->method_dfa, 0, s->mlen, s->slot))
 		return 0;
+	if (r->path_dfa && s->dotseg) {
+		s->dot_denied = 1;
+		return 0;
+	}
 	if (!dfa_match(r->path_dfa, s->tstart, s->pend - s->tstart, s->slot))
 		return 0;
 	if (!dfa_match(r->host_dfa, s->hstart, s->hend - s->hstart, s->slot))
@@ -726,7 +822,7 @@ __noinline int judge(struct judge_out *out)
 	}
 	bpf_loop(L7_MAX_RULES, rule_cb, &slot, 0);
 	if (!sp->matched) {
-		out->reason = L7_R_NO_RULE_MATCH;
+		out->reason = sp->dot_denied ? L7_R_DOT_SEGMENT : L7_R_NO_RULE_MATCH;
 		return 0;
 	}
 	out->verdict = L7_ALLOW;

@@ -232,6 +232,7 @@ enum l7_reason {
 	L7_R_HELD_TOO_LONG,    /* an incomplete header block held beyond l7_hold_max_ms (direct delivery) */
 	L7_R_AHEAD,            /* segments passed with an incomplete piece ahead of its judgment (direct delivery: l7_stream) */
 	L7_R_UPGRADED,         /* connections switched to pass-through by the server's 101 to a WebSocket upgrade */
+	L7_R_DOT_SEGMENT,      /* well-formed, no rule matched: rules with a path do not match a path with a dot segment */
 	L7_R_MAX,
 };
 

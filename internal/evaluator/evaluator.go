@@ -518,11 +518,12 @@ func (d *direction) decide(f Flow, p peerInfo, withAudit bool) outcome {
 
 func decideHTTP(req *HTTPRequest, l7 []*entry) outcome {
 	path, _, _ := strings.Cut(req.Path, "?")
+	dots := DotSegment(path)
 	var matched []*entry
 	var notes []string
 	for _, en := range l7 {
 		for _, r := range en.http {
-			if (r.method == nil || r.method.MatchString(req.Method)) && (r.path == nil || r.path.MatchString(path)) &&
+			if (r.method == nil || r.method.MatchString(req.Method)) && (r.path == nil || !dots && r.path.MatchString(path)) &&
 				(r.host == nil || r.host.MatchString(req.Host)) && headersMatch(req.Headers, r.headers) {
 				matched = append(matched, en)
 				if !headersMatch(req.Headers, r.logHeaders) {
@@ -539,7 +540,68 @@ func decideHTTP(req *HTTPRequest, l7 []*entry) outcome {
 		}
 		return outcome{true, originsOf(matched), reason}
 	}
+	if dots {
+		return outcome{false, originsOf(l7), fmt.Sprintf("HTTP %s %s has a dot segment, which no HTTP rule with a path matches, and no rule without a path allows it", req.Method, path)}
+	}
 	return outcome{false, originsOf(l7), fmt.Sprintf("HTTP %s %s matches no HTTP rule of the port", req.Method, path)}
+}
+
+// DotSegment reports whether path (without its query) has a "." or ".." segment in any spelling a
+// server may decode to one: dots written "." or "%2e", segments separated by "/", "\", "%2f" or
+// "%5c", and a segment ending at ";" or "#" (Tomcat reads "/..;/" as "/../"). Such a path matches no
+// rule that has a path: "/public/../internal" matches "/public/.*" as sent, and a server that
+// normalizes it serves "/internal". The kernel runs the same machine (path_byte in
+// bpf/http_match.h); a '%' not followed by two hex digits ends the segment's chance to be one.
+func DotSegment(path string) bool {
+	const (
+		start = iota // at the start of a segment
+		dot1         // the segment so far is one dot
+		dot2         // two dots
+		other        // anything else
+	)
+	seg, found := start, false
+	unit := func(u byte, literal bool) {
+		dots := seg == dot1 || seg == dot2
+		switch {
+		case u == '/' || u == '\\':
+			found = found || dots
+			seg = start
+		case u == '.':
+			if seg < other {
+				seg++
+			}
+		default:
+			found = found || literal && (u == ';' || u == '#') && dots
+			seg = other
+		}
+	}
+	for i := 0; i < len(path); i++ {
+		if path[i] != '%' {
+			unit(path[i], true)
+			continue
+		}
+		if i+2 < len(path) && isHex(path[i+1]) && isHex(path[i+2]) {
+			unit(unhex(path[i+1])<<4|unhex(path[i+2]), false)
+			i += 2
+			continue
+		}
+		seg = other // the bytes after it are read as they come
+	}
+	return found || seg == dot1 || seg == dot2
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= 'a':
+		return c - 'a' + 10
+	case c >= 'A':
+		return c - 'A' + 10
+	}
+	return c - '0'
 }
 
 func headersMatch(h http.Header, reqs [][2]string) bool {

@@ -57,6 +57,8 @@ func TestEvaluate(t *testing.T) {
 		{"group member with a matching request", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/x", "x-token", "t")}, Allow},
 		{"header required", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/x")}, Deny},
 		{"path anchored", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/x/v1/x", "X-Token", "t")}, Deny},
+		{"a dot segment climbs out of the rule's path", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/../admin", "X-Token", "t")}, Deny},
+		{"dots inside a segment are not a dot segment", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/a..b/.well-known/...", "X-Token", "t")}, Allow},
 		{"port range", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8081}, Deny},
 		{"connection before requests", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8000}, Allow},
 		{"deny entry", Flow{Direction: Ingress, Source: denied, Destination: web, Protocol: "TCP", Port: 8080}, Deny},
@@ -83,6 +85,50 @@ func TestEvaluate(t *testing.T) {
 	}
 	if _, err := ev.Evaluate(Flow{Direction: Ingress, Source: client, Destination: client}); !errors.Is(err, ErrNoEndpoint) {
 		t.Errorf("flow to a non-local address: %v", err)
+	}
+}
+
+// DotSegment finds "." and ".." segments in every spelling a server may decode to one, and nothing
+// else.
+func TestDotSegment(t *testing.T) {
+	for path, want := range map[string]bool{
+		"/":                           false,
+		"/a/b":                        false,
+		"/a/../b":                     true,
+		"/a/./b":                      true,
+		"/a/..":                       true,
+		"/a/.":                        true,
+		"/..":                         true,
+		"/a/b/":                       false,
+		"/a//b":                       false,
+		"/a/%2e%2e/b":                 true,
+		"/a/%2E./b":                   true,
+		"/a/.%2e":                     true,
+		"/a/..%2fb":                   true,
+		"/a%2F..%2Fb":                 true,
+		"/a\\..\\b":                   true,
+		"/a/..%5cb":                   true,
+		"/a/..;/b":                    true,
+		"/a/..;jsessionid=1/b":        true,
+		"/a/..#/b":                    true,
+		"/a/.%3b/b":                   false, // an escaped ';' is part of the segment
+		"/a/.../b":                    false,
+		"/a/..b/c":                    false,
+		"/a/b..":                      false,
+		"/.well-known/x":              false,
+		"/favicon.ico":                false,
+		"/a/%2e%2e%2e/b":              false,
+		"/a/..%/b":                    false, // '%' without two hex digits: not a dot
+		"/a/..%2/b":                   false,
+		"/a/%%2e%2e/b":                false,
+		"/a/%2":                       false,
+		"/a/%zz/../b":                 true,
+		"/a/%2e%2E%2f%2e%2e%2Fsecret": true,
+		"/a/%252e%252e/b":             false, // decoded once only
+	} {
+		if got := DotSegment(path); got != want {
+			t.Errorf("DotSegment(%q) = %v, want %v", path, got, want)
+		}
 	}
 }
 

@@ -67,6 +67,18 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a path with a dot segment gets 403 from the client's own socket", func(t *testing.T) {
+		const target = "/allowed/%2e%2e/secret-s2-dots"
+		before := e.counter(t, ReasonDotSegment)
+		got := e.runClientEnv(t, port, false, 0, status, longReq("GET", target))
+		if len(got) < 2 || got[0] != "write ok" || got[1] != `status 403 "Access denied"` {
+			t.Fatalf("client said %q; want the write accepted and a 403", got)
+		}
+		if ev := events.wait(t, target); !ev.AtSource || ev.Verdict != VerdictDenied || ev.Response != ResponseForbidden || ev.Reason != ReasonDotSegment {
+			t.Fatalf("event %+v: want denied at source for the dot segment, answered 403", ev)
+		}
+		e.expectUnseen(t, target, ReasonDotSegment, before)
+	})
 	// Go's, Python's and Node's clients write a small body in the same write as its header
 	// block; 100 KB and 4 MiB ones span several runs of the program.
 	for _, size := range []int{3, 100_000, 4 << 20} {

@@ -62,3 +62,13 @@ func BenchmarkDecodeEvent(b *testing.B) {
 		}
 	}
 }
+
+// The Go reasons are the kernel's enum l7_reason, one name each.
+func TestReasonsAreTheKernels(t *testing.T) {
+	if numReasons != Reason(httpL7ReasonL7R_MAX) || len(reasonNames) != int(numReasons) {
+		t.Fatalf("%d Go reasons, %d names, %d in bpf/l7.h", numReasons, len(reasonNames), httpL7ReasonL7R_MAX)
+	}
+	if ReasonDotSegment != Reason(httpL7ReasonL7R_DOT_SEGMENT) || ReasonDotSegment.String() != "dot-segment" {
+		t.Fatalf("ReasonDotSegment = %d %q, kernel %d", ReasonDotSegment, ReasonDotSegment, httpL7ReasonL7R_DOT_SEGMENT)
+	}
+}

@@ -148,7 +148,8 @@ const (
 	httpL7ReasonL7R_HELD_TOO_LONG      httpL7Reason = 26
 	httpL7ReasonL7R_AHEAD              httpL7Reason = 27
 	httpL7ReasonL7R_UPGRADED           httpL7Reason = 28
-	httpL7ReasonL7R_MAX                httpL7Reason = 29
+	httpL7ReasonL7R_DOT_SEGMENT        httpL7Reason = 29
+	httpL7ReasonL7R_MAX                httpL7Reason = 30
 )
 
 type httpL7Rule struct {
@@ -285,7 +286,11 @@ type httpScan struct {
 	LogMissing    uint32
 	Websocket     uint32
 	Pos           uint32
-	_             [4]byte
+	Seg           uint32
+	Pct           uint32
+	PctHi         uint32
+	Dotseg        uint32
+	DotDenied     uint32
 }
 
 // Names of all BPF objects in the ELF.

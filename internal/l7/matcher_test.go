@@ -7,8 +7,9 @@ import (
 )
 
 var (
-	genMethods  = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "get", "FOO", "PROPFIND", "GETX", ""}
-	genTargets  = []string{"/", "/v1/invoices/12", "/v1/invoices/x", "/v1/invoices/", "/public/a/b", "/api/v1/items", "/api/v3/items", "/a", "/b", "/a?b=1", "/r3", "/r15", "/up", "/up/x?q=1", "/x%20y", "/p", "/pq", "/case", "/CASE", "/caf\xc3\xa9", "*", "http://h1/a", "h1:80", "/a b", "/a\x00", ""}
+	genMethods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "get", "FOO", "PROPFIND", "GETX", ""}
+	genTargets = []string{"/", "/v1/invoices/12", "/v1/invoices/x", "/v1/invoices/", "/public/a/b", "/api/v1/items", "/api/v3/items", "/a", "/b", "/a?b=1", "/r3", "/r15", "/up", "/up/x?q=1", "/x%20y", "/p", "/pq", "/case", "/CASE", "/caf\xc3\xa9", "*", "http://h1/a", "h1:80", "/a b", "/a\x00", "",
+		"/public/../a", "/public/./x", "/public/%2e%2E/a", "/public/..%2fa", "/public/..;/a", "/public/x/..", "/public/..?q=/..", "/public/...", "/public/a..b", "/public/.%2", "/up/..\\x", "/r3/%2e"}
 	genVersions = []string{"HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 ", "HTTP/1"}
 	genHeaders  = []string{
 		"Host: h1", "Host: api.example.com", "host:api.example.com:8080", "Host: h22", "Host:", "HOST: h3 ",
@@ -76,6 +77,15 @@ func TestPrivilegedKernelMatcherAgreesWithReference(t *testing.T) {
 		raw := genRequest(r)
 		checkAgainstReference(t, l, i%len(ruleSetPool), raw)
 	}
+	// Paths drawn from the bytes that make or break a dot segment, under "/public/.*" (set 1).
+	const alphabet = "/./.%2eEfF5c;#\\a?"
+	for range 2000 {
+		path := make([]byte, 1+r.IntN(14))
+		for j := range path {
+			path[j] = alphabet[r.IntN(len(alphabet))]
+		}
+		checkAgainstReference(t, l, 1, []byte("GET /public/"+string(path)+" HTTP/1.1\r\n\r\n"))
+	}
 }
 
 // Fixed cases, named for what they show; they also seed the fuzz target.
@@ -116,6 +126,16 @@ var matcherCases = []struct {
 	{"two required headers", 4, "GET / HTTP/1.1\r\nX-Mode: admin\r\nAuthorization: Bearer abc\r\n\r\n", Allow},
 	{"one of two required headers", 4, "GET / HTTP/1.1\r\nX-Mode: admin\r\n\r\n", Deny},
 	{"sixteenth rule", 7, "GET /r15 HTTP/1.1\r\nX-R15: y\r\n\r\n", Allow},
+	{"a dot segment matches no rule with a path", 1, "GET /public/../admin HTTP/1.1\r\n\r\n", Deny},
+	{"... spelled with escaped dots", 1, "GET /public/%2e%2E/admin HTTP/1.1\r\n\r\n", Deny},
+	{"... behind an escaped slash", 1, "GET /public/a%2f..%2Fadmin HTTP/1.1\r\n\r\n", Deny},
+	{"... behind a backslash", 1, "GET /public/..\\admin HTTP/1.1\r\n\r\n", Deny},
+	{"... with a path parameter (Tomcat)", 1, "GET /public/..;x=1/admin HTTP/1.1\r\n\r\n", Deny},
+	{"... at the end of the path", 1, "GET /public/a/. HTTP/1.1\r\n\r\n", Deny},
+	{"... at the end of the path, before the query", 1, "GET /public/a/..?x=1 HTTP/1.1\r\n\r\n", Deny},
+	{"dots in the query are not in the path", 1, "GET /public/a?x=/../b HTTP/1.1\r\n\r\n", Allow},
+	{"dots inside a segment are not a dot segment", 1, "GET /public/a..b/.c/... HTTP/1.1\r\n\r\n", Allow},
+	{"a rule without a path allows a dot segment", 4, "DELETE /x/../y HTTP/1.1\r\n\r\n", Allow},
 	{"header block beyond the scan limit", 2, "GET / HTTP/1.1\r\nX-Pad: " + strings.Repeat("a", ScanLimit) + "\r\n\r\n", Deny},
 }
 
@@ -133,6 +153,20 @@ func TestPrivilegedKernelMatcherCases(t *testing.T) {
 			}
 			checkAgainstReference(t, l, tc.set, []byte(tc.raw))
 		})
+	}
+	// The reason names the dot segment when it kept the rules with a path from matching.
+	for raw, want := range map[string]Reason{
+		"GET /public/a/../../admin HTTP/1.1\r\n\r\n": ReasonDotSegment,
+		"GET /admin HTTP/1.1\r\n\r\n":                ReasonNoRuleMatch,
+		"PUT /public/../admin HTTP/1.1\r\n\r\n":      ReasonNoRuleMatch, // no rule for PUT got as far as the path
+	} {
+		got, err := l.Judge(RuleKey{EndpointID: 101, Port: 80}, []byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Decision != Deny || got.Reason != want {
+			t.Errorf("%q: %v (%v), want Deny (%v)", raw, got.Decision, got.Reason, want)
+		}
 	}
 }
 

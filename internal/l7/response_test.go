@@ -131,6 +131,20 @@ func TestPrivilegedDeniedRequestsAreAnsweredAndReported(t *testing.T) {
 			t.Fatalf("event %+v", ev)
 		}
 	})
+	t.Run("a path that climbs out of the allowed one with dot segments gets 403", func(t *testing.T) {
+		// "/allowed(/.*)?" matches each of these as sent; a server that normalizes the path would
+		// serve what lies outside /allowed.
+		for _, target := range []string{"/allowed/../secret-dots", "/allowed/%2e%2e/secret-dots-escaped", "/allowed/..%2Fsecret-dots-slash", "/allowed/..;/secret-dots-param"} {
+			c := e.dial(t, port, false)
+			io.WriteString(c, longReq("GET", target))
+			e.expectForbidden(t, c, target)
+			c.Close()
+			ev := events.wait(t, target)
+			if ev.Verdict != VerdictDenied || ev.Response != ResponseForbidden || ev.Reason != ReasonDotSegment || ev.Rule != -1 {
+				t.Fatalf("%s: event %+v", target, ev)
+			}
+		}
+	})
 	t.Run("a 403 takes the length of the request it replaces", func(t *testing.T) {
 		for target, raw := range map[string]string{
 			// 2 KiB of header block: padded over many stores

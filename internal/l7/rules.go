@@ -50,6 +50,10 @@ const (
 	// ReasonUpgraded counts connections switched to pass-through by the server's 101 to an allowed
 	// WebSocket upgrade (it is no request's reason).
 	ReasonUpgraded
+	// ReasonDotSegment: a well-formed request that no rule allowed, where rules with a path were
+	// not matched because the path has a dot segment ("/public/../internal", in any spelling a
+	// server may decode to one; bpf/README.md, "Paths").
+	ReasonDotSegment
 	numReasons
 )
 
@@ -57,7 +61,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
-	"event-lost", "held-too-long", "ahead", "upgraded"}
+	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {

@@ -119,6 +119,7 @@ func SeedChecks() []Check {
 		{Name: "Billing: reporting-service reads an invoice", From: reporting, To: billing, Port: 9000, Method: "GET", Path: "/v1/invoices/42", Want: Allowed},
 		{Name: "Billing: reporting-service may not delete an invoice", From: reporting, To: billing, Port: 9000, Method: "DELETE", Path: "/v1/invoices/42", Want: Forbidden, L7: true},
 		{Name: "Billing: /internal/metrics stays closed", From: reporting, To: billing, Port: 9000, Method: "GET", Path: "/internal/metrics", Want: Forbidden, L7: true},
+		{Name: "Billing: ... also through /v1/invoices/{id} with escaped dot segments", From: reporting, To: billing, Port: 9000, Method: "GET", Path: "/v1/invoices/..%2F..%2Finternal%2Fmetrics", Want: Forbidden, L7: true},
 		{Name: "Scenario 3: shipping-service calls UpdateOrderStatus (HTTP/1.1 here)", From: shipping, To: order, Port: 50051, Method: "POST", Path: "/proto.OrderService/UpdateOrderStatus", Body: `{"id":7,"status":"shipped"}`, Want: Allowed},
 		{Name: "Scenario 3: shipping-service may not call CreateOrder", From: shipping, To: order, Port: 50051, Method: "POST", Path: "/proto.OrderService/CreateOrder", Body: `{"item":"book"}`, Want: Forbidden, L7: true},
 		{Name: "Edge case 3: payment-processor reaches api.stripe.com:443 (toFQDNs)", From: payment, To: "stripe", Port: 443, Want: Allowed, L7: false},
