@@ -144,6 +144,13 @@ struct scan_ctx {
 	const struct l7_dfa *d;
 };
 
+/* The machine's state: the current segment's (SEG_*), a percent escape being
+ * read (1: after '%', 2: after its first hex digit, hi) and whether a dot
+ * segment was found. */
+struct dotm {
+	__u32 seg, pct, hi, found;
+};
+
 /*
  * Loop state lives in a per-CPU map value, not on the stack: with the state
  * on the caller's stack, the 6.18 verifier fails the program with EFAULT (an
@@ -183,10 +190,11 @@ struct scan {
 	__u32 log_missing;
 	__u32 websocket; /* an Upgrade: websocket header */
 	__u32 pos;       /* next byte to scan */
-	/* Dot segments in the path (path_byte): the current segment's state,
-	 * a percent escape being read and its first digit, and whether the
-	 * path has one; dot_denied: a rule with a path was skipped for it. */
-	__u32 seg, pct, pct_hi, dotseg, dot_denied;
+	/* Dot segments in the path (dot_segment): the machine, whether it has
+	 * run, whether the target has a '.' or a '%' (without one there is no
+	 * dot segment), and whether a rule with a path was skipped for one. */
+	struct dotm dm;
+	__u32 dot_known, dot_maybe, dot_denied;
 };
 
 struct {
@@ -229,8 +237,10 @@ static __always_inline __u8 lower(__u8 c)
  * A segment is a "." or ".." in any spelling a server may decode to one:
  * dots as "." or %2e, segments separated by "/", "\", %2f or %5c, and a
  * segment ending at ";" or "#" (Tomcat reads /..;/ as /../). Each path byte
- * before the query goes through path_byte; internal/evaluator's dotSegment
- * is the same machine in Go, and the differential test holds them equal. */
+ * before the query goes through path_byte; internal/evaluator's DotSegment
+ * is the same machine in Go, and the differential test holds them equal.
+ * The machine runs over the path once per request, when a rule with a path
+ * is reached and the target has a '.' or a '%' (dot_segment). */
 enum {
 	SEG_START = 0, /* at the start of a segment */
 	SEG_DOT1,      /* the segment so far is one dot */
@@ -248,60 +258,51 @@ static __always_inline int hex_value(__u8 c)
 	return -1;
 }
 
+
 /* One unit of the path: a byte as sent (literal) or a decoded %XX. */
-static __always_inline void seg_unit(struct scan *s, __u32 u, int literal)
+static __always_inline void seg_unit(struct dotm *m, __u32 u, int literal)
 {
-	int dots = s->seg == SEG_DOT1 || s->seg == SEG_DOT2;
+	int dots = m->seg == SEG_DOT1 || m->seg == SEG_DOT2;
 
 	if (u == '/' || u == '\\') {
 		if (dots)
-			s->dotseg = 1;
-		s->seg = SEG_START;
+			m->found = 1;
+		m->seg = SEG_START;
 	} else if (u == '.') {
-		if (s->seg < SEG_OTHER)
-			s->seg++;
+		if (m->seg < SEG_OTHER)
+			m->seg++;
 	} else {
 		if (literal && (u == ';' || u == '#') && dots)
-			s->dotseg = 1;
-		s->seg = SEG_OTHER;
+			m->found = 1;
+		m->seg = SEG_OTHER;
 	}
 }
 
-static __always_inline void path_byte(struct scan *s, __u8 c)
+static __always_inline void path_byte(struct dotm *m, __u8 c)
 {
 	int h = hex_value(c);
 
-	if (s->pct == 1) {
-		s->pct = 0;
+	if (m->pct == 1) {
+		m->pct = 0;
 		if (h >= 0) {
-			s->pct = 2;
-			s->pct_hi = h;
+			m->pct = 2;
+			m->hi = h;
 			return;
 		}
-		s->seg = SEG_OTHER; /* a '%' not followed by two hex digits */
-	} else if (s->pct == 2) {
-		s->pct = 0;
+		m->seg = SEG_OTHER; /* a '%' not followed by two hex digits */
+	} else if (m->pct == 2) {
+		m->pct = 0;
 		if (h >= 0) {
-			seg_unit(s, (s->pct_hi << 4) | h, 0);
+			seg_unit(m, (m->hi << 4) | h, 0);
 			return;
 		}
-		s->seg = SEG_OTHER;
+		m->seg = SEG_OTHER;
 	}
 	if (c == '%') {
-		s->pct = 1;
+		m->pct = 1;
 		return;
 	}
-	seg_unit(s, c, 1);
-}
-
-/* The path ends (at '?' or the space before the version). */
-static __always_inline void path_end(struct scan *s, __u32 i)
-{
-	s->pend = i;
-	if (s->pct)
-		s->seg = SEG_OTHER;
-	if (s->seg == SEG_DOT1 || s->seg == SEG_DOT2)
-		s->dotseg = 1;
+	seg_unit(m, c, 1);
 }
 
 /* Methods we judge; anything else (lower case, extension methods) is denied
@@ -479,18 +480,17 @@ static __always_inline int scan_byte(struct scan *s, __u32 i, __u8 c)
 			return reject(s, L7_R_BAD_TARGET);
 		if (c == ' ') {
 			if (!s->pend)
-				path_end(s, i);
+				s->pend = i;
 			s->st = ST_VERSION;
 			return 0;
 		}
 		if (c < 0x21 || c > 0x7e)
 			return reject(s, L7_R_BAD_TARGET);
-		if (!s->pend) {
-			if (c == '?')
-				path_end(s, i);
-			else
-				path_byte(s, c);
-		}
+		if (c == '?' && !s->pend)
+			s->pend = i;
+		/* A dot segment needs a '.' or a %2e (dot_segment). */
+		if (c == '.' || c == '%')
+			s->dot_maybe = 1;
 		return 0;
 	case ST_VERSION:
 		if (c == '\r') {
@@ -610,6 +610,60 @@ static int scan_cb(__u32 unused, struct scan_ctx *x)
 	return 0;
 }
 
+/* bpf_loop callback: the next SCAN_RUN bytes of the path, from s->pos, through
+ * path_byte. Run once per request, after the scan and only when a rule with a
+ * path is reached (dot_segment): the byte loop that scans every request stays
+ * as short as it was (the machine inside it cost every byte of every header
+ * block about 1.5 ns, BenchmarkJudge). */
+static int dot_cb(__u32 unused, struct scan_ctx *x)
+{
+	struct scan *s = x->s;
+	const struct l7_scratch *sc = x->sc;
+	struct dotm m;
+	__u32 k, i;
+
+	if (!s || !sc)
+		return 1;
+	m = s->dm; /* on the stack for the run: one load and store per run, not per byte */
+	i = s->pos;
+#pragma clang loop unroll(disable)
+	for (k = 0; k < SCAN_RUN; k++) {
+		if (i >= s->pend)
+			break;
+		path_byte(&m, sc->buf[i & SCAN_MASK]);
+		i++;
+	}
+	s->dm = m;
+	s->pos = i;
+	return k < SCAN_RUN;
+}
+
+/* Whether the path has a dot segment; computed on first use. */
+static __noinline int dot_segment(__u32 slot)
+{
+	struct scan *s = bpf_map_lookup_elem(&l7_scans, &slot);
+	struct scan_ctx x = {};
+
+	if (!s)
+		return 1;
+	if (s->dot_known)
+		return s->dm.found;
+	x.s = s;
+	x.sc = scratch(slot);
+	if (!x.sc)
+		return 1;
+	s->dot_known = 1;
+	s->pos = s->tstart;
+	if (s->pend > s->tstart && s->pend <= L7_SCAN_LIMIT)
+		bpf_loop((s->pend - s->tstart + SCAN_RUN - 1) / SCAN_RUN, dot_cb, &x, 0);
+	/* the path ends (at '?' or the space before the version) */
+	if (s->dm.pct)
+		s->dm.seg = SEG_OTHER;
+	if (s->dm.seg == SEG_DOT1 || s->dm.seg == SEG_DOT2)
+		s->dm.found = 1;
+	return s->dm.found;
+}
+
 /* bpf_loop callback: the next SCAN_RUN DFA transitions, from w->pos. */
 static int walk_cb(__u32 unused, struct scan_ctx *x)
 {
@@ -702,7 +756,7 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 		return 0;
 	if (!dfa_match(r->method_dfa, 0, s->mlen, s->slot))
 		return 0;
-	if (r->path_dfa && s->dotseg) {
+	if (r->path_dfa && s->dot_maybe && dot_segment(s->slot)) {
 		s->dot_denied = 1;
 		return 0;
 	}

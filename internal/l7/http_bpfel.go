@@ -286,11 +286,16 @@ type httpScan struct {
 	LogMissing    uint32
 	Websocket     uint32
 	Pos           uint32
-	Seg           uint32
-	Pct           uint32
-	PctHi         uint32
-	Dotseg        uint32
-	DotDenied     uint32
+	Dm            struct {
+		_     structs.HostLayout
+		Seg   uint32
+		Pct   uint32
+		Hi    uint32
+		Found uint32
+	}
+	DotKnown  uint32
+	DotMaybe  uint32
+	DotDenied uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -38,6 +38,7 @@ func BenchmarkJudge(b *testing.B) {
 		{"100-regex-paths", hundred, req("GET", "/api/v1/resource99/12345")},
 		{"one-rule-400B-header", []string{`method="GET" path="/allowed(/.*)?"`}, req("GET", "/allowed/quiet", "X-Pad: "+strings.Repeat("a", 400))},
 		{"one-rule-400B-path", []string{`method="GET" path="/allowed(/.*)?"`}, req("GET", "/allowed/quiet"+strings.Repeat("a", 400))},
+		{"one-rule-dotted-path", []string{`method="GET" path="/allowed(/.*)?"`}, req("GET", "/allowed/static/app.v2.min.js")},
 		{"one-rule-10-headers", []string{`method="GET" path="/allowed(/.*)?"`}, req("GET", "/allowed/quiet", "A: b", "C: d", "E: f", "G: h", "I: j", "K: l", "M: n", "O: p", "Q: r", "S: t")},
 	}
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
