@@ -293,9 +293,9 @@ type httpScan struct {
 		Hi    uint32
 		Found uint32
 	}
-	DotKnown  uint32
 	DotMaybe  uint32
 	DotDenied uint32
+	_         [4]byte
 }
 
 // Names of all BPF objects in the ELF.
