@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -139,7 +140,9 @@ type reconcileScope struct {
 	key     policyKey
 	obj     policyObject
 	invalid field.ErrorList
-	report  fanIn
+	// warnings about a generation accepted by this call (policy.Warnings), reported as an event.
+	warnings []string
+	report   fanIn
 }
 
 // Reconcile validates, compiles and reports one policy.
@@ -170,6 +173,9 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if len(s.invalid) > 0 {
 		r.Recorder.Eventf(s.obj, nil, "Warning", ReasonInvalidSpec, "Validate", "%s", s.invalid.ToAggregate().Error())
 		return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("%s is invalid: %w", s.key, s.invalid.ToAggregate()))
+	}
+	if len(s.warnings) > 0 {
+		r.Recorder.Eventf(s.obj, nil, "Warning", ReasonRuleMatchesNothing, "Validate", "%s", strings.Join(s.warnings, "; "))
 	}
 	if s.report.enforcing < len(s.report.nodes) {
 		// Waiting on the agents: NodePolicy events normally bring the policy back, and this requeue
@@ -202,6 +208,7 @@ func (r *PolicyReconciler) compile(ctx context.Context, s *reconcileScope) error
 			} else {
 				r.accepted[s.key] = acceptedPolicy{generation: gen, spec: spec}
 				r.wakeDirtyLocked()
+				s.warnings = policy.Warnings(spec)
 			}
 		}
 	}

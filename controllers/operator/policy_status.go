@@ -18,6 +18,9 @@ import (
 const (
 	// ReasonInvalidSpec: the current generation failed validation; the last accepted one stays in force.
 	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonRuleMatchesNothing: the reason of a Warning event for an accepted generation with an
+	// HTTP rule that can match no request (policy.Warnings); the policy is enforced as written.
+	ReasonRuleMatchesNothing = "RuleMatchesNothing"
 	// ReasonRollingOut: accepted, not yet enforced by every node that needs it.
 	ReasonRollingOut = "RollingOut"
 	// ReasonEnforced: every node that needs the policy enforces the current generation.

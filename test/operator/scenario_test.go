@@ -416,6 +416,50 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 		}
 	})
 
+	t.Run("a path that can match no request is enforced as written and warned about", func(t *testing.T) {
+		// Written as in Cilium, where the path is matched with its query string.
+		setPath := func(path string) *v1alpha1.AccessPolicy {
+			t.Helper()
+			p := getPolicy(t, "production", "user-service-api-policy")
+			p.Spec.Ingress[0].ToPorts[0].Rules.HTTP[0].Path = path
+			if err := cp.Client.Update(ctxT(t), p); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 10*time.Second, "NodePolicy with the new generation", func() error {
+				np, err := getNodePolicy(t, "node-a")
+				if err != nil {
+					return err
+				}
+				for _, ref := range np.Spec.Policies {
+					if ref.Name == "user-service-api-policy" && ref.Generation == p.Generation {
+						return nil
+					}
+				}
+				return fmt.Errorf("policies %+v", np.Spec.Policies)
+			})
+			ackAsAgent(t, "node-a")
+			return waitReady(t, "production", "user-service-api-policy")
+		}
+		setPath(`/v1/users\?notify=.*`)
+		judge(t, "node-a", []request{
+			{"the rule allows nothing: not even the request it was written for", evaluator.Ingress, podIP("auth-service"), podIP("user-service"), 8080, method("POST", "/v1/users?notify=1"), evaluator.Deny, ""},
+		})
+		eventually(t, 10*time.Second, "Warning event", func() error {
+			var evs eventsv1.EventList
+			if err := cp.Client.List(ctxT(t), &evs, client.InNamespace("production")); err != nil {
+				return err
+			}
+			for _, e := range evs.Items {
+				if e.Regarding.Name == "user-service-api-policy" && e.Type == "Warning" && e.Reason == operator.ReasonRuleMatchesNothing &&
+					strings.Contains(e.Note, "spec.ingress[0].toPorts[0].rules.http[0].path") {
+					return nil
+				}
+			}
+			return fmt.Errorf("%d events, none a Warning %s for the policy", len(evs.Items), operator.ReasonRuleMatchesNothing)
+		})
+		setPath("/v1/users")
+	})
+
 	t.Run("an invalid edit is Stalled and the last good rules stay in force", func(t *testing.T) {
 		npBefore, _ := getNodePolicy(t, "node-a")
 		p := getPolicy(t, "production", "user-service-api-policy")

@@ -1,0 +1,44 @@
+package policy
+
+import (
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/portcullis-dev/portcullis/api/v1alpha1"
+)
+
+// Warnings lists what a valid spec says that cannot do what it seems to: HTTP rules whose path can
+// match no request, such as a path written with its query string ("/search\?q=.*": the path is
+// matched without the query) or without its leading '/'. Such a rule allows nothing; the policy is
+// still enforced as written (rejecting it could leave the port without the default deny the policy
+// brings), and the operator reports the warning as an event.
+func Warnings(spec *v1alpha1.PolicySpec) []string {
+	if spec == nil {
+		return nil
+	}
+	var out []string
+	check := func(p *field.Path, prs []v1alpha1.PortRule) {
+		for i, pr := range prs {
+			if pr.Rules == nil {
+				continue
+			}
+			for j, h := range pr.Rules.HTTP {
+				if h.Path == "" || dfaChecks.get(h.Path).err != nil || dfaChecks.get(h.Path).matchesPath {
+					continue
+				}
+				out = append(out, fmt.Sprintf("%s: %q matches no request path, so this rule allows nothing: a path is matched "+
+					"from its leading '/' up to the query string, which is not part of it, and holds only visible ASCII "+
+					"(percent-encoded otherwise)", p.Index(i).Child("rules", "http").Index(j).Child("path"), h.Path))
+			}
+		}
+	}
+	root := field.NewPath("spec")
+	for i, r := range spec.Ingress {
+		check(root.Child("ingress").Index(i).Child("toPorts"), r.ToPorts)
+	}
+	for i, r := range spec.Egress {
+		check(root.Child("egress").Index(i).Child("toPorts"), r.ToPorts)
+	}
+	return out
+}
