@@ -94,6 +94,31 @@ func method(m, path string) *evaluator.HTTPRequest {
 }
 
 // judge evaluates requests against the published NodePolicy of a node and the published IP cache.
+// setUserServicePath sets the path of user-service-api-policy's HTTP rule and returns the policy once
+// node-a's NodePolicy carries the new generation, the agent acknowledged it, and it is Ready.
+func setUserServicePath(t *testing.T, path string) *v1alpha1.AccessPolicy {
+	t.Helper()
+	p := getPolicy(t, "production", "user-service-api-policy")
+	p.Spec.Ingress[0].ToPorts[0].Rules.HTTP[0].Path = path
+	if err := cp.Client.Update(ctxT(t), p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "NodePolicy with the new generation", func() error {
+		np, err := getNodePolicy(t, "node-a")
+		if err != nil {
+			return err
+		}
+		for _, ref := range np.Spec.Policies {
+			if ref.Name == "user-service-api-policy" && ref.Generation == p.Generation {
+				return nil
+			}
+		}
+		return fmt.Errorf("policies %+v", np.Spec.Policies)
+	})
+	ackAsAgent(t, "node-a")
+	return waitReady(t, "production", "user-service-api-policy")
+}
+
 func judge(t *testing.T, node string, reqs []request) {
 	t.Helper()
 	np, err := getNodePolicy(t, node)
@@ -418,29 +443,7 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 
 	t.Run("a path that can match no request is enforced as written and warned about", func(t *testing.T) {
 		// Written as in Cilium, where the path is matched with its query string.
-		setPath := func(path string) *v1alpha1.AccessPolicy {
-			t.Helper()
-			p := getPolicy(t, "production", "user-service-api-policy")
-			p.Spec.Ingress[0].ToPorts[0].Rules.HTTP[0].Path = path
-			if err := cp.Client.Update(ctxT(t), p); err != nil {
-				t.Fatal(err)
-			}
-			eventually(t, 10*time.Second, "NodePolicy with the new generation", func() error {
-				np, err := getNodePolicy(t, "node-a")
-				if err != nil {
-					return err
-				}
-				for _, ref := range np.Spec.Policies {
-					if ref.Name == "user-service-api-policy" && ref.Generation == p.Generation {
-						return nil
-					}
-				}
-				return fmt.Errorf("policies %+v", np.Spec.Policies)
-			})
-			ackAsAgent(t, "node-a")
-			return waitReady(t, "production", "user-service-api-policy")
-		}
-		setPath(`/v1/users\?notify=.*`)
+		setUserServicePath(t, `/v1/users\?notify=.*`)
 		judge(t, "node-a", []request{
 			{"the rule allows nothing: not even the request it was written for", evaluator.Ingress, podIP("auth-service"), podIP("user-service"), 8080, method("POST", "/v1/users?notify=1"), evaluator.Deny, ""},
 		})
@@ -457,7 +460,7 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 			}
 			return fmt.Errorf("%d events, none a Warning %s for the policy", len(evs.Items), operator.ReasonRuleMatchesNothing)
 		})
-		setPath("/v1/users")
+		setUserServicePath(t, "/v1/users")
 	})
 
 	t.Run("an invalid edit is Stalled and the last good rules stay in force", func(t *testing.T) {
@@ -563,25 +566,7 @@ func TestOperatorCompilesTheSeedScenarios(t *testing.T) {
 	})
 
 	t.Run("fixing the policy clears Stalled", func(t *testing.T) {
-		p := getPolicy(t, "production", "user-service-api-policy")
-		p.Spec.Ingress[0].ToPorts[0].Rules.HTTP[0].Path = "/v1/users"
-		if err := cp.Client.Update(ctxT(t), p); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 10*time.Second, "NodePolicy with the fixed generation", func() error {
-			np, err := getNodePolicy(t, "node-a")
-			if err != nil {
-				return err
-			}
-			for _, ref := range np.Spec.Policies {
-				if ref.Name == "user-service-api-policy" && ref.Generation == p.Generation {
-					return nil
-				}
-			}
-			return fmt.Errorf("policies %+v", np.Spec.Policies)
-		})
-		ackAsAgent(t, "node-a")
-		p = waitReady(t, "production", "user-service-api-policy")
+		p := setUserServicePath(t, "/v1/users")
 		if condition(&p.Status, v1alpha1.ConditionStalled) != nil || p.Status.AcceptedSpec != nil {
 			t.Errorf("fixed policy still carries Stalled or acceptedSpec: %+v", p.Status)
 		}
