@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/portcullis-dev/portcullis/internal/dfa"
@@ -25,7 +26,13 @@ type dfaCheck struct {
 	// matchesPath: it matches some request path (a '/' and then visible ASCII other than '?', the
 	// bytes the kernel matches a path against).
 	matchesPath bool
+	// matchesMethod: it matches one of the methods the kernel judges (KernelMethods).
+	matchesMethod bool
 }
+
+// KernelMethods are the methods the kernel judges; a request with any other method is denied
+// before the rules are read (bpf/README.md, "Scan limits").
+var KernelMethods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
 // check returns the error of compiling expr to a DFA, or nil.
 func (m *dfaCheckMemo) check(expr string) error {
@@ -43,6 +50,7 @@ func (m *dfaCheckMemo) get(expr string) dfaCheck {
 	res = dfaCheck{err: err}
 	if err == nil {
 		res.matchesPath = d.MatchesSome([]byte("/"), func(c byte) bool { return c >= 0x21 && c <= 0x7e && c != '?' })
+		res.matchesMethod = slices.ContainsFunc(KernelMethods, func(m string) bool { return d.Match([]byte(m)) })
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -105,18 +105,19 @@ func TestValidateAcceptsSeedPolicies(t *testing.T) {
 	}
 }
 
-// A valid spec with HTTP paths that can match no request gets a warning naming each of them, and
-// nothing else does.
-func TestWarningsNamePathsThatMatchNoRequest(t *testing.T) {
-	spec := parse(t, "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{path: /ok}, {path: \"/search\\\\?q=.*\"}, {method: GET}]}}]}]\n"+
+// A valid spec with HTTP paths or methods that can match no request gets a warning naming each of
+// them, and nothing else does.
+func TestWarningsNameRulesThatMatchNoRequest(t *testing.T) {
+	spec := parse(t, "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{path: /ok}, {path: \"/search\\\\?q=.*\"}, {method: get}, {method: PROPFIND}, {method: \"GET|PROPFIND\"}]}}]}]\n"+
 		"egress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{path: \"v1/users\"}, {path: \"/v1/users(\\\\?.*)?\"}]}}]}]")
 	if errs := Validate(KindAccessPolicy, spec); len(errs) > 0 {
 		t.Fatalf("valid spec rejected: %v", errs)
 	}
 	w := Warnings(spec)
-	if len(w) != 2 || !strings.HasPrefix(w[0], "spec.ingress[0].toPorts[0].rules.http[1].path: ") ||
-		!strings.HasPrefix(w[1], "spec.egress[0].toPorts[0].rules.http[0].path: ") {
-		t.Fatalf("warnings %q: want the ingress query path and the egress path without its '/'", w)
+	if len(w) != 3 || !strings.HasPrefix(w[0], "spec.ingress[0].toPorts[0].rules.http[1].path: ") ||
+		!strings.HasPrefix(w[1], "spec.ingress[0].toPorts[0].rules.http[3].method: ") ||
+		!strings.HasPrefix(w[2], "spec.egress[0].toPorts[0].rules.http[0].path: ") {
+		t.Fatalf("warnings %q: want the ingress query path, the PROPFIND method, and the egress path without its '/'", w)
 	}
 	for _, y := range []string{
 		"endpointSelector: {matchLabels: {app: user-service}}\ningress: [{toPorts: [{ports: [{port: \"8080\", protocol: TCP}], rules: {http: [{method: POST, path: /v1/users}]}}]}]",

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -10,9 +11,10 @@ import (
 
 // Warnings lists what a valid spec says that cannot do what it seems to: HTTP rules whose path can
 // match no request, such as a path written with its query string ("/search\?q=.*": the path is
-// matched without the query) or without its leading '/'. Such a rule allows nothing; the policy is
-// still enforced as written (rejecting it could leave the port without the default deny the policy
-// brings), and the operator reports the warning as an event.
+// matched without the query) or without its leading '/', and rules whose method is none the kernel
+// judges (PROPFIND). Such a rule allows nothing; the policy is still enforced as written (rejecting
+// it could leave the port without the default deny the policy brings), and the operator reports
+// the warning as an event.
 func Warnings(spec *v1alpha1.PolicySpec) []string {
 	if spec == nil {
 		return nil
@@ -24,12 +26,19 @@ func Warnings(spec *v1alpha1.PolicySpec) []string {
 				continue
 			}
 			for j, h := range pr.Rules.HTTP {
-				if h.Path == "" || dfaChecks.get(h.Path).err != nil || dfaChecks.get(h.Path).matchesPath {
-					continue
+				hp := p.Index(i).Child("rules", "http").Index(j)
+				if h.Path != "" && dfaChecks.get(h.Path).err == nil && !dfaChecks.get(h.Path).matchesPath {
+					out = append(out, fmt.Sprintf("%s: %q matches no request path, so this rule allows nothing: a path is matched "+
+						"from its leading '/' up to the query string, which is not part of it, and holds only visible ASCII "+
+						"(percent-encoded otherwise)", hp.Child("path"), h.Path))
 				}
-				out = append(out, fmt.Sprintf("%s: %q matches no request path, so this rule allows nothing: a path is matched "+
-					"from its leading '/' up to the query string, which is not part of it, and holds only visible ASCII "+
-					"(percent-encoded otherwise)", p.Index(i).Child("rules", "http").Index(j).Child("path"), h.Path))
+				if m := normalizeMethod(h.Method); m != "" {
+					if c := dfaChecks.get(m); c.err == nil && !c.matchesMethod {
+						out = append(out, fmt.Sprintf("%s: %q matches none of the methods the kernel judges (%s; any other method "+
+							"is denied before the rules are read), so this rule allows nothing", hp.Child("method"), h.Method,
+							strings.Join(KernelMethods, " ")))
+					}
+				}
 			}
 		}
 	}
