@@ -615,7 +615,7 @@ static const char spaces[64] = "                                                
 static __always_inline int answerable(const struct judge_out *out, __u32 n)
 {
 	if (out->reason != L7_R_NO_RULE_MATCH && out->reason != L7_R_NO_RULESET &&
-	    out->reason != L7_R_DOT_SEGMENT)
+	    out->reason != L7_R_DOT_SEGMENT && out->reason != L7_R_ESCAPED_SLASH)
 		return 0;
 	return out->hdr_len && out->hdr_len <= n;
 }

@@ -145,10 +145,10 @@ struct scan_ctx {
 };
 
 /* The machine's state: the current segment's (SEG_*), a percent escape being
- * read (1: after '%', 2: after its first hex digit, hi) and whether a dot
- * segment was found. */
+ * read (1: after '%', 2: after its first hex digit, hi), whether a dot
+ * segment was found, and whether a backslash or an escaped '/' or '\' was. */
 struct dotm {
-	__u32 seg, pct, hi, found;
+	__u32 seg, pct, hi, found, slash;
 };
 
 /*
@@ -190,11 +190,11 @@ struct scan {
 	__u32 log_missing;
 	__u32 websocket; /* an Upgrade: websocket header */
 	__u32 pos;       /* next byte to scan */
-	/* Dot segments in the path (dot_segment): the machine, whether the
-	 * target may have one (a '%', or a '.' right after a '/' or a
-	 * backslash), and whether a rule with a path was skipped for one. */
+	/* Paths a server may read otherwise (path_check): the machine, whether
+	 * the target may hold such a path (a '%' or a backslash, or a '.' right
+	 * after a '/'), and whether a rule with a path was skipped for it. */
 	struct dotm dm;
-	__u32 dot_maybe, dot_denied;
+	__u32 path_maybe, path_denied;
 };
 
 struct {
@@ -236,12 +236,17 @@ static __always_inline __u8 lower(__u8 c)
  * matches no rule that has a path (rules without a path still allow it).
  * A segment is a "." or ".." in any spelling a server may decode to one:
  * dots as "." or %2e, segments separated by "/", "\", %2f or %5c, and a
- * segment ending at ";" or "#" (Tomcat reads /..;/ as /../). Each path byte
- * before the query goes through path_byte; internal/evaluator's DotSegment
- * is the same machine in Go, and the differential test holds them equal.
- * The machine runs over the path once per request, when there are rules and
- * the target has a '%' or a '.' right after a '/' or a backslash
- * (dot_segment). */
+ * segment ending at ";" or "#" (Tomcat reads /..;/ as /../).
+ * Escaped slashes. The same for a path with a backslash or a %2f or %5c:
+ * /v1/users/x%2fadmin matches /v1/users/[^/]+, and a server that decodes
+ * %2f before routing, or reads a backslash as a '/', serves the deeper
+ * /v1/users/x/admin (Cilium's Envoy redirects such a request to the path
+ * unescaped, which is then judged).
+ * Each path byte before the query goes through path_byte; the Go reference
+ * (internal/evaluator's DotSegment and EscapedSlash) is the same in Go, and
+ * the differential test holds them equal. The machine runs over the path
+ * once per request, when there are rules and the target has a '%' or a
+ * backslash, or a '.' right after a '/' (path_check). */
 enum {
 	SEG_START = 0, /* at the start of a segment */
 	SEG_DOT1,      /* the segment so far is one dot */
@@ -268,6 +273,8 @@ static __always_inline void seg_unit(struct dotm *m, __u32 u, int literal)
 	if (u == '/' || u == '\\') {
 		if (dots)
 			m->found = 1;
+		if (!literal || u == '\\')
+			m->slash = 1;
 		m->seg = SEG_START;
 	} else if (u == '.') {
 		if (m->seg < SEG_OTHER)
@@ -489,15 +496,14 @@ static __always_inline int scan_byte(struct scan *s, const struct l7_scratch *sc
 			return reject(s, L7_R_BAD_TARGET);
 		if (c == '?' && !s->pend)
 			s->pend = i;
-		/* A dot segment needs a '%' (%2e, %2f, %5c) or a '.' right after
-		 * a '/' or a backslash (dot_segment); "app.min.js" has neither. */
-		if (c == '%') {
-			s->dot_maybe = 1;
+		/* A dot segment or an escaped slash needs a '%' (%2e, %2f, %5c),
+		 * a backslash, or a '.' right after a '/' (path_check);
+		 * "/static/app.min.js" has none. */
+		if (c == '%' || c == '\\') {
+			s->path_maybe = 1;
 		} else if (c == '.') {
-			__u8 p = sc->buf[(i - 1) & SCAN_MASK];
-
-			if (p == '/' || p == '\\')
-				s->dot_maybe = 1;
+			if (sc->buf[(i - 1) & SCAN_MASK] == '/')
+				s->path_maybe = 1;
 		}
 		return 0;
 	case ST_VERSION:
@@ -620,7 +626,7 @@ static int scan_cb(__u32 unused, struct scan_ctx *x)
 
 /* bpf_loop callback: the next SCAN_RUN bytes of the path, from s->pos, through
  * path_byte. Run once per request, after the scan, when the target may have
- * a dot segment and there are rules (dot_segment): the byte loop that scans every
+ * a dot segment and there are rules (path_check): the byte loop that scans every
  * request stays as short as it was (the machine inside it cost every request
  * 0.2-0.3 us, BenchmarkJudge). The machine's state stays in the map value:
  * on the stack, the verifier tracks its values through the 16 steps and
@@ -645,9 +651,10 @@ static int dot_cb(__u32 unused, struct scan_ctx *x)
 	return 0;
 }
 
-/* Runs the machine over the path (s->dm.found: it has a dot segment). A
- * global function, verified once on its own. */
-__noinline int dot_segment(__u32 slot)
+/* Runs the machine over the path (s->dm.found: it has a dot segment;
+ * s->dm.slash: an escaped slash). A global function, verified once on its
+ * own. */
+__noinline int path_check(__u32 slot)
 {
 	struct scan *s = bpf_map_lookup_elem(&l7_scans, &slot);
 	struct scan_ctx x = {};
@@ -763,8 +770,8 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 		return 0;
 	if (!dfa_match(r->method_dfa, 0, s->mlen, s->slot))
 		return 0;
-	if (r->path_dfa && s->dm.found) {
-		s->dot_denied = 1;
+	if (r->path_dfa && (s->dm.found || s->dm.slash)) {
+		s->path_denied = 1;
 		return 0;
 	}
 	if (!dfa_match(r->path_dfa, s->tstart, s->pend - s->tstart, s->slot))
@@ -881,11 +888,13 @@ __noinline int judge(struct judge_out *out)
 		out->reason = L7_R_NO_RULESET;
 		return 0;
 	}
-	if (sp->dot_maybe)
-		dot_segment(slot);
+	if (sp->path_maybe)
+		path_check(slot);
 	bpf_loop(L7_MAX_RULES, rule_cb, &slot, 0);
 	if (!sp->matched) {
-		out->reason = sp->dot_denied ? L7_R_DOT_SEGMENT : L7_R_NO_RULE_MATCH;
+		out->reason = L7_R_NO_RULE_MATCH;
+		if (sp->path_denied)
+			out->reason = sp->dm.found ? L7_R_DOT_SEGMENT : L7_R_ESCAPED_SLASH;
 		return 0;
 	}
 	out->verdict = L7_ALLOW;

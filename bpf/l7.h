@@ -233,6 +233,7 @@ enum l7_reason {
 	L7_R_AHEAD,            /* segments passed with an incomplete piece ahead of its judgment (direct delivery: l7_stream) */
 	L7_R_UPGRADED,         /* connections switched to pass-through by the server's 101 to a WebSocket upgrade */
 	L7_R_DOT_SEGMENT,      /* well-formed, no rule matched: rules with a path do not match a path with a dot segment */
+	L7_R_ESCAPED_SLASH,    /* ... do not match a path with a backslash, %2f or %5c */
 	L7_R_MAX,
 };
 

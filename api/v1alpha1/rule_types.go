@@ -331,7 +331,8 @@ type PortRuleHTTP struct {
 	// Path is an RE2 regular expression matched against the whole request path (the request target
 	// without the query string), for example /v1/users or /v1/invoices/[0-9]+. Omitted: any path.
 	// The path is matched as sent, not normalized; a path with a "." or ".." segment (also written
-	// with %2e, %2f, %5c, a backslash or ";" parameters) matches no rule that has a path.
+	// with %2e, %2f, %5c, a backslash or ";" parameters), a backslash, %2f or %5c matches no rule
+	// that has a path.
 	// +kubebuilder:validation:MaxLength=1024
 	// +optional
 	Path string `json:"path,omitempty"`

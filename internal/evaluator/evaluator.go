@@ -518,12 +518,12 @@ func (d *direction) decide(f Flow, p peerInfo, withAudit bool) outcome {
 
 func decideHTTP(req *HTTPRequest, l7 []*entry) outcome {
 	path, _, _ := strings.Cut(req.Path, "?")
-	dots := DotSegment(path)
+	dots, slash := DotSegment(path), EscapedSlash(path)
 	var matched []*entry
 	var notes []string
 	for _, en := range l7 {
 		for _, r := range en.http {
-			if (r.method == nil || r.method.MatchString(req.Method)) && (r.path == nil || !dots && r.path.MatchString(path)) &&
+			if (r.method == nil || r.method.MatchString(req.Method)) && (r.path == nil || !dots && !slash && r.path.MatchString(path)) &&
 				(r.host == nil || r.host.MatchString(req.Host)) && headersMatch(req.Headers, r.headers) {
 				matched = append(matched, en)
 				if !headersMatch(req.Headers, r.logHeaders) {
@@ -540,8 +540,11 @@ func decideHTTP(req *HTTPRequest, l7 []*entry) outcome {
 		}
 		return outcome{true, originsOf(matched), reason}
 	}
-	if dots {
+	switch {
+	case dots:
 		return outcome{false, originsOf(l7), fmt.Sprintf("HTTP %s %s has a dot segment, which no HTTP rule with a path matches, and no rule without a path allows it", req.Method, path)}
+	case slash:
+		return outcome{false, originsOf(l7), fmt.Sprintf("HTTP %s %s has a backslash or an escaped slash, which no HTTP rule with a path matches, and no rule without a path allows it", req.Method, path)}
 	}
 	return outcome{false, originsOf(l7), fmt.Sprintf("HTTP %s %s matches no HTTP rule of the port", req.Method, path)}
 }
@@ -588,6 +591,24 @@ func DotSegment(path string) bool {
 		seg = other // the bytes after it are read as they come
 	}
 	return found || seg == dot1 || seg == dot2
+}
+
+// EscapedSlash reports whether path (without its query) has a backslash or an escaped '/' or '\'
+// ("%2f", "%5c", any case), which a server may read as a '/': "/v1/users/x%2fadmin" matches
+// "/v1/users/[^/]+" as sent, and a server that decodes it before routing serves a deeper path. Such
+// a path matches no rule that has a path; Cilium's Envoy redirects it to the path unescaped. The
+// kernel finds it with DotSegment's machine, where every "%2f" or "%5c" is an escape.
+func EscapedSlash(path string) bool {
+	if strings.Contains(path, `\`) {
+		return true
+	}
+	for i := 0; i+2 < len(path); i++ {
+		if path[i] == '%' && (path[i+1] == '2' && (path[i+2] == 'f' || path[i+2] == 'F') ||
+			path[i+1] == '5' && (path[i+2] == 'c' || path[i+2] == 'C')) {
+			return true
+		}
+	}
+	return false
 }
 
 func isHex(c byte) bool {

@@ -59,6 +59,7 @@ func TestEvaluate(t *testing.T) {
 		{"path anchored", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/x/v1/x", "X-Token", "t")}, Deny},
 		{"a dot segment climbs out of the rule's path", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/../admin", "X-Token", "t")}, Deny},
 		{"dots inside a segment are not a dot segment", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/a..b/.well-known/...", "X-Token", "t")}, Allow},
+		{"an escaped slash reaches past the rule's path", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8080, HTTP: get("/v1/x%2Fadmin", "X-Token", "t")}, Deny},
 		{"port range", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8081}, Deny},
 		{"connection before requests", Flow{Direction: Ingress, Source: client, Destination: web, Protocol: "TCP", Port: 8000}, Allow},
 		{"deny entry", Flow{Direction: Ingress, Source: denied, Destination: web, Protocol: "TCP", Port: 8080}, Deny},
@@ -128,6 +129,28 @@ func TestDotSegment(t *testing.T) {
 	} {
 		if got := DotSegment(path); got != want {
 			t.Errorf("DotSegment(%q) = %v, want %v", path, got, want)
+		}
+	}
+}
+
+// EscapedSlash finds a backslash and "%2f" or "%5c" in any case, and nothing else.
+func TestEscapedSlash(t *testing.T) {
+	for path, want := range map[string]bool{
+		"/a/b":          false,
+		"/a%2fb":        true,
+		"/a%2Fb":        true,
+		"/a%5cb":        true,
+		"/a%5Cb":        true,
+		"/a\\b":         true,
+		"/a%252fb":      false, // decoded once only
+		"/a%2":          false,
+		"/a%2e%2E":      false,
+		"/%%2f":         true,
+		"/a%20b":        false,
+		"/files/a.b%3F": false,
+	} {
+		if got := EscapedSlash(path); got != want {
+			t.Errorf("EscapedSlash(%q) = %v, want %v", path, got, want)
 		}
 	}
 }

@@ -68,7 +68,9 @@ func TestReasonsAreTheKernels(t *testing.T) {
 	if numReasons != Reason(httpL7ReasonL7R_MAX) || len(reasonNames) != int(numReasons) {
 		t.Fatalf("%d Go reasons, %d names, %d in bpf/l7.h", numReasons, len(reasonNames), httpL7ReasonL7R_MAX)
 	}
-	if ReasonDotSegment != Reason(httpL7ReasonL7R_DOT_SEGMENT) || ReasonDotSegment.String() != "dot-segment" {
-		t.Fatalf("ReasonDotSegment = %d %q, kernel %d", ReasonDotSegment, ReasonDotSegment, httpL7ReasonL7R_DOT_SEGMENT)
+	if ReasonDotSegment != Reason(httpL7ReasonL7R_DOT_SEGMENT) || ReasonDotSegment.String() != "dot-segment" ||
+		ReasonEscapedSlash != Reason(httpL7ReasonL7R_ESCAPED_SLASH) || ReasonEscapedSlash.String() != "escaped-slash" {
+		t.Fatalf("ReasonDotSegment = %d %q, kernel %d; ReasonEscapedSlash = %d %q, kernel %d", ReasonDotSegment, ReasonDotSegment,
+			httpL7ReasonL7R_DOT_SEGMENT, ReasonEscapedSlash, ReasonEscapedSlash, httpL7ReasonL7R_ESCAPED_SLASH)
 	}
 }

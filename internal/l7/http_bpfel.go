@@ -149,7 +149,8 @@ const (
 	httpL7ReasonL7R_AHEAD              httpL7Reason = 27
 	httpL7ReasonL7R_UPGRADED           httpL7Reason = 28
 	httpL7ReasonL7R_DOT_SEGMENT        httpL7Reason = 29
-	httpL7ReasonL7R_MAX                httpL7Reason = 30
+	httpL7ReasonL7R_ESCAPED_SLASH      httpL7Reason = 30
+	httpL7ReasonL7R_MAX                httpL7Reason = 31
 )
 
 type httpL7Rule struct {
@@ -292,10 +293,10 @@ type httpScan struct {
 		Pct   uint32
 		Hi    uint32
 		Found uint32
+		Slash uint32
 	}
-	DotMaybe  uint32
-	DotDenied uint32
-	_         [4]byte
+	PathMaybe  uint32
+	PathDenied uint32
 }
 
 // Names of all BPF objects in the ELF.

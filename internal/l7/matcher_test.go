@@ -135,7 +135,12 @@ var matcherCases = []struct {
 	{"... at the end of the path, before the query", 1, "GET /public/a/..?x=1 HTTP/1.1\r\n\r\n", Deny},
 	{"dots in the query are not in the path", 1, "GET /public/a?x=/../b HTTP/1.1\r\n\r\n", Allow},
 	{"dots inside a segment are not a dot segment", 1, "GET /public/a..b/.c/... HTTP/1.1\r\n\r\n", Allow},
+	{"an escaped slash matches no rule with a path", 1, "GET /public/a%2Fadmin HTTP/1.1\r\n\r\n", Deny},
+	{"... nor an escaped backslash", 1, "GET /public/a%5cadmin HTTP/1.1\r\n\r\n", Deny},
+	{"... nor a backslash", 1, "GET /public/a\\admin HTTP/1.1\r\n\r\n", Deny},
+	{"an escaped slash in the query is not in the path", 1, "GET /public/a?next=%2Fhome HTTP/1.1\r\n\r\n", Allow},
 	{"a rule without a path allows a dot segment", 4, "DELETE /x/../y HTTP/1.1\r\n\r\n", Allow},
+	{"... and an escaped slash", 4, "DELETE /x%2Fy HTTP/1.1\r\n\r\n", Allow},
 	{"header block beyond the scan limit", 2, "GET / HTTP/1.1\r\nX-Pad: " + strings.Repeat("a", ScanLimit) + "\r\n\r\n", Deny},
 }
 
@@ -154,9 +159,11 @@ func TestPrivilegedKernelMatcherCases(t *testing.T) {
 			checkAgainstReference(t, l, tc.set, []byte(tc.raw))
 		})
 	}
-	// The reason names the dot segment when it kept the rules with a path from matching.
+	// The reason names the dot segment or escaped slash that kept the rules with a path from matching.
 	for raw, want := range map[string]Reason{
 		"GET /public/a/../../admin HTTP/1.1\r\n\r\n": ReasonDotSegment,
+		"GET /public/..%2Fadmin HTTP/1.1\r\n\r\n":    ReasonDotSegment, // both: the dot segment is named
+		"GET /public/a%2fadmin HTTP/1.1\r\n\r\n":     ReasonEscapedSlash,
 		"GET /admin HTTP/1.1\r\n\r\n":                ReasonNoRuleMatch,
 		"PUT /public/../admin HTTP/1.1\r\n\r\n":      ReasonNoRuleMatch, // no rule for PUT got as far as the path
 	} {

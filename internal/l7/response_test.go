@@ -131,17 +131,21 @@ func TestPrivilegedDeniedRequestsAreAnsweredAndReported(t *testing.T) {
 			t.Fatalf("event %+v", ev)
 		}
 	})
-	t.Run("a path that climbs out of the allowed one with dot segments gets 403", func(t *testing.T) {
+	t.Run("a path that climbs out of the allowed one with dot segments or escaped slashes gets 403", func(t *testing.T) {
 		// "/allowed(/.*)?" matches each of these as sent; a server that normalizes the path would
-		// serve what lies outside /allowed.
-		for _, target := range []string{"/allowed/../secret-dots", "/allowed/%2e%2e/secret-dots-escaped", "/allowed/..%2Fsecret-dots-slash", "/allowed/..;/secret-dots-param"} {
+		// serve what lies outside /allowed (or, for an escaped slash, deeper than the rule says).
+		for target, reason := range map[string]Reason{
+			"/allowed/../secret-dots": ReasonDotSegment, "/allowed/%2e%2e/secret-dots-escaped": ReasonDotSegment,
+			"/allowed/..%2Fsecret-dots-slash": ReasonDotSegment, "/allowed/..;/secret-dots-param": ReasonDotSegment,
+			"/allowed/x%2Fsecret-escaped-slash": ReasonEscapedSlash, "/allowed/x\\secret-backslash": ReasonEscapedSlash,
+		} {
 			c := e.dial(t, port, false)
 			io.WriteString(c, longReq("GET", target))
 			e.expectForbidden(t, c, target)
 			c.Close()
 			ev := events.wait(t, target)
-			if ev.Verdict != VerdictDenied || ev.Response != ResponseForbidden || ev.Reason != ReasonDotSegment || ev.Rule != -1 {
-				t.Fatalf("%s: event %+v", target, ev)
+			if ev.Verdict != VerdictDenied || ev.Response != ResponseForbidden || ev.Reason != reason || ev.Rule != -1 {
+				t.Fatalf("%s: event %+v, want reason %v", target, ev, reason)
 			}
 		}
 	})

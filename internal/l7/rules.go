@@ -54,6 +54,9 @@ const (
 	// not matched because the path has a dot segment ("/public/../internal", in any spelling a
 	// server may decode to one; bpf/README.md, "Paths").
 	ReasonDotSegment
+	// ReasonEscapedSlash: as ReasonDotSegment, for a path with a backslash, "%2f" or "%5c", which a
+	// server may read as a '/' ("/v1/users/x%2fadmin").
+	ReasonEscapedSlash
 	numReasons
 )
 
@@ -61,7 +64,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
-	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment"}
+	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
