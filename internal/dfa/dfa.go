@@ -85,38 +85,6 @@ func (d *DFA) Match(b []byte) bool {
 	return d.Accept[s]
 }
 
-// MatchesSome reports whether some input that begins with prefix and continues with bytes for
-// which rest is true (none, or any number of them) matches: whether the pattern can match at all
-// the values a matcher will be given, such as request paths, which start with '/' and hold only
-// visible ASCII.
-func (d *DFA) MatchesSome(prefix []byte, rest func(byte) bool) bool {
-	s := int(d.Start)
-	for _, c := range prefix {
-		s = int(d.Next[s*d.NumClasses+int(d.Classes[c])])
-	}
-	usable := make([]bool, d.NumClasses) // classes that hold a byte rest allows
-	for b := range 256 {
-		if rest(byte(b)) {
-			usable[d.Classes[b]] = true
-		}
-	}
-	seen := make([]bool, d.NumStates())
-	seen[s] = true
-	for queue := []int{s}; len(queue) > 0; queue = queue[1:] {
-		s := queue[0]
-		if d.Accept[s] {
-			return true
-		}
-		for c, ok := range usable {
-			if n := int(d.Next[s*d.NumClasses+c]); ok && !seen[n] {
-				seen[n] = true
-				queue = append(queue, n)
-			}
-		}
-	}
-	return false
-}
-
 // Compile parses pattern as an RE2 regular expression with Perl flags, as Go's regexp.Compile does,
 // and returns the minimal DFA that accepts exactly the byte strings the pattern matches as a
 // whole (anchored at both ends). A leading ^ or \A and a trailing $ or \z are allowed and change

@@ -315,37 +315,3 @@ func FuzzCompileMatchesRegexp(f *testing.F) {
 		}
 	})
 }
-
-// MatchesSome finds whether a pattern matches some input of a given shape: here request paths,
-// which start with '/' and hold visible ASCII other than '?'.
-func TestMatchesSome(t *testing.T) {
-	visibleNoQuery := func(c byte) bool { return c >= 0x21 && c <= 0x7e && c != '?' }
-	for _, tc := range []struct {
-		pattern string
-		want    bool
-	}{
-		{"/v1/users", true},
-		{"/", true},
-		{"/.*", true},
-		{"v1/users", false},       // no leading '/'
-		{"/search\\?q=.*", false}, // needs a '?'
-		{"/search(\\?q=.*)?", true},
-		{"/a b", false}, // needs a space
-		{"/caf\u00e9", false},
-		{"/caf(\u00e9|%C3%A9)", true},
-		{"/x[^!-~]", false},
-		{"", false}, // only the empty input
-	} {
-		d, err := Compile(tc.pattern, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := d.MatchesSome([]byte("/"), visibleNoQuery); got != tc.want {
-			t.Errorf("%q: MatchesSome = %v, want %v", tc.pattern, got, tc.want)
-		}
-	}
-	d, _ := Compile("/x[0-9]+", Options{})
-	if d.MatchesSome([]byte("/"), func(c byte) bool { return c == 'x' }) || !d.MatchesSome([]byte("/x"), func(c byte) bool { return c == '7' }) {
-		t.Error("MatchesSome must take only the bytes rest allows after the prefix")
-	}
-}

@@ -23,8 +23,7 @@ type dfaCheckMemo struct {
 
 type dfaCheck struct {
 	err error // nil: the expression fits
-	// matchesPath: it matches some request path (a '/' and then visible ASCII other than '?', the
-	// bytes the kernel matches a path against).
+	// matchesPath: it matches some request path a rule with a path can allow (matchesSomePath).
 	matchesPath bool
 	// matchesMethod: it matches one of the methods the kernel judges (KernelMethods).
 	matchesMethod bool
@@ -49,7 +48,7 @@ func (m *dfaCheckMemo) get(expr string) dfaCheck {
 	d, err := dfa.Compile(expr, dfa.Options{MaxStates: MaxDFAStates})
 	res = dfaCheck{err: err}
 	if err == nil {
-		res.matchesPath = d.MatchesSome([]byte("/"), func(c byte) bool { return c >= 0x21 && c <= 0x7e && c != '?' })
+		res.matchesPath = matchesSomePath(d)
 		res.matchesMethod = slices.ContainsFunc(KernelMethods, func(m string) bool { return d.Match([]byte(m)) })
 	}
 	m.mu.Lock()
@@ -59,4 +58,49 @@ func (m *dfaCheckMemo) get(expr string) dfaCheck {
 	}
 	m.results[expr] = res
 	return res
+}
+
+// matchesSomePath reports whether d matches some path that a rule with a path can allow: a '/', then
+// visible ASCII other than '?' (the kernel matches the path up to the query) and '\', without "%2f"
+// or "%5c" in any case (a path with an escaped slash matches no such rule). A breadth-first walk over
+// pairs of a DFA state and how much of a "%2f" or "%5c" was just read.
+func matchesSomePath(d *dfa.DFA) bool {
+	const (
+		plain   = iota
+		percent // after a '%'
+		pct2    // after "%2"
+		pct5    // after "%5"
+	)
+	type node struct{ s, phase int }
+	next := func(s int, c byte) int { return int(d.Next[s*d.NumClasses+int(d.Classes[c])]) }
+	start := node{next(int(d.Start), '/'), plain}
+	seen := map[node]bool{start: true}
+	for queue := []node{start}; len(queue) > 0; queue = queue[1:] {
+		n := queue[0]
+		if d.Accept[n.s] {
+			return true
+		}
+		if n.s == dfa.DeadState {
+			continue
+		}
+		for c := byte(0x21); c <= 0x7e; c++ {
+			if c == '?' || c == '\\' || n.phase == pct2 && (c == 'f' || c == 'F') || n.phase == pct5 && (c == 'c' || c == 'C') {
+				continue
+			}
+			phase := plain
+			switch {
+			case c == '%':
+				phase = percent
+			case n.phase == percent && c == '2':
+				phase = pct2
+			case n.phase == percent && c == '5':
+				phase = pct5
+			}
+			if m := (node{next(n.s, c), phase}); !seen[m] {
+				seen[m] = true
+				queue = append(queue, m)
+			}
+		}
+	}
+	return false
 }

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/portcullis-dev/portcullis/api/v1alpha1"
+	"github.com/portcullis-dev/portcullis/internal/dfa"
 )
 
 func parse(t *testing.T, y string) *v1alpha1.PolicySpec {
@@ -125,6 +126,40 @@ func TestWarningsNameRulesThatMatchNoRequest(t *testing.T) {
 	} {
 		if w := Warnings(parse(t, y)); len(w) > 0 {
 			t.Errorf("warnings for a good spec: %q", w)
+		}
+	}
+}
+
+// matchesSomePath tells the path expressions that can match a path a rule may allow from those
+// that cannot.
+func TestMatchesSomePath(t *testing.T) {
+	for _, tc := range []struct {
+		pattern string
+		want    bool
+	}{
+		{"/v1/users", true},
+		{"/", true},
+		{"/.*", true},
+		{"/v1/invoices/[^/]+", true},
+		{"v1/users", false},                  // no leading '/'
+		{`/search\?q=.*`, false},             // needs a '?'
+		{`/search(\?q=.*)?`, true},           // the query is optional
+		{"/a b", false},                      // a space
+		{"/caf\u00e9", false},                // non-ASCII
+		{"/caf(\u00e9|%C3%A9)", true},        // or percent-encoded
+		{`/projects/[a-z]+%2F[a-z]+`, false}, // an escaped slash
+		{`/projects/[a-z]+(%2F|%2f)[a-z]+`, false},
+		{`/projects/[a-z]+%2[Ff0-9][a-z]+`, true}, // %20 will do
+		{`/a\\b`, false},                          // a backslash
+		{`/x%5[cC]`, false},
+		{"", false},
+	} {
+		d, err := dfa.Compile(tc.pattern, dfa.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := matchesSomePath(d); got != tc.want {
+			t.Errorf("%q: matchesSomePath = %v, want %v", tc.pattern, got, tc.want)
 		}
 	}
 }

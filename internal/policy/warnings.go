@@ -10,11 +10,11 @@ import (
 )
 
 // Warnings lists what a valid spec says that cannot do what it seems to: HTTP rules whose path can
-// match no request, such as a path written with its query string ("/search\?q=.*": the path is
-// matched without the query) or without its leading '/', and rules whose method is none the kernel
-// judges (PROPFIND). Such a rule allows nothing; the policy is still enforced as written (rejecting
-// it could leave the port without the default deny the policy brings), and the operator reports
-// the warning as an event.
+// match no request such a rule may allow, as a path written with its query string ("/search\?q=.*":
+// the path is matched without the query), without its leading '/', or only with an escaped slash
+// ("/projects/[a-z]+%2F[a-z]+"), and rules whose method is none the kernel judges (PROPFIND). Such
+// a rule allows nothing; the policy is still enforced as written (rejecting it could leave the port
+// without the default deny the policy brings), and the operator reports the warning as an event.
 func Warnings(spec *v1alpha1.PolicySpec) []string {
 	if spec == nil {
 		return nil
@@ -28,9 +28,10 @@ func Warnings(spec *v1alpha1.PolicySpec) []string {
 			for j, h := range pr.Rules.HTTP {
 				hp := p.Index(i).Child("rules", "http").Index(j)
 				if h.Path != "" && dfaChecks.get(h.Path).err == nil && !dfaChecks.get(h.Path).matchesPath {
-					out = append(out, fmt.Sprintf("%s: %q matches no request path, so this rule allows nothing: a path is matched "+
-						"from its leading '/' up to the query string, which is not part of it, and holds only visible ASCII "+
-						"(percent-encoded otherwise)", hp.Child("path"), h.Path))
+					out = append(out, fmt.Sprintf("%s: %q matches no request path this rule could allow, so it allows nothing: a "+
+						"path is matched from its leading '/' up to the query string, which is not part of it, holds only "+
+						"visible ASCII (percent-encoded otherwise), and one with a backslash, %%2F or %%5C matches no rule "+
+						"with a path", hp.Child("path"), h.Path))
 				}
 				if m := normalizeMethod(h.Method); m != "" {
 					if c := dfaChecks.get(m); c.err == nil && !c.matchesMethod {
