@@ -743,19 +743,16 @@ __noinline int chunk_step(const struct chunk_line *line, __u32 n, struct l7_sock
 
 		if (k >= n)
 			return 0; /* the line is not complete yet */
-		if (c >= '0' && c <= '9')
-			c -= '0';
-		else if (c >= 'a' && c <= 'f')
-			c -= 'a' - 10;
-		else if (c >= 'A' && c <= 'F')
-			c -= 'A' - 10;
-		else if (c == '\r' && k > 0)
-			break;
-		else
+		int h = hex_value(c);
+
+		if (h < 0) {
+			if (c == '\r' && k > 0)
+				break;
 			return -1;
+		}
 		if (k >= 8)
 			return -1;
-		size = (size << 4) | c;
+		size = (size << 4) | h;
 	}
 	if (k + 1 >= CHUNK_LINE_MAX)
 		return -1;

@@ -147,7 +147,7 @@ struct scan_ctx {
 /* The machine's state: the current segment's (SEG_*), a percent escape being
  * read (1: after '%', 2: after its first hex digit, hi), whether a dot
  * segment was found, and whether a backslash or an escaped '/' or '\' was. */
-struct dotm {
+struct pathm {
 	__u32 seg, pct, hi, found, slash;
 };
 
@@ -193,7 +193,7 @@ struct scan {
 	/* Paths a server may read otherwise (path_check): the machine, whether
 	 * the target may hold such a path (a '%' or a backslash, or a '.' right
 	 * after a '/'), and whether a rule with a path was skipped for it. */
-	struct dotm dm;
+	struct pathm dm;
 	__u32 path_maybe, path_denied;
 };
 
@@ -264,9 +264,8 @@ static __always_inline int hex_value(__u8 c)
 	return -1;
 }
 
-
 /* One unit of the path: a byte as sent (literal) or a decoded %XX. */
-static __always_inline void seg_unit(struct dotm *m, __u32 u, int literal)
+static __always_inline void seg_unit(struct pathm *m, __u32 u, int literal)
 {
 	int dots = m->seg == SEG_DOT1 || m->seg == SEG_DOT2;
 
@@ -286,7 +285,7 @@ static __always_inline void seg_unit(struct dotm *m, __u32 u, int literal)
 	}
 }
 
-static __always_inline void path_byte(struct dotm *m, __u8 c)
+static __always_inline void path_byte(struct pathm *m, __u8 c)
 {
 	int h = hex_value(c);
 
@@ -631,7 +630,7 @@ static int scan_cb(__u32 unused, struct scan_ctx *x)
  * 0.2-0.3 us, BenchmarkJudge). The machine's state stays in the map value:
  * on the stack, the verifier tracks its values through the 16 steps and
  * walks four times the instructions. */
-static int dot_cb(__u32 unused, struct scan_ctx *x)
+static int path_cb(__u32 unused, struct scan_ctx *x)
 {
 	struct scan *s = x->s;
 	const struct l7_scratch *sc = x->sc;
@@ -669,7 +668,7 @@ __noinline int path_check(__u32 slot)
 	}
 	s->pos = s->tstart;
 	if (s->pend > s->tstart && s->pend <= L7_SCAN_LIMIT)
-		bpf_loop((s->pend - s->tstart + SCAN_RUN - 1) / SCAN_RUN, dot_cb, &x, 0);
+		bpf_loop((s->pend - s->tstart + SCAN_RUN - 1) / SCAN_RUN, path_cb, &x, 0);
 	/* the path ends (at '?' or the space before the version) */
 	if (s->dm.pct)
 		s->dm.seg = SEG_OTHER;

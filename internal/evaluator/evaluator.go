@@ -16,6 +16,7 @@
 package evaluator
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -583,8 +584,8 @@ func DotSegment(path string) bool {
 			unit(path[i], true)
 			continue
 		}
-		if i+2 < len(path) && isHex(path[i+1]) && isHex(path[i+2]) {
-			unit(unhex(path[i+1])<<4|unhex(path[i+2]), false)
+		if b, err := hex.DecodeString(path[i+1 : min(i+3, len(path))]); err == nil && len(b) == 1 {
+			unit(b[0], false)
 			i += 2
 			continue
 		}
@@ -609,20 +610,6 @@ func EscapedSlash(path string) bool {
 		}
 	}
 	return false
-}
-
-func isHex(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
-}
-
-func unhex(c byte) byte {
-	switch {
-	case c >= 'a':
-		return c - 'a' + 10
-	case c >= 'A':
-		return c - 'A' + 10
-	}
-	return c - '0'
 }
 
 func headersMatch(h http.Header, reqs [][2]string) bool {

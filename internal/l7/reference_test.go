@@ -14,6 +14,7 @@ import (
 
 	"github.com/portcullis-dev/portcullis/api/v1alpha1"
 	"github.com/portcullis-dev/portcullis/internal/evaluator"
+	"github.com/portcullis-dev/portcullis/internal/policy"
 )
 
 // requireRoot skips a privileged test when not root, and fails it under CI=true.
@@ -37,8 +38,6 @@ type refFraming struct {
 	chunked   bool
 }
 
-var refMethods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-
 func isTchar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
@@ -57,7 +56,7 @@ func visible(c byte) bool { return c >= 0x21 && c <= 0x7e }
 // refRequestLine checks a request line.
 func refRequestLine(line string) (method, target string, ok bool) {
 	parts := strings.Split(line, " ")
-	if len(parts) != 3 || !slices.Contains(refMethods, parts[0]) {
+	if len(parts) != 3 || !slices.Contains(policy.KernelMethods, parts[0]) {
 		return "", "", false
 	}
 	method, target = parts[0], parts[1]

@@ -29,8 +29,9 @@ type dfaCheck struct {
 	matchesMethod bool
 }
 
-// KernelMethods are the methods the kernel judges; a request with any other method is denied
-// before the rules are read (bpf/README.md, "Scan limits").
+// KernelMethods are the methods the kernel judges (known_method in bpf/http_match.h; the Go
+// reference framing in internal/l7's tests uses this list); a request with any other method is
+// denied before the rules are read (bpf/README.md, "Scan limits").
 var KernelMethods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
 // check returns the error of compiling expr to a DFA, or nil.
@@ -74,7 +75,8 @@ func matchesSomePath(d *dfa.DFA) bool {
 	type node struct{ s, phase int }
 	next := func(s int, c byte) int { return int(d.Next[s*d.NumClasses+int(d.Classes[c])]) }
 	start := node{next(int(d.Start), '/'), plain}
-	seen := map[node]bool{start: true}
+	seen := make([]bool, d.NumStates()*4) // by s*4 + phase
+	seen[start.s*4] = true
 	for queue := []node{start}; len(queue) > 0; queue = queue[1:] {
 		n := queue[0]
 		if d.Accept[n.s] {
@@ -96,8 +98,8 @@ func matchesSomePath(d *dfa.DFA) bool {
 			case n.phase == percent && c == '5':
 				phase = pct5
 			}
-			if m := (node{next(n.s, c), phase}); !seen[m] {
-				seen[m] = true
+			if m := (node{next(n.s, c), phase}); !seen[m.s*4+m.phase] {
+				seen[m.s*4+m.phase] = true
 				queue = append(queue, m)
 			}
 		}

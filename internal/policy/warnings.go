@@ -27,11 +27,13 @@ func Warnings(spec *v1alpha1.PolicySpec) []string {
 			}
 			for j, h := range pr.Rules.HTTP {
 				hp := p.Index(i).Child("rules", "http").Index(j)
-				if h.Path != "" && dfaChecks.get(h.Path).err == nil && !dfaChecks.get(h.Path).matchesPath {
-					out = append(out, fmt.Sprintf("%s: %q matches no request path this rule could allow, so it allows nothing: a "+
-						"path is matched from its leading '/' up to the query string, which is not part of it, holds only "+
-						"visible ASCII (percent-encoded otherwise), and one with a backslash, %%2F or %%5C matches no rule "+
-						"with a path", hp.Child("path"), h.Path))
+				if h.Path != "" {
+					if c := dfaChecks.get(h.Path); c.err == nil && !c.matchesPath {
+						out = append(out, fmt.Sprintf("%s: %q matches no request path this rule could allow, so it allows nothing: a "+
+							"path is matched from its leading '/' up to the query string, which is not part of it, holds only "+
+							"visible ASCII (percent-encoded otherwise), and one with a backslash, %%2F or %%5C matches no rule "+
+							"with a path", hp.Child("path"), h.Path))
+					}
 				}
 				if m := normalizeMethod(h.Method); m != "" {
 					if c := dfaChecks.get(m); c.err == nil && !c.matchesMethod {
