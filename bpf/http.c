@@ -265,6 +265,11 @@ struct sk_buff {
 	char cb[48];
 } __attribute__((preserve_access_index));
 
+/* TCP's control block, in skb->cb of a received segment (direct delivery). */
+struct tcp_skb_cb {
+	__u32 seq;
+} __attribute__((preserve_access_index));
+
 static __always_inline int msg_offset(struct __sk_buff *skb)
 {
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
@@ -437,6 +442,13 @@ int l7_sockops(struct bpf_sock_ops *ops)
 	st.port = pk.port;
 	st.direction = at_source ? L7_INGRESS : egress;
 	st.flags = at_source ? L7_SF_AT_SOURCE : 0;
+	if (!egress) {
+		/* Nothing has been received yet: the first data byte is
+		 * rcv_nxt (with TCP Fast Open too, whose data is queued after
+		 * this callback). */
+		st.rcv_seq = ops->rcv_nxt;
+		st.flags |= L7_SF_SEQ;
+	}
 
 	if (ops_tuple(ops, &tk))
 		return 1;
@@ -1259,6 +1271,77 @@ __noinline int stream_unhold(struct __sk_buff *skb, const struct l7_scratch *pen
 	return bpf_skb_store_bytes(skb, o, pend->buf + o, rest, 0) ? -1 : 0;
 }
 
+#define STREAM_OVERLAP_STEPS 64 /* pulls of STREAM_PULL_MAX: up to ~256 KiB repeated */
+
+/*
+ * TCP queues a segment that starts before what it has already received
+ * without trimming it: a retransmission that overlaps received bytes, or a
+ * segment of the out-of-order queue that overlaps the one queued before it
+ * (tcp_data_queue, tcp_ofo_queue). tcp_recvmsg skips the repeated front by
+ * sequence number; tcp_read_skb, which hands segments to l7_stream, hands
+ * over the whole segment, and SK_PASS would deliver it whole: the framing
+ * and the application would both get the repeated bytes a second time (and
+ * from the second copy, where TCP keeps the first). Cuts the repeated front
+ * off, so that what is framed and delivered is exactly TCP's byte stream.
+ * 0 when the segment starts where the previous one ended or was cut to;
+ * -1 when it cannot be made to (a gap, or the cut failed). A function of its
+ * own: verified once, not once for each way l7_stream reaches it.
+ */
+struct pull_ctx {
+	struct __sk_buff *skb;
+	__u32 left; /* bytes still to remove from the front; stays non-zero if a pull fails */
+};
+
+static long pull_step(__u64 i, void *data)
+{
+	struct pull_ctx *pc = data;
+	__u32 step = pc->left > STREAM_PULL_MAX ? STREAM_PULL_MAX : pc->left;
+
+	if (step == 0 || bpf_skb_adjust_room(pc->skb, -(__s32)step, 0, 0))
+		return 1;
+	pc->left -= step;
+	return 0;
+}
+
+__noinline int stream_in_sequence(struct __sk_buff *skb, struct l7_sock_state *st)
+{
+	struct sk_buff *kskb;
+	struct tcp_skb_cb *tcb;
+	__u32 seq, len, over;
+
+	if (!skb || !st)
+		return -1;
+	kskb = bpf_cast_to_kern_ctx(skb);
+	tcb = (struct tcp_skb_cb *)kskb->cb;
+	seq = tcb->seq;
+	len = skb->len;
+
+	if (!(st->flags & L7_SF_SEQ)) {
+		st->rcv_seq = seq + len;
+		st->flags |= L7_SF_SEQ;
+		return 0;
+	}
+	over = st->rcv_seq - seq;
+	if (over == 0) {
+		st->rcv_seq = seq + len;
+		return 0;
+	}
+	/* Ahead of what was received (a gap), or nothing new (TCP queues
+	 * neither): the framing cannot be trusted to be in step. */
+	if ((__s32)over < 0 || over >= len)
+		return -1;
+	{
+		struct pull_ctx pc = {.skb = skb, .left = over};
+
+		bpf_loop(STREAM_OVERLAP_STEPS, pull_step, &pc, 0);
+		if (pc.left)
+			return -1;
+	}
+	st->rcv_seq = seq + len;
+	count(L7_R_OVERLAP);
+	return 0;
+}
+
 SEC("sk_skb/stream_verdict")
 int l7_stream(struct __sk_buff *skb)
 {
@@ -1281,6 +1364,11 @@ int l7_stream(struct __sk_buff *skb)
 	}
 	if (skb->len == 0)
 		return SK_PASS;
+	if (stream_in_sequence(skb, st)) {
+		set_denied(st, L7_R_BUSY);
+		count(L7_R_MSG_DROPPED);
+		return SK_DROP;
+	}
 	pend = bpf_map_lookup_elem(&l7_pending, &cookie);
 	if (pend) {
 		int err = stream_unhold(skb, pend);

@@ -97,6 +97,14 @@ struct bpf_sock_ops {
 	__u32 local_ip6[4];
 	__u32 remote_port; /* network byte order */
 	__u32 local_port;  /* host byte order */
+	__u32 is_fullsock;
+	__u32 snd_cwnd;
+	__u32 srtt_us;
+	__u32 bpf_sock_ops_cb_flags;
+	__u32 state;
+	__u32 rtt_min;
+	__u32 snd_ssthresh;
+	__u32 rcv_nxt;
 };
 
 /* UAPI struct sk_msg_md. */

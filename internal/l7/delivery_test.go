@@ -113,6 +113,7 @@ func TestPrivilegedLargeUploadsAreNeverLost(t *testing.T) {
 		t.Fatal("the server never saw an upload")
 	}
 	if mode == DeliverDirect.String() {
-		t.Logf("direct delivery: %d pieces passed ahead of their judgment", e.counter(t, ReasonAhead))
+		t.Logf("direct delivery: %d pieces passed ahead of their judgment, %d segments with a repeated front cut off",
+			e.counter(t, ReasonAhead), e.counter(t, ReasonOverlap))
 	}
 }

@@ -150,7 +150,8 @@ const (
 	httpL7ReasonL7R_UPGRADED           httpL7Reason = 28
 	httpL7ReasonL7R_DOT_SEGMENT        httpL7Reason = 29
 	httpL7ReasonL7R_ESCAPED_SLASH      httpL7Reason = 30
-	httpL7ReasonL7R_MAX                httpL7Reason = 31
+	httpL7ReasonL7R_OVERLAP            httpL7Reason = 31
+	httpL7ReasonL7R_MAX                httpL7Reason = 32
 )
 
 type httpL7Rule struct {
@@ -204,6 +205,8 @@ type httpL7SockState struct {
 	Direction     uint32
 	SndMark       uint32
 	Flags         uint32
+	RcvSeq        uint32
+	_             [4]byte
 	DeniedAt      uint64
 }
 

@@ -57,6 +57,11 @@ const (
 	// ReasonEscapedSlash: as ReasonDotSegment, for a path with a backslash, "%2f" or "%5c", which a
 	// server may read as a '/' ("/v1/users/x%2fadmin").
 	ReasonEscapedSlash
+	// ReasonOverlap counts received segments whose front repeated bytes the connection had already
+	// received (a retransmission overlapping them, or a segment of the out-of-order queue
+	// overlapping the one before it); the repeated bytes were cut off before framing and delivery
+	// (direct delivery: bpf/README.md, "Overlapping segments"). It is no request's reason.
+	ReasonOverlap
 	numReasons
 )
 
@@ -64,7 +69,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
-	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash"}
+	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {

@@ -1,0 +1,341 @@
+package l7
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// TCP_REPAIR_QUEUE values (linux/tcp.h), not in x/sys/unix.
+const (
+	tcpRecvQueue        = 1
+	tcpSendQueue        = 2
+	tcpRepairOffNoProbe = -1 // TCP_REPAIR_OFF_NO_WP: leave repair mode without a window probe
+)
+
+// tcpSeqs reads a connected socket's next sequence number to send and to receive, through TCP
+// repair mode (entered and left again; the connection goes on).
+func tcpSeqs(t *testing.T, c net.Conn) (snd, rcv uint32) {
+	t.Helper()
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		s := int(fd)
+		if serr = unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR, 1); serr != nil {
+			return
+		}
+		defer func() {
+			if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR, tcpRepairOffNoProbe); err != nil && serr == nil {
+				serr = err
+			}
+		}()
+		for _, q := range []struct {
+			queue int
+			seq   *uint32
+		}{{tcpSendQueue, &snd}, {tcpRecvQueue, &rcv}} {
+			if serr = unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, q.queue); serr != nil {
+				return
+			}
+			var v int
+			if v, serr = unix.GetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_QUEUE_SEQ); serr != nil {
+				return
+			}
+			*q.seq = uint32(v)
+		}
+	})
+	if err != nil || serr != nil {
+		t.Fatalf("read the connection's sequence numbers: %v %v", err, serr)
+	}
+	return snd, rcv
+}
+
+// checksum is the Internet checksum (RFC 1071) of b, folded, not complemented.
+func checksum(sum uint32, b []byte) uint32 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return sum
+}
+
+// injector sends TCP segments of the client's connection c from a raw socket in the client's
+// namespace, as if its TCP had sent them: the retransmissions and reorderings a lossy network makes,
+// at chosen sequence numbers.
+type injector struct {
+	fd       int
+	src, dst net.TCPAddr
+	ack      uint32
+}
+
+func (e *testEnv) injectorFor(t *testing.T, c net.Conn) *injector {
+	t.Helper()
+	in := &injector{src: *c.LocalAddr().(*net.TCPAddr), dst: *c.RemoteAddr().(*net.TCPAddr)}
+	var err error
+	inNS(t, e.cliNS, func() { in.fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW) })
+	if err != nil {
+		t.Fatalf("raw socket: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(in.fd) })
+	return in
+}
+
+// send sends data as the segment starting at seq (ACK and PSH set, acknowledging in.ack).
+func (in *injector) send(t *testing.T, seq uint32, data string) {
+	t.Helper()
+	src, dst := in.src.IP.To4(), in.dst.IP.To4()
+	pkt := make([]byte, 40+len(data))
+	ip, tcp := pkt[:20], pkt[20:]
+	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_TCP // IPv4, 20-byte header; TTL; protocol
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(pkt)))
+	copy(ip[12:], src)
+	copy(ip[16:], dst)
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(checksum(0, ip)))
+	binary.BigEndian.PutUint16(tcp[0:], uint16(in.src.Port))
+	binary.BigEndian.PutUint16(tcp[2:], uint16(in.dst.Port))
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	binary.BigEndian.PutUint32(tcp[8:], in.ack)
+	tcp[12], tcp[13] = 5<<4, 0x18 // 20-byte header; ACK|PSH
+	binary.BigEndian.PutUint16(tcp[14:], 0xffff)
+	copy(tcp[20:], data)
+	pseudo := make([]byte, 12)
+	copy(pseudo, src)
+	copy(pseudo[4:], dst)
+	pseudo[9] = unix.IPPROTO_TCP
+	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(tcp)))
+	binary.BigEndian.PutUint16(tcp[16:], ^uint16(checksum(checksum(0, pseudo), tcp)))
+	to := &unix.SockaddrInet4{}
+	copy(to.Addr[:], dst)
+	if err := unix.Sendto(in.fd, pkt, 0, to); err != nil {
+		t.Fatalf("inject %d bytes at %d: %v", len(data), seq, err)
+	}
+}
+
+// TCP may queue a segment that starts before what it has already received (a retransmission that
+// overlaps, or a segment from the out-of-order queue that overlaps the one before it) without
+// trimming it; it keeps the bytes it received first. The server's socket must judge, and its
+// application must get, exactly the byte stream TCP keeps: a segment's repeated front is neither
+// framed twice nor delivered twice.
+func TestPrivilegedOverlappingSegmentsAreJudgedOnce(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnvDelivery(t, DeliverDirect)
+	const port, peer = 8080, 5000
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload(/.*)?"`}})
+	e.startServer(t, port, false)
+	// Segments without timestamps: the client's connections do not negotiate them. A link MTU
+	// that lets one injected segment repeat more bytes than one bpf_skb_adjust_room call removes
+	// (the client's own TCP keeps to its MSS, negotiated below the link's MTU).
+	inNS(t, e.cliNS, func() {
+		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_timestamps", []byte("0"), 0o644); err != nil {
+			t.Fatalf("turn TCP timestamps off in the client's namespace: %v", err)
+		}
+	})
+	id := strconv.Itoa(os.Getpid())
+	cmdRun(t, "ip", "-n", e.cliNS, "link", "set", "l7c"+id, "mtu", "16000")
+	cmdRun(t, "ip", "-n", e.srvNS, "link", "set", "l7s"+id, "mtu", "16000")
+	// connect opens a connection, has one request answered on it, and returns it with an
+	// injector and the next sequence number the client will send.
+	connect := func(t *testing.T, first string) (net.Conn, *injector, uint32) {
+		c := e.dial(t, port, false)
+		if _, err := c.Write([]byte(first)); err != nil {
+			t.Fatal(err)
+		}
+		expectStatuses(t, c, http.StatusOK)
+		in := e.injectorFor(t, c)
+		snd, rcv := tcpSeqs(t, c)
+		in.ack = rcv
+		return c, in, snd
+	}
+	bad := func(t *testing.T) uint64 { return e.counter(t, ReasonBadMethod) + e.counter(t, ReasonMessageDropped) }
+
+	t.Run("a retransmission overlapping received bytes with other bytes there", func(t *testing.T) {
+		before, trimmed := bad(t), e.counter(t, ReasonOverlap)
+		c, in, x := connect(t, req("GET", "/allowed/overlap-1"))
+		// 20 bytes the server already has, sent again with other content, then the first 16 bytes
+		// of the next request, spelled differently from what the client's TCP will send for them.
+		in.send(t, x-20, strings.Repeat("Z", 20)+"GET /allowed/inj")
+		// The client's TCP sends the whole request from x: its first 16 bytes are received again.
+		next := req("GET", "/allowed/two")
+		if _, err := c.Write([]byte(next)); err != nil {
+			t.Fatal(err)
+		}
+		expectStatuses(t, c, http.StatusOK)
+		// TCP kept the bytes it got first: the server got "GET /allowed/inj".
+		e.waitSeen(t, "/allowed/inj")
+		if e.sawTarget("/allowed/two") {
+			t.Fatal("the server saw /allowed/two: bytes TCP had received twice were delivered from the second copy")
+		}
+		if d := bad(t) - before; d != 0 {
+			t.Fatalf("%d requests judged bad or dropped: the repeated bytes were framed", d)
+		}
+		if n := e.counter(t, ReasonOverlap) - trimmed; n < 2 {
+			t.Fatalf("%d overlapping fronts trimmed, want 2", n)
+		}
+	})
+	t.Run("a segment from the out-of-order queue overlapping the one before it", func(t *testing.T) {
+		before, trimmed := bad(t), e.counter(t, ReasonOverlap)
+		first := req("GET", "/allowed/overlap-2")
+		c, in, x := connect(t, first)
+		next := req("GET", "/allowed/three")
+		tail := first[len(first)-4:]
+		in.send(t, x+8, next[8:16])                      // ahead of a gap: the out-of-order queue
+		in.send(t, x-4, tail+next[:12])                  // fills the gap; the queued one now overlaps it by 4
+		if _, err := c.Write([]byte(next)); err != nil { // overlaps both by 16
+			t.Fatal(err)
+		}
+		expectStatuses(t, c, http.StatusOK)
+		e.waitSeen(t, "/allowed/three")
+		if d := bad(t) - before; d != 0 {
+			t.Fatalf("%d requests judged bad or dropped: the repeated bytes were framed", d)
+		}
+		if n := e.counter(t, ReasonOverlap) - trimmed; n < 3 {
+			t.Fatalf("%d overlapping fronts trimmed, want 3", n)
+		}
+	})
+	t.Run("an overlap longer than one cut", func(t *testing.T) {
+		before, trimmed := bad(t), e.counter(t, ReasonOverlap)
+		body := strings.Repeat("b", 12000)
+		c, in, x := connect(t, req("POST", "/upload/long-overlap", "Content-Length: 12000")+body)
+		e.waitSeen(t, "/upload/long-overlap")
+		// 10,000 bytes of the body again, with other content, and the next request's start.
+		next := req("GET", "/allowed/after-long-overlap")
+		in.send(t, x-10000, strings.Repeat("Z", 10000)+next[:16])
+		if _, err := c.Write([]byte(next)); err != nil {
+			t.Fatal(err)
+		}
+		expectStatuses(t, c, http.StatusOK)
+		e.waitSeen(t, "/allowed/after-long-overlap")
+		if got, _ := e.sawBody("/upload/long-overlap"); got != bodyOf(body) {
+			t.Fatalf("the server saw body %q, want %q", got, bodyOf(body))
+		}
+		if d := bad(t) - before; d != 0 {
+			t.Fatalf("%d requests judged bad or dropped: the repeated bytes were framed", d)
+		}
+		if n := e.counter(t, ReasonOverlap) - trimmed; n < 2 {
+			t.Fatalf("%d overlapping fronts trimmed, want 2", n)
+		}
+	})
+}
+
+// lossy drops about one in every `in` packets leaving and entering the client's end of the link
+// (a tcx program), so that TCP retransmits on its own, and some of its retransmissions overlap
+// what the server already has (their acknowledgment was lost).
+func (e *testEnv) lossy(t *testing.T, one uint32) {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+		asm.FnGetPrandomU32.Call(),
+		asm.Mod.Imm32(asm.R0, int32(one)),
+		asm.JEq.Imm32(asm.R0, 0, "drop"),
+		asm.Mov.Imm(asm.R0, 0), // TC_ACT_OK
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 2).WithSymbol("drop"), // TC_ACT_SHOT
+		asm.Return(),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	var ifindex int
+	inNS(t, e.cliNS, func() {
+		var ifi *net.Interface
+		if ifi, err = net.InterfaceByName("l7c" + strconv.Itoa(os.Getpid())); err == nil {
+			ifindex = ifi.Index
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+		var l link.Link
+		inNS(t, e.cliNS, func() { l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at}) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+	}
+}
+
+// retransmitted is the client namespace's count of retransmitted TCP segments (/proc/net/snmp of the thread in that namespace).
+func (e *testEnv) retransmitted(t *testing.T) uint64 {
+	t.Helper()
+	var b []byte
+	var err error
+	inNS(t, e.cliNS, func() { b, err = os.ReadFile("/proc/thread-self/net/snmp") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "RetransSegs" && i < len(f) {
+				v, err := strconv.ParseUint(f[i], 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatal("no RetransSegs in /proc/net/snmp")
+	return 0
+}
+
+// Uploads over a link that loses packets both ways arrive byte for byte, and so do the requests after them: direct delivery's framing across
+// retransmissions and the out-of-order queue. (Measured: this does not make TCP queue overlapping
+// segments here; TestPrivilegedOverlappingSegmentsAreJudgedOnce makes them.)
+func TestPrivilegedUploadsOverALossyLink(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnvDelivery(t, DeliverDirect)
+	const port, peer = 8080, 5000
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload(/.*)?"`}})
+	e.startServer(t, port, false)
+	e.lossy(t, 16)
+	retrans := e.retransmitted(t)
+	body := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
+	for i := range 8 {
+		c := e.dial(t, port, false)
+		target, after := "/upload/lossy-"+strconv.Itoa(i), "/allowed/after-lossy-"+strconv.Itoa(i)
+		go io.WriteString(c, req("POST", target, "Content-Length: "+strconv.Itoa(len(body)))+body+req("GET", after))
+		if n, err := readResponses(c, 2, 30*time.Second); n != 2 {
+			counters, _ := e.l.Counters()
+			t.Fatalf("round %d: %d of 2 responses: %v\nkernel counters: %v\nserver sockets:\n%s", i, n, err, counters, e.serverSockets())
+		}
+		e.waitSeen(t, after)
+		if got, _ := e.sawBody(target); got != bodyOf(body) {
+			t.Fatalf("round %d: the server saw body %q, want %q", i, got, bodyOf(body))
+		}
+		c.Close()
+	}
+	n := e.retransmitted(t) - retrans
+	if n == 0 {
+		t.Fatal("the client's TCP retransmitted nothing: the link lost no packet")
+	}
+	t.Logf("%d segments retransmitted, %d with a repeated front cut off", n, e.counter(t, ReasonOverlap))
+}
