@@ -1768,6 +1768,17 @@ int l7_egress(struct sk_msg_md *msg)
 		count(L7_R_NO_STATE);
 		return SK_DROP;
 	}
+	/*
+	 * The kernel keeps the message's cork and apply sizes from the
+	 * program's previous run on it (sk_psock_msg_verdict copies them to
+	 * the psock after every run and never clears them): a header block
+	 * corked in one write and completed by the next, which also carries
+	 * a short body or request, had that rest corked again by the stale
+	 * size once the header block was sent, and it waited for bytes the
+	 * client would never write. Each run sets its own.
+	 */
+	bpf_msg_cork_bytes(msg, 0);
+	bpf_msg_apply_bytes(msg, 0);
 	if (st->denied) {
 		count(L7_R_STICKY);
 		/* After a 403 answered at source the client's later bytes (the

@@ -67,6 +67,19 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a header block completed by the write that carries its short body", func(t *testing.T) {
+		// The first write is corked (an incomplete header block); the bytes after the header block
+		// in the second are fewer than that first cork asked for.
+		got := e.runClientEnv(t, port, false, 0, status,
+			"POST /upload HTTP/1.1\r\nHost: server\r\nX-Padding: "+strings.Repeat("p", 40)+"\r\nContent-Length: 5\r\n", "\r\nhello")
+		if len(got) < 3 || got[2] != `status 200 "ok"` {
+			t.Fatalf("client said %q; want both writes accepted and a 200", got)
+		}
+		e.waitSeen(t, "/upload")
+		if body, _ := e.sawBody("/upload"); body != bodyOf("hello") {
+			t.Fatalf("the server saw body %q, want %q", body, bodyOf("hello"))
+		}
+	})
 	t.Run("a path with a dot segment gets 403 from the client's own socket", func(t *testing.T) {
 		const target = "/allowed/%2e%2e/secret-s2-dots"
 		before := e.counter(t, ReasonDotSegment)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The client half of TestPrivilegedEgressHTTPAtTheSocket: a child process in the test cgroup (so
@@ -78,9 +81,22 @@ func TestHelperClientProcess(t *testing.T) {
 		os.Exit(0)
 	}
 	between := os.Getenv("L7_TEST_CLIENT_READ_BETWEEN") == "1"
+	// The writes from..to (L7_TEST_CLIENT_OOB="from-to") are sent as urgent data (MSG_OOB): TCP
+	// marks the last byte of each urgent.
+	oobFrom, oobTo := -1, -1
+	if r := strings.Split(os.Getenv("L7_TEST_CLIENT_OOB"), "-"); len(r) == 2 {
+		oobFrom, _ = strconv.Atoi(r[0])
+		oobTo, _ = strconv.Atoi(r[1])
+	}
 	br := bufio.NewReader(c)
-	for _, w := range writes {
-		if _, err := c.Write([]byte(w)); err != nil {
+	for i, w := range writes {
+		if i >= oobFrom && i <= oobTo {
+			if err := sendOOB(c, w); err != nil {
+				fmt.Println("write err", err)
+			} else {
+				fmt.Println("write ok")
+			}
+		} else if _, err := c.Write([]byte(w)); err != nil {
 			fmt.Println("write err", err)
 		} else {
 			fmt.Println("write ok")
@@ -121,6 +137,20 @@ func TestHelperClientProcess(t *testing.T) {
 	n, _ := readResponses(c, 10, time.Second)
 	fmt.Println("responses", n)
 	os.Exit(0)
+}
+
+// sendOOB writes w with MSG_OOB: TCP marks its last byte urgent.
+func sendOOB(c net.Conn, w string) error {
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), []byte(w), unix.MSG_OOB, nil)
+		return serr != unix.EAGAIN
+	})
+	return errors.Join(err, serr)
 }
 
 // runClient runs the client helper in the client namespace and the test cgroup and returns its
@@ -301,6 +331,12 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 			[]string{"write ok", "write ok", "write ok", "write ok", "responses 2"}, []string{"/upload-c", "/allowed/after-chunked-e"}, nil},
 		{"a request hidden where a chunk size belongs is refused", []string{req("POST", "/upload", "Transfer-Encoding: chunked") + "5\r\nhello\r\n" + req("GET", "/secret-e-smuggled")},
 			nil, nil, []string{"/secret-e-smuggled"}},
+		{"a header block completed by the write that carries its short body", []string{
+			"POST /upload HTTP/1.1\r\nHost: server\r\nX-Padding: " + strings.Repeat("p", 40) + "\r\nContent-Length: 5\r\n", "\r\nhello"},
+			[]string{"write ok", "write ok", "responses 1"}, []string{"/upload"}, nil},
+		{"a header block completed by the write that carries the next request", []string{
+			"GET /allowed/e6 HTTP/1.1\r\nHost: server\r\nX-Padding: " + strings.Repeat("p", 40) + "\r\n", "\r\n" + req("GET", "/allowed/e6b")},
+			[]string{"write ok", "write ok", "responses 2"}, []string{"/allowed/e6", "/allowed/e6b"}, nil},
 		{"a denied request pipelined after an allowed one is not sent", []string{req("GET", "/allowed/e5") + req("GET", "/secret-e5")},
 			nil, []string{"/allowed/e5"}, []string{"/secret-e5"}},
 	} {
