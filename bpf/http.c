@@ -496,6 +496,7 @@ static __always_inline void set_denied(struct l7_sock_state *st, __u32 reason)
 		st->denied = 1;
 		st->reason = reason;
 		st->denied_at = bpf_ktime_get_ns();
+		count(L7_R_DENIED_CONNS);
 	}
 	count(reason);
 }
@@ -1501,6 +1502,51 @@ static __always_inline int tcp_offsets(struct __sk_buff *skb, __u32 *th, __u32 *
 	return 0;
 }
 
+/* The socket's TCP is in urgent mode: urgent data (MSG_OOB) was written and
+ * is not yet acknowledged (tcp_urg_mode). */
+static __always_inline int urgent_mode(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	return tp && tp->snd_up != tp->snd_una;
+}
+
+/*
+ * A client judged at its own socket (egress rules, or a server's rules judged
+ * at source: the socket is in l7_egress_socks) wrote urgent data (MSG_OOB).
+ * Its sk_msg program judged the urgent byte in place, but a server reading
+ * with SO_OOBINLINE off (the default) takes that byte out of its stream: with
+ * one urgent body byte per write the server reads the start of the next
+ * request as body, and a request hidden in that request's header block as a
+ * request. HTTP has no use for urgent data: the connection's data segments
+ * are dropped from now on and the connection denied (reset by the agent's
+ * next sweep). Checked first, before the port lookup: a connection judged at
+ * source has no egress port entry.
+ */
+static __always_inline int urgent_refused(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	struct l7_sock_state *st = 0;
+	struct l7_tuple t = {};
+	struct bpf_sock *member;
+	__u32 th, data;
+	__u64 cookie;
+
+	if (tcp_offsets(skb, &th, &data) == 0 && skb->len <= data)
+		return 0; /* no data: handshake, ACK, FIN, RST */
+	cookie = bpf_get_socket_cookie(skb);
+	member = bpf_map_lookup_elem(&l7_egress_socks, &cookie);
+	if (!member)
+		return 0;
+	bpf_sk_release(member);
+	if (sk_tuple(sk, &t) == 0)
+		st = bpf_map_lookup_elem(&l7_egress_state, &t);
+	if (st)
+		set_denied(st, L7_R_URGENT);
+	else
+		count(L7_R_URGENT);
+	return 1;
+}
+
 /*
  * Drops data segments of a judged connection whose socket is not in its
  * SOCKHASH (failed insert, entry removed, MPTCP subflow, connection older
@@ -1521,6 +1567,8 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 		return 1;
 	if (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_NEW_SYN_RECV)
 		return 1;
+	if (egress && urgent_mode(sk) && urgent_refused(skb, sk))
+		return 0;
 	family = sk->family;
 	{
 		__u32 s6[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};

@@ -238,6 +238,8 @@ enum l7_reason {
 	L7_R_DOT_SEGMENT,      /* well-formed, no rule matched: rules with a path do not match a path with a dot segment */
 	L7_R_ESCAPED_SLASH,    /* ... do not match a path with a backslash, %2f or %5c */
 	L7_R_OVERLAP,          /* received segments whose repeated front was cut off (direct delivery: l7_stream) */
+	L7_R_URGENT,           /* urgent data (MSG_OOB) written on a connection judged at the client's socket: dropped, the connection denied */
+	L7_R_DENIED_CONNS,     /* connections that became denied, for any reason (the agent's reset sweep follows it) */
 	L7_R_MAX,
 };
 

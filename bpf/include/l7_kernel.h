@@ -186,11 +186,12 @@ static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
 
 /* The TCP sequence numbers the 403 paths compare (write_seq: end of what the
  * application wrote; snd_una: first byte not acknowledged; on the client's
- * socket, rcv_nxt and copied_seq). Not UAPI: read
+ * socket, rcv_nxt and copied_seq), and the egress guard (snd_up). Not UAPI: read
  * through bpf_skc_to_tcp_sock with CO-RE relocations against the kernel's
  * BTF, like the strparser control block in http.c. */
 struct tcp_sock {
 	__u32 snd_una;
+	__u32 snd_up;     /* urgent pointer: not snd_una while in urgent mode (MSG_OOB) */
 	__u32 write_seq;
 	__u32 rcv_nxt;    /* next byte expected from the peer */
 	__u32 copied_seq; /* first byte the application has not read */

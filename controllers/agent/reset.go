@@ -24,21 +24,38 @@ const answerGrace = 2 * time.Second
 // read inside each pod's network namespace: at once after a denied request that could not be
 // answered with 403 (the client would otherwise wait for its timeout), and, while connections
 // answered with 403 may still be open, once a second (a client that ignores Connection: close is
-// reset once the grace is over), and once a second while an incomplete header block is held (one
-// held longer than l7.Options.HoldMax is denied and reset). It is a manager Runnable.
+// reset once the grace is over), once a second while an incomplete header block is held (one
+// held longer than l7.Options.HoldMax is denied and reset), and within a second of a deny that
+// reported no request (urgent data, a segment direct delivery could not cut: the kernel's
+// denied-connections counter moved). It is a manager Runnable.
 type Resetter struct {
-	l7         *l7.L7
+	l7         resetKernel
 	cgroupRoot string
 	kick       chan struct{}
+	namespaces func(cgroupRoot string) []string // podNetns; a test's own list
 
 	mu            sync.Mutex
 	answeredUntil time.Time
+	denied        uint64 // the kernel's denied-connections count at the last sweep
+}
+
+// resetKernel is what the Resetter needs of *l7.L7.
+type resetKernel interface {
+	ResetDenied(netnsPath string) error
+	Holding() bool
+	DeniedConnections() (uint64, error)
 }
 
 // NewResetter returns a Resetter for the pods whose processes live under cgroupRoot (the cgroup the
 // HTTP programs are attached to).
 func NewResetter(l *l7.L7, cgroupRoot string) *Resetter {
-	return &Resetter{l7: l, cgroupRoot: cgroupRoot, kick: make(chan struct{}, 1)}
+	return newResetter(l, cgroupRoot)
+}
+
+func newResetter(k resetKernel, cgroupRoot string) *Resetter {
+	r := &Resetter{l7: k, cgroupRoot: cgroupRoot, kick: make(chan struct{}, 1), namespaces: podNetns}
+	r.denied, _ = k.DeniedConnections()
+	return r
 }
 
 // Notify tells the Resetter how a denied request was answered.
@@ -57,7 +74,11 @@ func (r *Resetter) Notify(resp l7.Response) {
 
 // Start sweeps until ctx ends.
 func (r *Resetter) Start(ctx context.Context) error {
-	tick := time.NewTicker(time.Second)
+	return r.run(ctx, time.Second)
+}
+
+func (r *Resetter) run(ctx context.Context, period time.Duration) error {
+	tick := time.NewTicker(period)
 	defer tick.Stop()
 	for {
 		select {
@@ -68,16 +89,30 @@ func (r *Resetter) Start(ctx context.Context) error {
 			r.mu.Lock()
 			due := time.Now().Before(r.answeredUntil)
 			r.mu.Unlock()
-			if !due && !r.l7.Holding() {
+			if !due && !r.l7.Holding() && !r.deniedMoved() {
 				continue
 			}
 		}
-		for _, ns := range podNetns(r.cgroupRoot) {
+		r.deniedMoved() // this sweep covers the denies counted so far
+		for _, ns := range r.namespaces(r.cgroupRoot) {
 			if err := r.l7.ResetDenied(ns); err != nil {
 				log.FromContext(ctx).V(1).Info("reset denied connections", "netns", ns, "error", err.Error())
 			}
 		}
 	}
+}
+
+// deniedMoved reports whether the kernel denied a connection since it was last asked.
+func (r *Resetter) deniedMoved() bool {
+	n, err := r.l7.DeniedConnections()
+	if err != nil {
+		return true // sweep: a sweep too many costs little
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	moved := n != r.denied
+	r.denied = n
+	return moved
 }
 
 // podNetns returns one /proc/PID/ns/net path for each network namespace that a process under

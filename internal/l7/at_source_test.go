@@ -80,6 +80,9 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 			t.Fatalf("the server saw body %q, want %q", body, bodyOf("hello"))
 		}
 	})
+	t.Run("urgent data cannot hide a request from the rules judged at source", func(t *testing.T) {
+		e.expectUrgentRefused(t, port, nil, "/allowed/s-urgent", "/secret-s-urgent")
+	})
 	t.Run("a path with a dot segment gets 403 from the client's own socket", func(t *testing.T) {
 		const target = "/allowed/%2e%2e/secret-s2-dots"
 		before := e.counter(t, ReasonDotSegment)

@@ -302,6 +302,9 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 		t.Logf("client: %q", <-done)
 		e.expectUnseen(t, "/allowed/e-guard-b", ReasonGuardDrop, drops)
 	})
+	t.Run("urgent data cannot hide a request from the rules", func(t *testing.T) {
+		e.expectUrgentRefused(t, port, nil, "/allowed/e-urgent", "/secret-e-urgent")
+	})
 	t.Run("an MPTCP connection cannot bypass egress rules", func(t *testing.T) {
 		failed := e.counter(t, ReasonInsertFailed)
 		got := e.runClientOpts(t, mptcpPort, true, 0, req("GET", "/secret-e-mptcp"))

@@ -151,7 +151,9 @@ const (
 	httpL7ReasonL7R_DOT_SEGMENT        httpL7Reason = 29
 	httpL7ReasonL7R_ESCAPED_SLASH      httpL7Reason = 30
 	httpL7ReasonL7R_OVERLAP            httpL7Reason = 31
-	httpL7ReasonL7R_MAX                httpL7Reason = 32
+	httpL7ReasonL7R_URGENT             httpL7Reason = 32
+	httpL7ReasonL7R_DENIED_CONNS       httpL7Reason = 33
+	httpL7ReasonL7R_MAX                httpL7Reason = 34
 )
 
 type httpL7Rule struct {

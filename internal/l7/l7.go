@@ -371,6 +371,26 @@ func (l *L7) Holding() bool {
 	return l.objs.L7Pending.Iterate().Next(&key, val)
 }
 
+// DeniedConnections is how many connections the kernel has denied so far, for any reason (the
+// counter denied-connections). Some denies report no request (urgent data, a segment the direct
+// delivery could not cut, a hold too long); the agent sweeps with ResetDenied when it moves.
+func (l *L7) DeniedConnections() (uint64, error) {
+	return l.counter(ReasonDeniedConnections)
+}
+
+// counter sums the kernel's per-CPU counter for r.
+func (l *L7) counter(r Reason) (uint64, error) {
+	var per []uint64
+	if err := l.objs.L7Counters.Lookup(uint32(r), &per); err != nil {
+		return 0, fmt.Errorf("read l7 counter %s: %w", r, err)
+	}
+	var sum uint64
+	for _, v := range per {
+		sum += v
+	}
+	return sum, nil
+}
+
 // ResetDenied resets (TCP RST, from the server's side) every denied connection in the network
 // namespace at netnsPath ("" for the caller's own). Until then a denied client only sees its
 // request go unanswered. The agent calls it for an endpoint's namespace when the denied counters
@@ -625,13 +645,9 @@ func (l *L7) RemoveSocket(cookie uint64, egress bool) error {
 func (l *L7) Counters() (map[string]uint64, error) {
 	out := map[string]uint64{}
 	for r := Reason(0); r < numReasons; r++ {
-		var per []uint64
-		if err := l.objs.L7Counters.Lookup(uint32(r), &per); err != nil {
-			return nil, fmt.Errorf("read l7 counter %s: %w", r, err)
-		}
-		var sum uint64
-		for _, v := range per {
-			sum += v
+		sum, err := l.counter(r)
+		if err != nil {
+			return nil, err
 		}
 		if sum != 0 {
 			out[r.String()] = sum

@@ -62,6 +62,14 @@ const (
 	// overlapping the one before it); the repeated bytes were cut off before framing and delivery
 	// (direct delivery: bpf/README.md, "Overlapping segments"). It is no request's reason.
 	ReasonOverlap
+	// ReasonUrgent: urgent data (MSG_OOB) written on a connection judged at the client's socket
+	// (egress rules, or a server's rules judged at source). A server reading with SO_OOBINLINE
+	// off takes the urgent byte out of the stream the rules judged; the segment is dropped and the
+	// connection denied.
+	ReasonUrgent
+	// ReasonDeniedConnections counts connections that became denied, for any reason (the agent's
+	// reset sweep follows it). It is no request's reason.
+	ReasonDeniedConnections
 	numReasons
 )
 
@@ -69,7 +77,8 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"bad-target", "bad-version", "bad-header", "duplicate-content-length", "bad-content-length",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
-	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap"}
+	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap", "urgent",
+	"denied-connections"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
