@@ -2,7 +2,6 @@ package l7
 
 import (
 	"encoding/binary"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -10,11 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -144,11 +139,7 @@ func TestPrivilegedOverlappingSegmentsAreJudgedOnce(t *testing.T) {
 	// Segments without timestamps: the client's connections do not negotiate them. A link MTU
 	// that lets one injected segment repeat more bytes than one bpf_skb_adjust_room call removes
 	// (the client's own TCP keeps to its MSS, negotiated below the link's MTU).
-	inNS(t, e.cliNS, func() {
-		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_timestamps", []byte("0"), 0o644); err != nil {
-			t.Fatalf("turn TCP timestamps off in the client's namespace: %v", err)
-		}
-	})
+	setSysctlIn(t, e.cliNS, "/proc/sys/net/ipv4/tcp_timestamps", "0")
 	id := strconv.Itoa(os.Getpid())
 	cmdRun(t, "ip", "-n", e.cliNS, "link", "set", "l7c"+id, "mtu", "16000")
 	cmdRun(t, "ip", "-n", e.srvNS, "link", "set", "l7s"+id, "mtu", "16000")
@@ -234,108 +225,4 @@ func TestPrivilegedOverlappingSegmentsAreJudgedOnce(t *testing.T) {
 			t.Fatalf("%d overlapping fronts trimmed, want 2", n)
 		}
 	})
-}
-
-// lossy drops about one in every `in` packets leaving and entering the client's end of the link
-// (a tcx program), so that TCP retransmits on its own, and some of its retransmissions overlap
-// what the server already has (their acknowledgment was lost).
-func (e *testEnv) lossy(t *testing.T, one uint32) {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
-		asm.FnGetPrandomU32.Call(),
-		asm.Mod.Imm32(asm.R0, int32(one)),
-		asm.JEq.Imm32(asm.R0, 0, "drop"),
-		asm.Mov.Imm(asm.R0, 0), // TC_ACT_OK
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, 2).WithSymbol("drop"), // TC_ACT_SHOT
-		asm.Return(),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	var ifindex int
-	inNS(t, e.cliNS, func() {
-		var ifi *net.Interface
-		if ifi, err = net.InterfaceByName("l7c" + strconv.Itoa(os.Getpid())); err == nil {
-			ifindex = ifi.Index
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-		var l link.Link
-		inNS(t, e.cliNS, func() { l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at}) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-	}
-}
-
-// retransmitted is the client namespace's count of retransmitted TCP segments (/proc/net/snmp of the thread in that namespace).
-func (e *testEnv) retransmitted(t *testing.T) uint64 {
-	t.Helper()
-	var b []byte
-	var err error
-	inNS(t, e.cliNS, func() { b, err = os.ReadFile("/proc/thread-self/net/snmp") })
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Tcp:" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == "RetransSegs" && i < len(f) {
-				v, err := strconv.ParseUint(f[i], 10, 64)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
-		}
-	}
-	t.Fatal("no RetransSegs in /proc/net/snmp")
-	return 0
-}
-
-// Uploads over a link that loses packets both ways arrive byte for byte, and so do the requests after them: direct delivery's framing across
-// retransmissions and the out-of-order queue. (Measured: this does not make TCP queue overlapping
-// segments here; TestPrivilegedOverlappingSegmentsAreJudgedOnce makes them.)
-func TestPrivilegedUploadsOverALossyLink(t *testing.T) {
-	requireRoot(t)
-	e := newTestEnvDelivery(t, DeliverDirect)
-	const port, peer = 8080, 5000
-	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload(/.*)?"`}})
-	e.startServer(t, port, false)
-	e.lossy(t, 16)
-	retrans := e.retransmitted(t)
-	body := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
-	for i := range 8 {
-		c := e.dial(t, port, false)
-		target, after := "/upload/lossy-"+strconv.Itoa(i), "/allowed/after-lossy-"+strconv.Itoa(i)
-		go io.WriteString(c, req("POST", target, "Content-Length: "+strconv.Itoa(len(body)))+body+req("GET", after))
-		if n, err := readResponses(c, 2, 30*time.Second); n != 2 {
-			counters, _ := e.l.Counters()
-			t.Fatalf("round %d: %d of 2 responses: %v\nkernel counters: %v\nserver sockets:\n%s", i, n, err, counters, e.serverSockets())
-		}
-		e.waitSeen(t, after)
-		if got, _ := e.sawBody(target); got != bodyOf(body) {
-			t.Fatalf("round %d: the server saw body %q, want %q", i, got, bodyOf(body))
-		}
-		c.Close()
-	}
-	n := e.retransmitted(t) - retrans
-	if n == 0 {
-		t.Fatal("the client's TCP retransmitted nothing: the link lost no packet")
-	}
-	t.Logf("%d segments retransmitted, %d with a repeated front cut off", n, e.counter(t, ReasonOverlap))
 }
