@@ -52,6 +52,11 @@ func TestHelperServerProcess(t *testing.T) {
 		fmt.Println("listen:", err)
 		os.Exit(1)
 	}
+	if os.Getenv("L7_TEST_SERVER_SPLICE") == "1" { // reads with splice(2) (at_source_test.go)
+		fmt.Println("ready")
+		spliceServer(ln)
+		os.Exit(0)
+	}
 	if os.Getenv("L7_TEST_SERVER_GATED") == "1" { // accept only when told (accept_test.go)
 		ln = &gatedListener{Listener: ln, gate: bufio.NewScanner(os.Stdin)}
 	}
@@ -77,6 +82,49 @@ func TestHelperServerProcess(t *testing.T) {
 	fmt.Println("ready")
 	srv.Serve(ln)
 	os.Exit(0)
+}
+
+// spliceServer serves connections that it reads with splice(2) into a pipe, as a TCP proxy or Go's
+// io.Copy between two TCP connections reads, instead of read(2): one "seen METHOD TARGET 0 -" line
+// and a 200 for each request line in what it reads (requests without bodies, each read whole).
+func spliceServer(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			rc, err := c.(syscall.Conn).SyscallConn()
+			var p [2]int
+			if err != nil || unix.Pipe2(p[:], unix.O_CLOEXEC) != nil {
+				return
+			}
+			defer unix.Close(p[0])
+			defer unix.Close(p[1])
+			buf := make([]byte, 4096)
+			for {
+				var n int64
+				var serr error
+				if err := rc.Read(func(fd uintptr) bool {
+					n, serr = unix.Splice(int(fd), nil, p[1], nil, len(buf), unix.SPLICE_F_NONBLOCK)
+					return serr != unix.EAGAIN
+				}); err != nil || serr != nil || n <= 0 {
+					return
+				}
+				k, err := unix.Read(p[0], buf[:n])
+				if err != nil {
+					return
+				}
+				for _, line := range strings.Split(string(buf[:k]), "\r\n") {
+					if f := strings.Fields(line); len(f) == 3 && strings.HasPrefix(f[2], "HTTP/") {
+						fmt.Printf("seen %s %s 0 -\n", f[0], f[1])
+						c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+					}
+				}
+			}
+		}()
+	}
 }
 
 // gatedListener accepts a connection only after reading a line from its gate, so that a test can
