@@ -362,6 +362,35 @@ static __always_inline int msg_tuple(struct sk_msg_md *msg, struct l7_tuple *t)
 	return 0;
 }
 
+/* A client's connection, just established, already has bytes written: the
+ * application wrote them before the handshake ended (TCP Fast Open). They
+ * are either queued (write_seq past snd_nxt) or were sent in the SYN and not
+ * acknowledged with it (snd_nxt past snd_una). */
+/* The context's socket pointer (struct bpf_sock_ops.sk, see l7_kernel.h):
+ * one 8-byte context load, which the verifier types as a socket or NULL. */
+static __always_inline struct bpf_sock *ops_sk(struct bpf_sock_ops *ops)
+{
+	struct bpf_sock *sk;
+
+	asm volatile("%[sk] = *(u64 *)(%[ops] + %[off])"
+		     : [sk] "=r"(sk)
+		     : [ops] "r"(ops), [off] "i"(__builtin_offsetof(struct bpf_sock_ops, sk)));
+	return sk;
+}
+
+static __always_inline int written_before_established(struct bpf_sock_ops *ops)
+{
+	struct bpf_sock *sk = ops_sk(ops);
+	struct tcp_sock *tp;
+
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	return tp->write_seq != ops->snd_una;
+}
+
 SEC("sockops")
 int l7_sockops(struct bpf_sock_ops *ops)
 {
@@ -462,6 +491,30 @@ int l7_sockops(struct bpf_sock_ops *ops)
 			return 1;
 	}
 	cookie = bpf_get_socket_cookie(ops);
+	if (egress && written_before_established(ops)) {
+		/*
+		 * Bytes were written before the connection was established:
+		 * TCP Fast Open data (MSG_FASTOPEN, TCP_FASTOPEN_CONNECT),
+		 * written before the socket could be in l7_egress_socks, so its
+		 * sk_msg program never saw them. The egress guard dropped the
+		 * SYN that carried them (the socket was no member): TCP sent a
+		 * plain SYN and keeps them queued, to send now. At source, the
+		 * server's socket judges the connection instead; under egress
+		 * rules the connection is denied and not inserted: the guard
+		 * drops its data until the agent resets it.
+		 */
+		count(L7_R_FAST_OPEN);
+		if (at_source)
+			return 1;
+		st.denied = 1;
+		st.reason = L7_R_FAST_OPEN;
+		st.denied_at = bpf_ktime_get_ns();
+		if (bpf_map_update_elem(&l7_egress_state, &tk, &st, BPF_ANY) == 0) {
+			count(L7_R_DENIED_CONNS);
+			bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+		}
+		return 1;
+	}
 	if (egress) {
 		if (bpf_map_update_elem(&l7_egress_state, &tk, &st, BPF_ANY)) {
 			count(L7_R_STATE_FAILED);

@@ -105,6 +105,31 @@ struct bpf_sock_ops {
 	__u32 rtt_min;
 	__u32 snd_ssthresh;
 	__u32 rcv_nxt;
+	__u32 snd_nxt;
+	__u32 snd_una;
+	__u32 mss_cache;
+	__u32 ecn_flags;
+	__u32 rate_delivered;
+	__u32 rate_interval_us;
+	__u32 packets_out;
+	__u32 retrans_out;
+	__u32 total_retrans;
+	__u32 segs_in;
+	__u32 data_segs_in;
+	__u32 segs_out;
+	__u32 data_segs_out;
+	__u32 lost_out;
+	__u32 sacked_out;
+	__u32 sk_txhash;
+	/* The UAPI's __u64 bytes_received and bytes_acked, and the socket
+	 * pointer (8 bytes), declared as pairs of __u32: with 8-byte members
+	 * the struct is 8-byte aligned and clang merges two adjacent 4-byte
+	 * context loads (the address arrays) into one 8-byte load the
+	 * verifier refuses. The pointer is read with one 8-byte load
+	 * (ops_sk() in http.c). */
+	__u32 bytes_received[2];
+	__u32 bytes_acked[2];
+	__u32 sk[2];
 };
 
 /* UAPI struct sk_msg_md. */

@@ -80,6 +80,33 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 			t.Fatalf("the server saw body %q, want %q", body, bodyOf("hello"))
 		}
 	})
+	t.Run("a request written before the connection was established is judged at the server's socket", func(t *testing.T) {
+		// TCP Fast Open: the request is written before the client's socket can judge it (see
+		// the egress test); such a connection is left to the server's socket.
+		setSysctlIn(t, e.srvNS, "/proc/sys/net/ipv4/tcp_fastopen", "1538")
+		setSysctlIn(t, e.cliNS, "/proc/sys/net/ipv4/tcp_fastopen", "5")
+		defer setSysctlIn(t, e.cliNS, "/proc/sys/net/ipv4/tcp_fastopen", "1")
+		fastOpen := append([]string{"L7_TEST_CLIENT_TFO=1"}, status...)
+		before := e.counter(t, ReasonFastOpen)
+		got := e.runClientEnv(t, port, false, 0, fastOpen, req("GET", "/allowed/s-tfo"))
+		if len(got) < 2 || got[1] != `status 200 "ok"` {
+			t.Fatalf("client said %q; want a 200", got)
+		}
+		if ev := events.wait(t, "/allowed/s-tfo"); ev.AtSource {
+			t.Fatalf("event %+v: judged at source, from bytes its socket never saw", ev)
+		}
+		got = e.runClientEnv(t, port, false, 0, fastOpen, longReq("GET", "/secret-s-tfo"))
+		t.Logf("client: %q", got)
+		if ev := events.wait(t, "/secret-s-tfo"); ev.AtSource || ev.Verdict != VerdictDenied {
+			t.Fatalf("event %+v: want denied at the server's socket", ev)
+		}
+		if e.sawTarget("/secret-s-tfo") {
+			t.Fatal("the server saw /secret-s-tfo")
+		}
+		if n := e.counter(t, ReasonFastOpen) - before; n != 2 {
+			t.Fatalf("fast-open counted %d connections, want 2", n)
+		}
+	})
 	t.Run("urgent data cannot hide a request from the rules judged at source", func(t *testing.T) {
 		e.expectUrgentRefused(t, port, nil, "/allowed/s-urgent", "/secret-s-urgent")
 	})

@@ -40,7 +40,13 @@ func TestHelperClientProcess(t *testing.T) {
 	}
 	var d net.Dialer
 	d.SetMultipathTCP(os.Getenv("L7_TEST_CLIENT_MPTCP") == "1")
-	c, err := d.Dial("tcp", addr) // an IPv4 or IPv6 literal
+	var c net.Conn
+	var err error
+	if os.Getenv("L7_TEST_CLIENT_TFO") == "1" {
+		c, err = dialFastOpenConnect(addr) // the first write rides on the SYN
+	} else {
+		c, err = d.Dial("tcp", addr) // an IPv4 or IPv6 literal
+	}
 	if err != nil {
 		fmt.Println("dial err", err)
 		os.Exit(1)
@@ -137,6 +143,28 @@ func TestHelperClientProcess(t *testing.T) {
 	n, _ := readResponses(c, 10, time.Second)
 	fmt.Println("responses", n)
 	os.Exit(0)
+}
+
+// dialFastOpenConnect connects to an IPv4 address:port with TCP_FASTOPEN_CONNECT: connect returns at
+// once and the first write rides on the SYN.
+func dialFastOpenConnect(addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "tfo")
+	defer f.Close()
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); err != nil {
+		return nil, err
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		return nil, err
+	}
+	return net.FileConn(f)
 }
 
 // sendOOB writes w with MSG_OOB: TCP marks its last byte urgent.
@@ -304,6 +332,28 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 	})
 	t.Run("urgent data cannot hide a request from the rules", func(t *testing.T) {
 		e.expectUrgentRefused(t, port, nil, "/allowed/e-urgent", "/secret-e-urgent")
+	})
+	t.Run("a request in the SYN (TCP Fast Open) is judged", func(t *testing.T) {
+		// Server: Fast Open on for every listener, no cookie needed (0x2 | 0x200 | 0x400); client:
+		// data in the SYN without a cookie (0x1 | 0x4).
+		setSysctlIn(t, e.srvNS, "/proc/sys/net/ipv4/tcp_fastopen", "1538")
+		setSysctlIn(t, e.cliNS, "/proc/sys/net/ipv4/tcp_fastopen", "5")
+		defer setSysctlIn(t, e.cliNS, "/proc/sys/net/ipv4/tcp_fastopen", "1")
+		// The SYN that carries the bytes is dropped by the egress guard (the socket is in no
+		// SOCKHASH yet), TCP sends them again once the connection is established, and they never
+		// passed the sk_msg program: the connection is denied, whatever they are.
+		for _, target := range []string{"/secret-e-tfo", "/allowed/e-tfo"} {
+			before := e.counter(t, ReasonFastOpen)
+			got := e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_TFO=1"}, req("GET", target))
+			t.Logf("client: %q", got)
+			if e.counter(t, ReasonFastOpen) != before+1 {
+				t.Fatalf("%s: the fast-open counter did not move by one", target)
+			}
+			time.Sleep(300 * time.Millisecond)
+			if e.sawTarget(target) {
+				t.Fatalf("the server saw %s, written before the connection was established", target)
+			}
+		}
 	})
 	t.Run("an MPTCP connection cannot bypass egress rules", func(t *testing.T) {
 		failed := e.counter(t, ReasonInsertFailed)

@@ -153,7 +153,8 @@ const (
 	httpL7ReasonL7R_OVERLAP            httpL7Reason = 31
 	httpL7ReasonL7R_URGENT             httpL7Reason = 32
 	httpL7ReasonL7R_DENIED_CONNS       httpL7Reason = 33
-	httpL7ReasonL7R_MAX                httpL7Reason = 34
+	httpL7ReasonL7R_FAST_OPEN          httpL7Reason = 34
+	httpL7ReasonL7R_MAX                httpL7Reason = 35
 )
 
 type httpL7Rule struct {

@@ -70,6 +70,10 @@ const (
 	// ReasonDeniedConnections counts connections that became denied, for any reason (the agent's
 	// reset sweep follows it). It is no request's reason.
 	ReasonDeniedConnections
+	// ReasonFastOpen: a client connection established with bytes already sent (TCP Fast Open data,
+	// written before its socket could be judged). Under egress rules the connection is denied; judged
+	// at source, the server's socket judges it instead.
+	ReasonFastOpen
 	numReasons
 )
 
@@ -78,7 +82,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
 	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap", "urgent",
-	"denied-connections"}
+	"denied-connections", "fast-open"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {

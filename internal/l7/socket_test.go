@@ -52,13 +52,13 @@ func TestHelperServerProcess(t *testing.T) {
 		fmt.Println("listen:", err)
 		os.Exit(1)
 	}
-	if os.Getenv("L7_TEST_SERVER_SPLICE") == "1" { // reads with splice(2) (at_source_test.go)
+	if os.Getenv("L7_TEST_SERVER_GATED") == "1" { // accept only when told (accept_test.go)
+		ln = &gatedListener{Listener: ln, gate: bufio.NewScanner(os.Stdin)}
+	}
+	if os.Getenv("L7_TEST_SERVER_SPLICE") == "1" { // reads with splice(2) (splice_test.go)
 		fmt.Println("ready")
 		spliceServer(ln)
 		os.Exit(0)
-	}
-	if os.Getenv("L7_TEST_SERVER_GATED") == "1" { // accept only when told (accept_test.go)
-		ln = &gatedListener{Listener: ln, gate: bufio.NewScanner(os.Stdin)}
 	}
 	var mu sync.Mutex
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
