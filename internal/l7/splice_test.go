@@ -55,10 +55,8 @@ func TestPrivilegedSplicingServers(t *testing.T) {
 	t.Run("judged at the client's socket, it serves, and the rules hold", func(t *testing.T) {
 		e.trustClient(t)
 		for _, target := range []string{"/allowed/splice-at-source", "/secret-splice-at-source"} {
-			done := make(chan []string)
-			go func() { done <- e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_STATUS=1"}, req("GET", target)) }()
-			e.acceptOne(t)
-			got := <-done
+			e.acceptOne(t) // the gate takes one line per connection it accepts, whenever it comes
+			got := e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_STATUS=1"}, req("GET", target))
 			t.Logf("client: %q", got)
 		}
 		e.waitSeen(t, "/allowed/splice-at-source")
