@@ -157,6 +157,17 @@ func TestPrivilegedOverlappingSegmentsAreJudgedOnce(t *testing.T) {
 		return c, in, snd
 	}
 	bad := func(t *testing.T) uint64 { return e.counter(t, ReasonBadMethod) + e.counter(t, ReasonMessageDropped) }
+	// framedOnce checks that since the counts were before and trimmed nothing was judged bad or
+	// dropped, and that at least want segments had their repeated front cut off.
+	framedOnce := func(t *testing.T, before, trimmed, want uint64) {
+		t.Helper()
+		if d := bad(t) - before; d != 0 {
+			t.Fatalf("%d requests judged bad or dropped: the repeated bytes were framed", d)
+		}
+		if n := e.counter(t, ReasonOverlap) - trimmed; n < want {
+			t.Fatalf("%d overlapping fronts trimmed, want %d", n, want)
+		}
+	}
 
 	t.Run("a retransmission overlapping received bytes with other bytes there", func(t *testing.T) {
 		before, trimmed := bad(t), e.counter(t, ReasonOverlap)
@@ -175,12 +186,7 @@ func TestPrivilegedOverlappingSegmentsAreJudgedOnce(t *testing.T) {
 		if e.sawTarget("/allowed/two") {
 			t.Fatal("the server saw /allowed/two: bytes TCP had received twice were delivered from the second copy")
 		}
-		if d := bad(t) - before; d != 0 {
-			t.Fatalf("%d requests judged bad or dropped: the repeated bytes were framed", d)
-		}
-		if n := e.counter(t, ReasonOverlap) - trimmed; n < 2 {
-			t.Fatalf("%d overlapping fronts trimmed, want 2", n)
-		}
+		framedOnce(t, before, trimmed, 2)
 	})
 	t.Run("a segment from the out-of-order queue overlapping the one before it", func(t *testing.T) {
 		before, trimmed := bad(t), e.counter(t, ReasonOverlap)
@@ -195,12 +201,7 @@ func TestPrivilegedOverlappingSegmentsAreJudgedOnce(t *testing.T) {
 		}
 		expectStatuses(t, c, http.StatusOK)
 		e.waitSeen(t, "/allowed/three")
-		if d := bad(t) - before; d != 0 {
-			t.Fatalf("%d requests judged bad or dropped: the repeated bytes were framed", d)
-		}
-		if n := e.counter(t, ReasonOverlap) - trimmed; n < 3 {
-			t.Fatalf("%d overlapping fronts trimmed, want 3", n)
-		}
+		framedOnce(t, before, trimmed, 3)
 	})
 	t.Run("an overlap longer than one cut", func(t *testing.T) {
 		before, trimmed := bad(t), e.counter(t, ReasonOverlap)
@@ -218,11 +219,6 @@ func TestPrivilegedOverlappingSegmentsAreJudgedOnce(t *testing.T) {
 		if got, _ := e.sawBody("/upload/long-overlap"); got != bodyOf(body) {
 			t.Fatalf("the server saw body %q, want %q", got, bodyOf(body))
 		}
-		if d := bad(t) - before; d != 0 {
-			t.Fatalf("%d requests judged bad or dropped: the repeated bytes were framed", d)
-		}
-		if n := e.counter(t, ReasonOverlap) - trimmed; n < 2 {
-			t.Fatalf("%d overlapping fronts trimmed, want 2", n)
-		}
+		framedOnce(t, before, trimmed, 2)
 	})
 }
