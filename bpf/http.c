@@ -1338,6 +1338,7 @@ __noinline int stream_unhold(struct __sk_buff *skb, const struct l7_scratch *pen
  * from the second copy, where TCP keeps the first). Cuts the repeated front
  * off, so that what is framed and delivered is exactly TCP's byte stream.
  * 0 when the segment starts where the previous one ended or was cut to;
+ * 1 when it repeats nothing but bytes already received (it is then empty);
  * -1 when it cannot be made to (a gap, or the cut failed). A function of its
  * own: verified once, not once for each way l7_stream reaches it.
  */
@@ -1380,10 +1381,14 @@ __noinline int stream_in_sequence(struct __sk_buff *skb, struct l7_sock_state *s
 		st->rcv_seq = seq + len;
 		return 0;
 	}
-	/* Ahead of what was received (a gap), or nothing new (TCP queues
-	 * neither): the framing cannot be trusted to be in step. */
-	if ((__s32)over < 0 || over >= len)
+	/* Ahead of what was received (a gap; TCP queues none): the framing
+	 * cannot be trusted to be in step. */
+	if ((__s32)over < 0)
 		return -1;
+	/* Nothing new but a FIN (a retransmission that TCP queues for its
+	 * FIN alone): emptied, to be dropped as a segment cut to nothing is. */
+	if (over > len)
+		over = len;
 	{
 		struct pull_ctx pc = {.skb = skb, .left = over};
 
@@ -1391,9 +1396,10 @@ __noinline int stream_in_sequence(struct __sk_buff *skb, struct l7_sock_state *s
 		if (pc.left)
 			return -1;
 	}
-	st->rcv_seq = seq + len;
+	if (st->rcv_seq - seq < len)
+		st->rcv_seq = seq + len;
 	count(L7_R_OVERLAP);
-	return 0;
+	return skb->len ? 0 : 1;
 }
 
 SEC("sk_skb/stream_verdict")
@@ -1418,11 +1424,14 @@ int l7_stream(struct __sk_buff *skb)
 	}
 	if (skb->len == 0)
 		return SK_PASS;
-	if (stream_in_sequence(skb, st)) {
+	r = stream_in_sequence(skb, st);
+	if (r < 0) {
 		set_denied(st, L7_R_BUSY);
 		count(L7_R_MSG_DROPPED);
 		return SK_DROP;
 	}
+	if (r > 0)
+		return SK_DROP; /* emptied: TCP counts nothing as read */
 	pend = bpf_map_lookup_elem(&l7_pending, &cookie);
 	if (pend) {
 		int err = stream_unhold(skb, pend);

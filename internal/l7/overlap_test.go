@@ -94,8 +94,21 @@ func (e *testEnv) injectorFor(t *testing.T, c net.Conn) *injector {
 	return in
 }
 
+// TCP flags of an injected segment.
+const (
+	tcpFIN = 0x01
+	tcpPSH = 0x08
+	tcpACK = 0x10
+)
+
 // send sends data as the segment starting at seq (ACK and PSH set, acknowledging in.ack).
 func (in *injector) send(t *testing.T, seq uint32, data string) {
+	t.Helper()
+	in.sendFlags(t, seq, data, tcpACK|tcpPSH)
+}
+
+// sendFlags sends data as the segment starting at seq with the given TCP flags.
+func (in *injector) sendFlags(t *testing.T, seq uint32, data string, flags byte) {
 	t.Helper()
 	src, dst := in.src.IP.To4(), in.dst.IP.To4()
 	pkt := make([]byte, 40+len(data))
@@ -109,7 +122,7 @@ func (in *injector) send(t *testing.T, seq uint32, data string) {
 	binary.BigEndian.PutUint16(tcp[2:], uint16(in.dst.Port))
 	binary.BigEndian.PutUint32(tcp[4:], seq)
 	binary.BigEndian.PutUint32(tcp[8:], in.ack)
-	tcp[12], tcp[13] = 5<<4, 0x18 // 20-byte header; ACK|PSH
+	tcp[12], tcp[13] = 5<<4, flags // 20-byte header
 	binary.BigEndian.PutUint16(tcp[14:], 0xffff)
 	copy(tcp[20:], data)
 	pseudo := make([]byte, 12)
@@ -202,6 +215,29 @@ func TestPrivilegedOverlappingSegmentsAreJudgedOnce(t *testing.T) {
 		expectStatuses(t, c, http.StatusOK)
 		e.waitSeen(t, "/allowed/three")
 		framedOnce(t, before, trimmed, 3)
+	})
+	t.Run("a retransmission that repeats only received bytes but brings the FIN", func(t *testing.T) {
+		// TCP queues it for its FIN: the segment is emptied and dropped, the connection not denied.
+		_, in, x := connect(t, req("GET", "/allowed/overlap-fin"))
+		trimmed := e.counter(t, ReasonOverlap)
+		denied, err := e.l.DeniedConnections()
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.sendFlags(t, x-20, strings.Repeat("Z", 20), tcpACK|tcpFIN)
+		deniedNow := func() uint64 {
+			n, err := e.l.DeniedConnections()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		waitUntil(t, func() bool { return e.counter(t, ReasonOverlap) > trimmed || deniedNow() > denied }, func() string {
+			return "the program never took the repeated segment"
+		})
+		if n := deniedNow(); n != denied {
+			t.Fatalf("denied connections %d, want %d: a FIN with repeated bytes denied its connection", n, denied)
+		}
 	})
 	t.Run("an overlap longer than one cut", func(t *testing.T) {
 		before, trimmed := bad(t), e.counter(t, ReasonOverlap)
