@@ -1339,8 +1339,9 @@ __noinline int stream_unhold(struct __sk_buff *skb, const struct l7_scratch *pen
  * off, so that what is framed and delivered is exactly TCP's byte stream.
  * 0 when the segment starts where the previous one ended or was cut to;
  * 1 when it repeats nothing but bytes already received (it is then empty);
- * -1 when it cannot be made to (a gap, or the cut failed). A function of its
- * own: verified once, not once for each way l7_stream reaches it.
+ * -1 when it cannot be made to (a gap, or the cut failed). The cuts run in
+ * a bpf_loop callback: as a plain loop the verifier walked 690,000 more
+ * instructions of l7_stream.
  */
 struct pull_ctx {
 	struct __sk_buff *skb;
@@ -1358,7 +1359,7 @@ static long pull_step(__u64 i, void *data)
 	return 0;
 }
 
-__noinline int stream_in_sequence(struct __sk_buff *skb, struct l7_sock_state *st)
+static __always_inline int stream_in_sequence(struct __sk_buff *skb, struct l7_sock_state *st)
 {
 	struct sk_buff *kskb;
 	struct tcp_skb_cb *tcb;
