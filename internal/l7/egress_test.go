@@ -96,7 +96,13 @@ func TestHelperClientProcess(t *testing.T) {
 	}
 	br := bufio.NewReader(c)
 	for i, w := range writes {
-		if i >= oobFrom && i <= oobTo {
+		if os.Getenv("L7_TEST_CLIENT_SENDFILE") == "1" {
+			if err := sendFile(c, w); err != nil {
+				fmt.Println("write err", err)
+			} else {
+				fmt.Println("write ok")
+			}
+		} else if i >= oobFrom && i <= oobTo {
 			if err := sendOOB(c, w); err != nil {
 				fmt.Println("write err", err)
 			} else {
@@ -165,6 +171,27 @@ func dialFastOpenConnect(addr string) (net.Conn, error) {
 		return nil, err
 	}
 	return net.FileConn(f)
+}
+
+// sendFile writes w with sendfile(2), from a temporary file (Go's TCPConn.ReadFrom of an *os.File).
+func sendFile(c net.Conn, w string) error {
+	f, err := os.CreateTemp("", "l7-sendfile")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := f.WriteString(w); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	n, err := c.(*net.TCPConn).ReadFrom(f)
+	if err == nil && n != int64(len(w)) {
+		err = fmt.Errorf("sent %d of %d bytes", n, len(w))
+	}
+	return err
 }
 
 // sendOOB writes w with MSG_OOB: TCP marks its last byte urgent.
@@ -332,6 +359,18 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 	})
 	t.Run("urgent data cannot hide a request from the rules", func(t *testing.T) {
 		e.expectUrgentRefused(t, port, nil, "/allowed/e-urgent", "/secret-e-urgent")
+	})
+	t.Run("a request written with sendfile is judged", func(t *testing.T) {
+		got := e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_SENDFILE=1"}, req("GET", "/allowed/e-sendfile"), req("GET", "/secret-e-sendfile"))
+		t.Logf("client: %q", got)
+		e.waitSeen(t, "/allowed/e-sendfile")
+		if len(got) < 2 || got[0] != "write ok" || !strings.HasSuffix(got[1], "permission denied") {
+			t.Fatalf("client said %q; want the allowed request sent and EACCES for the denied one", got)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if e.sawTarget("/secret-e-sendfile") {
+			t.Fatal("the server saw /secret-e-sendfile, written with sendfile")
+		}
 	})
 	t.Run("a request in the SYN (TCP Fast Open) is judged", func(t *testing.T) {
 		// Server: Fast Open on for every listener, no cookie needed (0x2 | 0x200 | 0x400); client:
