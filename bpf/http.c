@@ -362,10 +362,6 @@ static __always_inline int msg_tuple(struct sk_msg_md *msg, struct l7_tuple *t)
 	return 0;
 }
 
-/* A client's connection, just established, already has bytes written: the
- * application wrote them before the handshake ended (TCP Fast Open). They
- * are either queued (write_seq past snd_nxt) or were sent in the SYN and not
- * acknowledged with it (snd_nxt past snd_una). */
 /* The context's socket pointer (struct bpf_sock_ops.sk, see l7_kernel.h):
  * one 8-byte context load, which the verifier types as a socket or NULL. */
 static __always_inline struct bpf_sock *ops_sk(struct bpf_sock_ops *ops)
@@ -378,6 +374,10 @@ static __always_inline struct bpf_sock *ops_sk(struct bpf_sock_ops *ops)
 	return sk;
 }
 
+/* A client's connection, just established, already has bytes written: the
+ * application wrote them before the handshake ended (TCP Fast Open). They
+ * are either queued (write_seq past snd_nxt) or were sent in the SYN and not
+ * acknowledged with it (snd_nxt past snd_una). */
 static __always_inline int written_before_established(struct bpf_sock_ops *ops)
 {
 	struct bpf_sock *sk = ops_sk(ops);
@@ -389,6 +389,17 @@ static __always_inline int written_before_established(struct bpf_sock_ops *ops)
 	if (!tp)
 		return 0;
 	return tp->write_seq != ops->snd_una;
+}
+
+static __always_inline void set_denied(struct l7_sock_state *st, __u32 reason)
+{
+	if (!st->denied) {
+		st->denied = 1;
+		st->reason = reason;
+		st->denied_at = bpf_ktime_get_ns();
+		count(L7_R_DENIED_CONNS);
+	}
+	count(reason);
 }
 
 SEC("sockops")
@@ -476,7 +487,6 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		 * rcv_nxt (with TCP Fast Open too, whose data is queued after
 		 * this callback). */
 		st.rcv_seq = ops->rcv_nxt;
-		st.flags |= L7_SF_SEQ;
 	}
 
 	if (ops_tuple(ops, &tk))
@@ -503,16 +513,13 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		 * rules the connection is denied and not inserted: the guard
 		 * drops its data until the agent resets it.
 		 */
-		count(L7_R_FAST_OPEN);
-		if (at_source)
+		if (at_source) {
+			count(L7_R_FAST_OPEN);
 			return 1;
-		st.denied = 1;
-		st.reason = L7_R_FAST_OPEN;
-		st.denied_at = bpf_ktime_get_ns();
-		if (bpf_map_update_elem(&l7_egress_state, &tk, &st, BPF_ANY) == 0) {
-			count(L7_R_DENIED_CONNS);
-			bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		}
+		set_denied(&st, L7_R_FAST_OPEN);
+		if (bpf_map_update_elem(&l7_egress_state, &tk, &st, BPF_ANY) == 0)
+			bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
 	if (egress) {
@@ -541,17 +548,6 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		bpf_map_update_elem(&l7_at_source, &sv, &cookie, BPF_ANY);
 	}
 	return 1;
-}
-
-static __always_inline void set_denied(struct l7_sock_state *st, __u32 reason)
-{
-	if (!st->denied) {
-		st->denied = 1;
-		st->reason = reason;
-		st->denied_at = bpf_ktime_get_ns();
-		count(L7_R_DENIED_CONNS);
-	}
-	count(reason);
 }
 
 static __always_inline int deny_all(struct l7_sock_state *st, __u32 reason, int avail)
@@ -1361,22 +1357,10 @@ static long pull_step(__u64 i, void *data)
 
 static __always_inline int stream_in_sequence(struct __sk_buff *skb, struct l7_sock_state *st)
 {
-	struct sk_buff *kskb;
-	struct tcp_skb_cb *tcb;
-	__u32 seq, len, over;
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct tcp_skb_cb *tcb = (struct tcp_skb_cb *)kskb->cb;
+	__u32 seq = tcb->seq, len = skb->len, over;
 
-	if (!skb || !st)
-		return -1;
-	kskb = bpf_cast_to_kern_ctx(skb);
-	tcb = (struct tcp_skb_cb *)kskb->cb;
-	seq = tcb->seq;
-	len = skb->len;
-
-	if (!(st->flags & L7_SF_SEQ)) {
-		st->rcv_seq = seq + len;
-		st->flags |= L7_SF_SEQ;
-		return 0;
-	}
 	over = st->rcv_seq - seq;
 	if (over == 0) {
 		st->rcv_seq = seq + len;
@@ -1397,7 +1381,7 @@ static __always_inline int stream_in_sequence(struct __sk_buff *skb, struct l7_s
 		if (pc.left)
 			return -1;
 	}
-	if (st->rcv_seq - seq < len)
+	if (over < len)
 		st->rcv_seq = seq + len;
 	count(L7_R_OVERLAP);
 	return skb->len ? 0 : 1;

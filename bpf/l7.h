@@ -126,8 +126,6 @@ enum l7_phase {
  * first byte on the server's side, the client's first received byte on the
  * client's), and switch the connection to pass-through if it is there. */
 #define L7_SF_UPGRADE 16
-/* rcv_seq holds the sequence number after the last byte l7_stream received. */
-#define L7_SF_SEQ 32
 
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
 struct l7_sock_state {
@@ -142,7 +140,7 @@ struct l7_sock_state {
 	__u32 direction;
 	__u32 snd_mark; /* server's write_seq when the last allowed request was passed */
 	__u32 flags;    /* L7_SF_* */
-	__u32 rcv_seq;  /* direct delivery: where the next received segment should start (L7_SF_SEQ) */
+	__u32 rcv_seq;  /* direct delivery: where the next received segment should start (rcv_nxt at first) */
 	__u64 denied_at; /* bpf_ktime_get_ns() of the deny */
 };
 

@@ -85,15 +85,16 @@ func (r *Resetter) run(ctx context.Context, period time.Duration) error {
 		case <-ctx.Done():
 			return nil
 		case <-r.kick:
+			r.deniedMoved() // this sweep covers the denies counted so far
 		case <-tick.C:
+			moved := r.deniedMoved()
 			r.mu.Lock()
 			due := time.Now().Before(r.answeredUntil)
 			r.mu.Unlock()
-			if !due && !r.l7.Holding() && !r.deniedMoved() {
+			if !due && !moved && !r.l7.Holding() {
 				continue
 			}
 		}
-		r.deniedMoved() // this sweep covers the denies counted so far
 		for _, ns := range r.namespaces(r.cgroupRoot) {
 			if err := r.l7.ResetDenied(ns); err != nil {
 				log.FromContext(ctx).V(1).Info("reset denied connections", "netns", ns, "error", err.Error())

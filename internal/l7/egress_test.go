@@ -43,7 +43,7 @@ func TestHelperClientProcess(t *testing.T) {
 	var c net.Conn
 	var err error
 	if os.Getenv("L7_TEST_CLIENT_TFO") == "1" {
-		c, err = dialFastOpenConnect(addr) // the first write rides on the SYN
+		c, err = dialFastOpenConnect(addr, nil) // the first write rides on the SYN
 	} else {
 		c, err = d.Dial("tcp", addr) // an IPv4 or IPv6 literal
 	}
@@ -152,8 +152,8 @@ func TestHelperClientProcess(t *testing.T) {
 }
 
 // dialFastOpenConnect connects to an IPv4 address:port with TCP_FASTOPEN_CONNECT: connect returns at
-// once and the first write rides on the SYN.
-func dialFastOpenConnect(addr string) (net.Conn, error) {
+// once and the first write rides on the SYN. That write is first, if given, else the caller's.
+func dialFastOpenConnect(addr string, first []byte) (net.Conn, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, err
@@ -169,6 +169,11 @@ func dialFastOpenConnect(addr string) (net.Conn, error) {
 	}
 	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
 		return nil, err
+	}
+	if first != nil {
+		if _, err := unix.Write(fd, first); err != nil {
+			return nil, fmt.Errorf("write in the SYN: %w", err)
+		}
 	}
 	return net.FileConn(f)
 }

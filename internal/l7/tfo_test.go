@@ -4,14 +4,13 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-dev/portcullis/internal/netns"
 )
@@ -61,27 +60,11 @@ func netstatIn(t *testing.T, ns, name string) int {
 func (e *testEnv) dialFastOpen(t *testing.T, port uint16, request string) net.Conn {
 	t.Helper()
 	var c net.Conn
-	inNS(t, e.cliNS, func() {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := os.NewFile(uintptr(fd), "tfo")
-		defer f.Close()
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); err != nil {
-			t.Fatal(err)
-		}
-		sa := &unix.SockaddrInet4{Port: int(port), Addr: e.srvAddr.As4()}
-		if err := unix.Connect(fd, sa); err != nil {
-			t.Fatalf("connect: %v", err)
-		}
-		if _, err := unix.Write(fd, []byte(request)); err != nil {
-			t.Fatalf("write in the SYN: %v", err)
-		}
-		if c, err = net.FileConn(f); err != nil {
-			t.Fatal(err)
-		}
-	})
+	var err error
+	inNS(t, e.cliNS, func() { c, err = dialFastOpenConnect(netip.AddrPortFrom(e.srvAddr, port).String(), []byte(request)) })
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { c.Close() })
 	return c
 }
