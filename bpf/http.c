@@ -374,10 +374,11 @@ static __always_inline struct bpf_sock *ops_sk(struct bpf_sock_ops *ops)
 	return sk;
 }
 
-/* A client's connection, just established, already has bytes written: the
- * application wrote them before the handshake ended (TCP Fast Open). They
- * are either queued (write_seq past snd_nxt) or were sent in the SYN and not
- * acknowledged with it (snd_nxt past snd_una). */
+/* A client's connection, just established, already has bytes written, or a
+ * write under way, that the sk_msg program cannot see: the application wrote
+ * before the handshake ended. Written bytes (TCP Fast Open) are either queued
+ * (write_seq past snd_nxt) or were sent in the SYN and not acknowledged with
+ * it (snd_nxt past snd_una). */
 static __always_inline int written_before_established(struct bpf_sock_ops *ops)
 {
 	struct bpf_sock *sk = ops_sk(ops);
@@ -388,7 +389,13 @@ static __always_inline int written_before_established(struct bpf_sock_ops *ops)
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return 0;
-	return tp->write_seq != ops->snd_una;
+	if (tp->write_seq != ops->snd_una)
+		return 1;
+	/* A sendmsg waits for this connection (sendto with MSG_FASTOPEN and no
+	 * Fast Open cookie, or a blocking write during connect): it entered
+	 * the kernel's plain TCP send before the socket could be in a SOCKHASH
+	 * and writes from there once woken, past the sk_msg program. */
+	return ((struct sock *)tp)->sk_write_pending != 0;
 }
 
 static __always_inline void set_denied(struct l7_sock_state *st, __u32 reason)
@@ -508,7 +515,9 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		 * written before the socket could be in l7_egress_socks, so its
 		 * sk_msg program never saw them. The egress guard dropped the
 		 * SYN that carried them (the socket was no member): TCP sent a
-		 * plain SYN and keeps them queued, to send now. At source, the
+		 * plain SYN and keeps them queued, to send now. Or a write
+		 * waits for the connection in the plain TCP send, to write
+		 * past the sk_msg program once woken. At source, the
 		 * server's socket judges the connection instead; under egress
 		 * rules the connection is denied and not inserted: the guard
 		 * drops its data until the agent resets it.

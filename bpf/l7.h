@@ -238,7 +238,7 @@ enum l7_reason {
 	L7_R_OVERLAP,          /* received segments whose repeated front was cut off (direct delivery: l7_stream) */
 	L7_R_URGENT,           /* urgent data (MSG_OOB) written on a connection judged at the client's socket: dropped, the connection denied */
 	L7_R_DENIED_CONNS,     /* connections that became denied, for any reason (the agent's reset sweep follows it) */
-	L7_R_FAST_OPEN,        /* client connections established with bytes already sent (TCP Fast Open), which their sk_msg program never saw */
+	L7_R_FAST_OPEN,        /* client connections established with bytes already sent (TCP Fast Open) or a write waiting for them, which their sk_msg program never sees */
 	L7_R_MAX,
 };
 

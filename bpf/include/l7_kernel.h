@@ -223,6 +223,12 @@ struct tcp_sock {
 } __attribute__((preserve_access_index));
 static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
 
+/* The generic socket at the start of every tcp_sock (read through the
+ * tcp_sock pointer; the verifier finds the field by its offset). */
+struct sock {
+	int sk_write_pending; /* writers waiting in sendmsg for the connection */
+} __attribute__((preserve_access_index));
+
 /* kfuncs, resolved by name against the kernel's BTF at load time. */
 #define __ksym __attribute__((section(".ksyms")))
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;

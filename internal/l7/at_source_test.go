@@ -107,6 +107,49 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 			t.Fatalf("fast-open counted %d connections, want 2", n)
 		}
 	})
+	t.Run("a write waiting for the connection is judged at the server's socket", func(t *testing.T) {
+		// sendto(MSG_FASTOPEN) without a Fast Open cookie, and a blocking write during a connect
+		// (to a server whose full accept queue makes the handshake take a second): both write
+		// from the plain TCP send, past the client's sk_msg program (see the egress test).
+		const slowPort = 8082
+		e.judge(t, slowPort, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
+		release := e.startFullServer(t, slowPort)
+		for _, c := range []struct {
+			mode, target string
+			allowed      bool
+		}{{"sendto", "/allowed/s-sendto", true}, {"sendto", "/secret-s-sendto", false}, {"early", "/allowed/s-early", true}} {
+			p := uint16(port)
+			if c.mode == "early" {
+				p = slowPort
+				go func() {
+					time.Sleep(600 * time.Millisecond) // the client has started and sent its SYN
+					release()
+				}()
+			}
+			before := e.counter(t, ReasonFastOpen)
+			got := e.runClientEnv(t, p, false, 0, append([]string{"L7_TEST_CLIENT_TFO=" + c.mode}, status...), longReq("GET", c.target))
+			t.Logf("%s: client: %q", c.mode, got)
+			if n := e.counter(t, ReasonFastOpen) - before; n != 1 {
+				t.Fatalf("%s: fast-open counted %d connections, want 1", c.mode, n)
+			}
+			ev := events.wait(t, c.target)
+			if ev.AtSource {
+				t.Fatalf("%s: event %+v: judged at source, from bytes its socket never saw", c.mode, ev)
+			}
+			if c.allowed {
+				if len(got) < 2 || got[1] != `status 200 "ok"` {
+					t.Fatalf("%s: client said %q; want a 200", c.mode, got)
+				}
+				continue
+			}
+			if ev.Verdict != VerdictDenied {
+				t.Fatalf("%s: event %+v: want denied at the server's socket", c.mode, ev)
+			}
+			if e.sawTarget(c.target) {
+				t.Fatalf("%s: the server saw %s", c.mode, c.target)
+			}
+		}
+	})
 	t.Run("urgent data cannot hide a request from the rules judged at source", func(t *testing.T) {
 		e.expectUrgentRefused(t, port, nil, "/allowed/s-urgent", "/secret-s-urgent")
 	})

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -42,9 +43,18 @@ func TestHelperClientProcess(t *testing.T) {
 	d.SetMultipathTCP(os.Getenv("L7_TEST_CLIENT_MPTCP") == "1")
 	var c net.Conn
 	var err error
-	if os.Getenv("L7_TEST_CLIENT_TFO") == "1" {
+	switch os.Getenv("L7_TEST_CLIENT_TFO") {
+	case "1":
 		c, err = dialFastOpenConnect(addr, nil) // the first write rides on the SYN
-	} else {
+	case "sendto", "early":
+		// The first write is made before the connection is established, by a call that waits
+		// for it: sendto(MSG_FASTOPEN), or a blocking write during a connect.
+		c, err = dialWritingEarly(addr, []byte(writes[0]), os.Getenv("L7_TEST_CLIENT_TFO") == "sendto")
+		if err == nil {
+			fmt.Println("write ok")
+			writes = writes[1:]
+		}
+	default:
 		c, err = d.Dial("tcp", addr) // an IPv4 or IPv6 literal
 	}
 	if err != nil {
@@ -178,6 +188,43 @@ func dialFastOpenConnect(addr string, first []byte) (net.Conn, error) {
 	return net.FileConn(f)
 }
 
+// dialWritingEarly connects to an IPv4 address:port and writes first before the connection is
+// established, by a call that waits for it and then writes: with fastOpen, sendto(MSG_FASTOPEN) on
+// a blocking socket (without a Fast Open cookie for the server the SYN carries no data); without, a
+// non-blocking connect followed by a blocking write.
+func dialWritingEarly(addr string, first []byte, fastOpen bool) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "early")
+	defer f.Close()
+	if fastOpen {
+		if err := unix.Sendto(fd, first, unix.MSG_FASTOPEN, sa); err != nil {
+			return nil, fmt.Errorf("sendto(MSG_FASTOPEN): %w", err)
+		}
+		return net.FileConn(f)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, err
+	}
+	if err := unix.Connect(fd, sa); err != unix.EINPROGRESS {
+		return nil, fmt.Errorf("non-blocking connect: %v, want EINPROGRESS", err)
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		return nil, err
+	}
+	if _, err := unix.Write(fd, first); err != nil {
+		return nil, fmt.Errorf("write during the connect: %w", err)
+	}
+	return net.FileConn(f)
+}
+
 // sendFile writes w with sendfile(2), from a temporary file (Go's TCPConn.ReadFrom of an *os.File).
 func sendFile(c net.Conn, w string) error {
 	f, err := os.CreateTemp("", "l7-sendfile")
@@ -280,6 +327,34 @@ func (e *testEnv) runClientEnv(t *testing.T, port uint16, mptcp bool, pause time
 		cmd.Wait()
 		t.Fatal("client helper hung")
 		return nil
+	}
+}
+
+// startFullServer starts a second server, on port, whose accept queue is full: it listens with a
+// backlog of one (net.core.somaxconn, for that listen only) and accepts nothing until release is
+// called, and two connections fill its queue. A connection to it waits for its SYN to be sent
+// again (a second, the first retransmission) after release.
+func (e *testEnv) startFullServer(t *testing.T, port uint16) (release func()) {
+	t.Helper()
+	setSysctlIn(t, e.srvNS, "/proc/sys/net/core/somaxconn", "1")
+	t.Setenv("L7_TEST_SERVER_GATED", "1")
+	gate := e.gate
+	e.startServer(t, port, false)
+	setSysctlIn(t, e.srvNS, "/proc/sys/net/core/somaxconn", "4096")
+	gate, e.gate = e.gate, gate
+	for range 2 {
+		c := e.dial(t, port, false) // the test process is in no judged cgroup
+		t.Cleanup(func() { c.Close() })
+	}
+	overflows := netstatIn(t, e.srvNS, "ListenOverflows")
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			if netstatIn(t, e.srvNS, "ListenOverflows") == overflows {
+				t.Error("the full server's queue dropped no SYN")
+			}
+			io.WriteString(gate, strings.Repeat("accept\n", 8))
+		})
 	}
 }
 
@@ -396,6 +471,50 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 			if e.sawTarget(target) {
 				t.Fatalf("the server saw %s, written before the connection was established", target)
+			}
+		}
+	})
+	t.Run("a write waiting for the connection cannot pass unjudged", func(t *testing.T) {
+		// Two calls that wait for the connection and then write, from the kernel's plain TCP
+		// send, which they entered before the socket could be in l7_egress_socks: sendto with
+		// MSG_FASTOPEN when the client's TCP has no Fast Open cookie for the server (the SYN
+		// asks for one and carries nothing), and a blocking write during a connect. The
+		// connection is denied: neither request reaches the server.
+		// The blocking write only waits if the handshake takes time: its server's accept queue
+		// is full, so the first SYN is dropped and the connection completes with the SYN sent
+		// again a second later, once the queue has room.
+		const slowPort = 8092
+		if err := e.l.SetEgressPort(e.cliAddr, slowPort, 2); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: slowPort, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
+			t.Fatal(err)
+		}
+		release := e.startFullServer(t, slowPort)
+		for _, mode := range []string{"sendto", "early"} {
+			p := uint16(port)
+			if mode == "early" {
+				p = slowPort
+				go func() {
+					time.Sleep(600 * time.Millisecond) // the client has started and sent its SYN
+					release()
+				}()
+			}
+			before := e.counter(t, ReasonFastOpen)
+			denied, after := "/secret-e-"+mode, "/allowed/e-"+mode+"-after"
+			got := e.runClientEnv(t, p, false, 0, []string{"L7_TEST_CLIENT_TFO=" + mode}, req("GET", denied), req("GET", after))
+			t.Logf("%s: client: %q", mode, got)
+			if len(got) == 0 || got[0] != "write ok" {
+				t.Fatalf("%s: client said %q; want the first write to complete once connected", mode, got)
+			}
+			if n := e.counter(t, ReasonFastOpen) - before; n != 1 {
+				t.Fatalf("%s: fast-open counted %d connections, want 1", mode, n)
+			}
+			time.Sleep(300 * time.Millisecond)
+			for _, target := range []string{denied, after} {
+				if e.sawTarget(target) {
+					t.Fatalf("%s: the server saw %s", mode, target)
+				}
 			}
 		}
 	})

@@ -71,8 +71,10 @@ const (
 	// reset sweep follows it). It is no request's reason.
 	ReasonDeniedConnections
 	// ReasonFastOpen: a client connection established with bytes already sent (TCP Fast Open data,
-	// written before its socket could be judged). Under egress rules the connection is denied; judged
-	// at source, the server's socket judges it instead.
+	// written before its socket could be judged), or with a write waiting for it that will write
+	// past its socket's judge (sendto with MSG_FASTOPEN without a cookie, a blocking write during a
+	// connect). Under egress rules the connection is denied; judged at source, the server's socket
+	// judges it instead.
 	ReasonFastOpen
 	numReasons
 )
