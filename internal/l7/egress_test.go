@@ -43,6 +43,10 @@ func TestHelperClientProcess(t *testing.T) {
 	d.SetMultipathTCP(os.Getenv("L7_TEST_CLIENT_MPTCP") == "1")
 	var c net.Conn
 	var err error
+	if os.Getenv("L7_TEST_CLIENT_SHORT_WRITE") == "1" { // shortwrite_test.go
+		fmt.Println("short-write", smuggleAfterShortWrite(addr, writes[0]))
+		os.Exit(0)
+	}
 	switch os.Getenv("L7_TEST_CLIENT_TFO") {
 	case "1":
 		c, err = dialFastOpenConnect(addr, nil) // the first write rides on the SYN
@@ -312,7 +316,7 @@ func (e *testEnv) runClientEnv(t *testing.T, port uint16, mptcp bool, pause time
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if l := sc.Text(); strings.HasPrefix(l, "write ") || strings.HasPrefix(l, "responses ") || strings.HasPrefix(l, "dial ") ||
-				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") || strings.HasPrefix(l, "echo ") {
+				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") || strings.HasPrefix(l, "echo ") || strings.HasPrefix(l, "short-write ") {
 				lines = append(lines, l)
 			}
 		}

@@ -55,19 +55,31 @@ func (el *eventLog) wait(t *testing.T, path string) Event {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		el.mu.Lock()
-		for _, ev := range el.events {
-			if ev.Path == path {
-				el.mu.Unlock()
-				return ev
-			}
+		if ev, ok := el.find(path); ok {
+			return ev
 		}
-		el.mu.Unlock()
 		if time.Now().After(deadline) {
 			t.Fatalf("no event for %s", path)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// find returns the first event for path that has arrived.
+func (el *eventLog) find(path string) (Event, bool) {
+	return el.findFunc(func(ev Event) bool { return ev.Path == path })
+}
+
+// findFunc returns the first event that has arrived for which match is true.
+func (el *eventLog) findFunc(match func(Event) bool) (Event, bool) {
+	el.mu.Lock()
+	defer el.mu.Unlock()
+	for _, ev := range el.events {
+		if match(ev) {
+			return ev, true
+		}
+	}
+	return Event{}, false
 }
 
 // responses reads responses until n arrived or reading fails, and returns their status codes and
