@@ -353,8 +353,8 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 	}
 	withoutSeedPolicies(b)
 	url := fmt.Sprintf("http://%s:8080/bench", ip.IPv4)
-	// Same node: with --http-judge-at-source (the default) the client's socket judges the server's
-	// ingress rules. Cross node: the server's socket judges them (stream parser, delivery hop).
+	// Both the server's socket judges (with --http-judge-at-source=true in PORTCULLIS_E2E_AGENT_ARGS,
+	// the same-node client's socket judges instead).
 	for _, cl := range []struct{ name, pod, app string }{
 		{"same-node", "production/auth-service", "auth-service"},
 		{"cross-node", "production/reporting-service", "reporting-service"},

@@ -194,13 +194,17 @@ func TestPrivilegedFlowsNameBothPodsAndThePolicy(t *testing.T) {
 		if allowedReq == nil || deniedReq == nil {
 			return fmt.Errorf("allowed request reported: %v, denied: %v, among %d flows", allowedReq != nil, deniedReq != nil, len(flows))
 		}
-		// auth-service and user-service share node-a: judged at the client's socket
-		// (--http-judge-at-source, the default).
+		// auth-service and user-service share node-a: judged at the server's socket, as
+		// every client is by default (at the client's socket with --http-judge-at-source).
+		judgedAt := "server"
+		if strings.Contains(os.Getenv("PORTCULLIS_E2E_AGENT_ARGS"), "--http-judge-at-source=true") {
+			judgedAt = "client"
+		}
 		if a := allowedReq; a.Verdict != "forwarded" || a.Policy != "ap/production/user-service-api-policy" || a.HTTP.Rule == "" ||
-			a.HTTP.DecisionNanos <= 0 || a.HTTP.JudgedAt != "client" {
+			a.HTTP.DecisionNanos <= 0 || a.HTTP.JudgedAt != judgedAt {
 			t.Fatalf("allowed request: %+v %+v", *a, *a.HTTP)
 		}
-		if d := deniedReq; d.Verdict != "dropped" || d.HTTP.Response != "403" || d.Reason != "no-rule-match" || d.Policy != "" || d.HTTP.JudgedAt != "client" {
+		if d := deniedReq; d.Verdict != "dropped" || d.HTTP.Response != "403" || d.Reason != "no-rule-match" || d.Policy != "" || d.HTTP.JudgedAt != judgedAt {
 			t.Fatalf("denied request: %+v %+v", *d, *d.HTTP)
 		}
 		return nil

@@ -82,10 +82,10 @@ func run(m *testing.M) int {
 		LabBinary:          filepath.Join(bin, "portcullis"),
 		LabArgs:            []string{"lab"},
 		DriftCheckInterval: time.Second,
-		// Lab pods are restricted (no CAP_NET_RAW or CAP_NET_ADMIN), so the agents judge same-node
-		// HTTP clients at their socket (--http-judge-at-source, the default) and the tests cover
-		// both paths: same-node requests at the client's socket, cross-node ones at the server's.
-		// For benchmarks of agent options, e.g. PORTCULLIS_E2E_AGENT_ARGS=--http-judge-at-source=false.
+		// Every HTTP request is judged at the server's socket by default. Lab pods are restricted
+		// (no CAP_NET_RAW or CAP_NET_ADMIN): with PORTCULLIS_E2E_AGENT_ARGS=--http-judge-at-source=true
+		// the agents judge same-node clients at their own socket instead. Also for benchmarks of
+		// other agent options.
 		AgentArgs: strings.Fields(os.Getenv("PORTCULLIS_E2E_AGENT_ARGS")),
 		Log:       log,
 	})
