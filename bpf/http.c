@@ -494,6 +494,11 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		 * rcv_nxt (with TCP Fast Open too, whose data is queued after
 		 * this callback). */
 		st.rcv_seq = ops->rcv_nxt;
+	} else {
+		/* Nothing passed yet (written_before_established below
+		 * refuses a connection with bytes already written). */
+		st.snd_expect = ops->snd_una;
+		st.snd_judged = ops->snd_una;
 	}
 
 	if (ops_tuple(ops, &tk))
@@ -1604,6 +1609,41 @@ static __always_inline int urgent_refused(struct __sk_buff *skb, struct bpf_sock
 }
 
 /*
+ * A data segment of a client connection judged at the client's socket (its
+ * state in l7_egress_state, keyed by the client's view: the connection as
+ * this socket sees it, or swapped at the server's end) must end within what
+ * the client's sk_msg program judged (snd_judged, see egress_in_step()). One
+ * that does not carries bytes sent past that program: it is dropped and the
+ * connection denied (reset by the agent's next sweep). 1: pass.
+ */
+static __always_inline int judged_bytes(struct __sk_buff *skb, const struct l7_tuple *t, int server_end)
+{
+	struct l7_sock_state *st;
+	struct l7_tuple c;
+	__u32 th, data, seq;
+
+	if (server_end) {
+		swap_tuple(&c, t);
+		st = bpf_map_lookup_elem(&l7_egress_state, &c);
+	} else {
+		st = bpf_map_lookup_elem(&l7_egress_state, t);
+	}
+	if (!st) {
+		count(L7_R_GUARD_DROP);
+		return 0;
+	}
+	if (st->phase == L7_PHASE_PASSTHROUGH)
+		return 1;
+	/* Headers that cannot be read count as past it. */
+	if (tcp_offsets(skb, &th, &data) == 0 && bpf_skb_load_bytes(skb, th + 4, &seq, 4) == 0 &&
+	    (__s32)(bpf_htonl(seq) + (skb->len - data) - st->snd_judged) <= 0)
+		return 1;
+	set_denied(st, L7_R_UNJUDGED_WRITE);
+	count(L7_R_GUARD_DROP);
+	return 0;
+}
+
+/*
  * Drops data segments of a judged connection whose socket is not in its
  * SOCKHASH (failed insert, entry removed, MPTCP subflow, connection older
  * than the attachment). Ingress: (local address, local port) judged by
@@ -1645,16 +1685,21 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 	cookie = bpf_get_socket_cookie(skb);
 	member = bpf_map_lookup_elem(egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie);
 	if (member) {
+		struct l7_tuple t = {};
+
 		bpf_sk_release(member);
-		return 1;
+		if (!egress)
+			return 1;
+		/* A client judged at its socket: only what it judged. */
+		return sk_tuple(sk, &t) == 0 && judged_bytes(skb, &t, 0);
 	}
 	if (!egress) {
 		/* Judged at the client's socket, as long as that socket is
-		 * still in l7_egress_socks. */
+		 * still in l7_egress_socks, and only what it judged. */
 		struct l7_tuple t = {};
 
 		if (sk_tuple(sk, &t) == 0 && judged_at_source(&t))
-			return 1;
+			return judged_bytes(skb, &t, 1);
 	}
 	count(L7_R_GUARD_DROP);
 	return 0;
@@ -1855,6 +1900,81 @@ static __always_inline int answer_at_source(struct sk_msg_md *msg, const struct 
  * block is released alone (apply_bytes), so that a body or a pipelined
  * request in the same write is judged on its own.
  */
+/* The end of what a client's TCP has queued to send (write_seq). */
+struct write_seq {
+	__u32 seq;
+	__u32 ok;
+};
+
+static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
+{
+	struct write_seq ws = {};
+	struct tcp_sock *tp;
+
+	if (!sk)
+		return ws;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return ws;
+	ws.seq = tp->write_seq;
+	ws.ok = 1;
+	return ws;
+}
+
+/*
+ * Where the client's TCP stream stands against this program's framing: the
+ * kernel can send bytes no run of this program saw. After a push that stops
+ * short (a full send buffer on a non-blocking socket, a signal)
+ * tcp_bpf_send_verdict frees the rest of the message but keeps the verdict:
+ * the application's next write goes out under it, up to its apply size, or
+ * whole without one. And a write that entered plain tcp_sendmsg before the
+ * socket was in l7_egress_socks writes past this program. Body bytes are
+ * content the framing only counts: bytes sent under a body's verdict are
+ * taken off the body (or given back to it when fewer went than passed).
+ * Anything else out of step denies the connection, and the guards drop
+ * every data byte past snd_judged. 0: in step.
+ */
+static __always_inline int egress_in_step(struct l7_sock_state *st, __u32 ws)
+{
+	__s32 d = (__s32)(ws - st->snd_expect);
+	__s64 rem;
+
+	if (st->phase == L7_PHASE_PASSTHROUGH || d == 0)
+		return 0;
+	if (st->phase != L7_PHASE_BODY && st->phase != L7_PHASE_CHUNK_DATA)
+		return -1;
+	rem = (__s64)st->body_remaining - d;
+	if (rem < 0)
+		return -1;
+	st->body_remaining = rem;
+	st->snd_expect = ws;
+	if (rem == 0)
+		st->phase = st->phase == L7_PHASE_BODY ? L7_PHASE_HEADERS : L7_PHASE_CHUNK_CRLF;
+	return 0;
+}
+
+/* Bodies longer than this are let ahead of their framing in steps. */
+#define EGRESS_BODY_AHEAD (1U << 30)
+
+/*
+ * The verdict passes the message's first n bytes (all of it when n is its
+ * size: no apply size, so that a push that stops short leaves no apply size
+ * behind to send later writes under this verdict). Records where TCP's stream
+ * will stand and how far data may leave: the end of the body when one
+ * follows (its bytes are only counted), else the end of the passed bytes.
+ */
+static __always_inline int pass_egress(struct sk_msg_md *msg, struct l7_sock_state *st, __u32 ws, __u32 n, __u32 size)
+{
+	if (n < size)
+		bpf_msg_apply_bytes(msg, n);
+	st->snd_expect = ws + n;
+	st->snd_judged = ws + n;
+	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA)
+		st->snd_judged += st->body_remaining < EGRESS_BODY_AHEAD ? (__u32)st->body_remaining : EGRESS_BODY_AHEAD;
+	count(L7_R_MSG_PASSED);
+	return SK_PASS;
+}
+
 SEC("sk_msg")
 int l7_egress(struct sk_msg_md *msg)
 {
@@ -1863,6 +1983,7 @@ int l7_egress(struct sk_msg_md *msg)
 	struct l7_tuple tk = {};
 	struct l7_scratch *sc;
 	__u32 size = msg->size, n, slot, at_source;
+	struct write_seq ws;
 	void *data, *data_end;
 	__u64 t0;
 
@@ -1896,17 +2017,22 @@ int l7_egress(struct sk_msg_md *msg)
 			return SK_PASS;
 		return SK_DROP;
 	}
+	ws = sk_write_seq(msg->sk);
+	if (!ws.ok)
+		goto deny_busy;
+	if (egress_in_step(st, ws.seq)) {
+		set_denied(st, L7_R_UNJUDGED_WRITE);
+		return SK_DROP;
+	}
 	at_source = st->flags & L7_SF_AT_SOURCE;
 	if (at_source)
 		swap_in_place(&tk); /* the server's view, as its events and l7_at_source have it */
-	if (size == 0 || st->phase == L7_PHASE_PASSTHROUGH)
+	if (size == 0)
 		return SK_PASS;
-	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA) {
-		n = body_take(st, size);
-		bpf_msg_apply_bytes(msg, n);
-		count(L7_R_MSG_PASSED);
+	if (st->phase == L7_PHASE_PASSTHROUGH)
 		return SK_PASS;
-	}
+	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA)
+		return pass_egress(msg, st, ws.seq, body_take(st, size), size);
 	if (st->phase != L7_PHASE_HEADERS) {
 		struct chunk_line line = {};
 		int r;
@@ -1927,9 +2053,7 @@ int l7_egress(struct sk_msg_md *msg)
 			bpf_msg_cork_bytes(msg, size + 1);
 			return SK_PASS;
 		}
-		bpf_msg_apply_bytes(msg, r);
-		count(L7_R_MSG_PASSED);
-		return SK_PASS;
+		return pass_egress(msg, st, ws.seq, r, size);
 	}
 
 	t0 = bpf_ktime_get_ns();
@@ -1965,13 +2089,11 @@ int l7_egress(struct sk_msg_md *msg)
 		emit(slot, &out, st, &tk, L7_EV_ALLOWED, at_source ? L7_EVF_AT_SOURCE : 0, t0);
 		slot_leave(slot);
 		count(L7_R_ALLOWED);
-		count(L7_R_MSG_PASSED);
 		mark_answered_to(msg, st);
 		upgrade_set_client(msg, st, out.websocket);
 		st->requests++;
 		frame_body(st, &out);
-		bpf_msg_apply_bytes(msg, out.hdr_len);
-		return SK_PASS;
+		return pass_egress(msg, st, ws.seq, out.hdr_len, size);
 	}
 	if (out.verdict == L7_ALLOW || !out.reason)
 		out.reason = L7_R_BAD_HEADER;
@@ -1979,16 +2101,14 @@ int l7_egress(struct sk_msg_md *msg)
 		emit(slot, &out, st, &tk, L7_EV_AUDITED, at_source ? L7_EVF_AT_SOURCE : 0, t0);
 		slot_leave(slot);
 		count(L7_R_AUDITED);
-		count(L7_R_MSG_PASSED);
 		if (out.hdr_len && out.hdr_len <= n) {
 			mark_answered_to(msg, st);
 			st->requests++;
 			frame_body(st, &out);
-			bpf_msg_apply_bytes(msg, out.hdr_len);
-			return SK_PASS;
+			return pass_egress(msg, st, ws.seq, out.hdr_len, size);
 		}
 		st->phase = L7_PHASE_PASSTHROUGH;
-		return SK_PASS;
+		return pass_egress(msg, st, ws.seq, size, size);
 	}
 	if (at_source) {
 		/* The server's ingress rules denied it: the client gets the

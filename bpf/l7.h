@@ -141,6 +141,10 @@ struct l7_sock_state {
 	__u32 snd_mark; /* server's write_seq when the last allowed request was passed */
 	__u32 flags;    /* L7_SF_* */
 	__u32 rcv_seq;  /* direct delivery: where the next received segment should start (rcv_nxt at first) */
+	/* A client judged at its socket (l7_egress), as TCP sequence numbers: */
+	__u32 snd_expect; /* write_seq once the bytes its last verdict passed are queued */
+	__u32 snd_judged; /* no data byte may leave past this (the guards): the end of what was judged */
+	__u32 pad2;
 	__u64 denied_at; /* bpf_ktime_get_ns() of the deny */
 };
 
@@ -239,6 +243,7 @@ enum l7_reason {
 	L7_R_URGENT,           /* urgent data (MSG_OOB) written on a connection judged at the client's socket: dropped, the connection denied */
 	L7_R_DENIED_CONNS,     /* connections that became denied, for any reason (the agent's reset sweep follows it) */
 	L7_R_FAST_OPEN,        /* client connections established with bytes already sent (TCP Fast Open) or a write waiting for them, which their sk_msg program never sees */
+	L7_R_UNJUDGED_WRITE,   /* client connections judged at their socket that sent, or queued, bytes their sk_msg program never passed */
 	L7_R_MAX,
 };
 

@@ -225,15 +225,11 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 			t.Fatalf("client said %q", got)
 		}
 	})
-	t.Run("a 4 MiB upload and a request after it", func(t *testing.T) {
-		got := e.runClientEnv(t, port, false, 0, append(status, "L7_TEST_CLIENT_UPLOAD=4194304"))
-		if len(got) < 3 || got[0] != "write ok" || got[1] != `status 200 "ok"` || got[2] != `status 200 "ok"` {
-			t.Fatalf("client said %q; want both answered", got)
-		}
-		e.waitSeen(t, "/allowed/after-upload")
-		if ev := events.wait(t, "/upload"); !ev.AtSource {
-			t.Fatalf("event %+v: want judged at source", ev)
-		}
+	t.Run("requests after a 4 MiB upload are judged", func(t *testing.T) {
+		e.expectRequestsAfterUploadsJudged(t, port, events, true)
+	})
+	t.Run("writes racing the connection's establishment are never sent unjudged", func(t *testing.T) {
+		e.expectRacingWritesRefused(t, port, "/secret-s-race")
 	})
 	t.Run("a client with egress rules of its own for the port is judged at the server's socket for ingress", func(t *testing.T) {
 		const both = 8081

@@ -43,6 +43,10 @@ func TestHelperClientProcess(t *testing.T) {
 	d.SetMultipathTCP(os.Getenv("L7_TEST_CLIENT_MPTCP") == "1")
 	var c net.Conn
 	var err error
+	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_RACE")); err == nil { // shortwrite_test.go
+		fmt.Println("race accepted", writesRacingEstablishment(addr, []byte(writes[0]), n))
+		os.Exit(0)
+	}
 	if os.Getenv("L7_TEST_CLIENT_SHORT_WRITE") == "1" { // shortwrite_test.go
 		fmt.Println("short-write", smuggleAfterShortWrite(addr, writes[0]))
 		os.Exit(0)
@@ -91,6 +95,10 @@ func TestHelperClientProcess(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_UPLOAD")); err == nil {
 		// An upload of n bytes and a request after it, in one write.
 		writes = []string{req("POST", "/upload", "Content-Length: "+strconv.Itoa(n)) + strings.Repeat("u", n) + req("GET", "/allowed/after-upload")}
+	}
+	if target := os.Getenv("L7_TEST_CLIENT_UPLOAD_THEN"); target != "" {
+		// A 4 MiB upload, then (the next write) a GET of target.
+		writes = []string{req("POST", "/upload", "Content-Length: 4194304") + strings.Repeat("u", 4<<20), req("GET", target)}
 	}
 	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_APPEND")); err == nil && len(writes) > 0 {
 		// n more bytes at the end of the first write (a body too large for the environment).
@@ -316,7 +324,7 @@ func (e *testEnv) runClientEnv(t *testing.T, port uint16, mptcp bool, pause time
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if l := sc.Text(); strings.HasPrefix(l, "write ") || strings.HasPrefix(l, "responses ") || strings.HasPrefix(l, "dial ") ||
-				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") || strings.HasPrefix(l, "echo ") || strings.HasPrefix(l, "short-write ") {
+				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") || strings.HasPrefix(l, "echo ") || strings.HasPrefix(l, "short-write ") || strings.HasPrefix(l, "race ") {
 				lines = append(lines, l)
 			}
 		}
@@ -365,6 +373,7 @@ func (e *testEnv) startFullServer(t *testing.T, port uint16) (release func()) {
 func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 	requireRoot(t)
 	e := newTestEnv(t)
+	events := collectEvents(t, e.l)
 	const port = 8090
 	if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
 		t.Fatal(err)
@@ -521,6 +530,12 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 				}
 			}
 		}
+	})
+	t.Run("requests after a 4 MiB upload are judged", func(t *testing.T) {
+		e.expectRequestsAfterUploadsJudged(t, port, events, false)
+	})
+	t.Run("writes racing the connection's establishment are never sent unjudged", func(t *testing.T) {
+		e.expectRacingWritesRefused(t, port, "/secret-e-race")
 	})
 	t.Run("an MPTCP connection cannot bypass egress rules", func(t *testing.T) {
 		failed := e.counter(t, ReasonInsertFailed)

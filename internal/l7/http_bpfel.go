@@ -154,7 +154,8 @@ const (
 	httpL7ReasonL7R_URGENT             httpL7Reason = 32
 	httpL7ReasonL7R_DENIED_CONNS       httpL7Reason = 33
 	httpL7ReasonL7R_FAST_OPEN          httpL7Reason = 34
-	httpL7ReasonL7R_MAX                httpL7Reason = 35
+	httpL7ReasonL7R_UNJUDGED_WRITE     httpL7Reason = 35
+	httpL7ReasonL7R_MAX                httpL7Reason = 36
 )
 
 type httpL7Rule struct {
@@ -209,7 +210,9 @@ type httpL7SockState struct {
 	SndMark       uint32
 	Flags         uint32
 	RcvSeq        uint32
-	_             [4]byte
+	SndExpect     uint32
+	SndJudged     uint32
+	Pad2          uint32
 	DeniedAt      uint64
 }
 

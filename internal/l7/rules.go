@@ -76,6 +76,11 @@ const (
 	// connect). Under egress rules the connection is denied; judged at source, the server's socket
 	// judges it instead.
 	ReasonFastOpen
+	// ReasonUnjudgedWrite: a client connection judged at its socket sent, or queued, bytes its sk_msg
+	// program never passed: the kernel sent a write under an earlier verdict (after a short write),
+	// or a write raced the connection's establishment. The connection is denied and those bytes
+	// dropped.
+	ReasonUnjudgedWrite
 	numReasons
 )
 
@@ -84,7 +89,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
 	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap", "urgent",
-	"denied-connections", "fast-open"}
+	"denied-connections", "fast-open", "unjudged-write"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
