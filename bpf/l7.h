@@ -244,6 +244,7 @@ enum l7_reason {
 	L7_R_DENIED_CONNS,     /* connections that became denied, for any reason (the agent's reset sweep follows it) */
 	L7_R_FAST_OPEN,        /* client connections established with bytes already sent (TCP Fast Open) or a write waiting for them, which their sk_msg program never sees */
 	L7_R_UNJUDGED_WRITE,   /* client connections judged at their socket that sent, or queued, bytes their sk_msg program never passed */
+	L7_R_NO_ROOM,          /* client connections judged at their socket denied: a header block or chunk-size line written with too little room in the send buffer to be sent whole */
 	L7_R_MAX,
 };
 

@@ -216,6 +216,8 @@ static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
  * BTF, like the strparser control block in http.c. */
 struct tcp_sock {
 	__u32 snd_una;
+	__u32 snd_nxt;
+	__u32 notsent_lowat; /* TCP_NOTSENT_LOWAT, 0: the sysctl's */
 	__u32 snd_up;     /* urgent pointer: not snd_una while in urgent mode (MSG_OOB) */
 	__u32 write_seq;
 	__u32 rcv_nxt;    /* next byte expected from the peer */
@@ -227,6 +229,8 @@ static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
  * tcp_sock pointer; the verifier finds the field by its offset). */
 struct sock {
 	int sk_write_pending; /* writers waiting in sendmsg for the connection */
+	int sk_wmem_queued;   /* bytes in the write queue (truesize) */
+	int sk_sndbuf;
 } __attribute__((preserve_access_index));
 
 /* kfuncs, resolved by name against the kernel's BTF at load time. */

@@ -69,6 +69,9 @@ func TestHelperClientProcess(t *testing.T) {
 		fmt.Println("dial err", err)
 		os.Exit(1)
 	}
+	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_SNDBUF")); err == nil { // SO_SNDBUF
+		c.(*net.TCPConn).SetWriteBuffer(n)
+	}
 	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_LOOP")); err == nil {
 		// n requests one after the other, each answered before the next is written.
 		rq := []byte(req("GET", "/allowed/quiet"))

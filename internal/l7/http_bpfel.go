@@ -155,7 +155,8 @@ const (
 	httpL7ReasonL7R_DENIED_CONNS       httpL7Reason = 33
 	httpL7ReasonL7R_FAST_OPEN          httpL7Reason = 34
 	httpL7ReasonL7R_UNJUDGED_WRITE     httpL7Reason = 35
-	httpL7ReasonL7R_MAX                httpL7Reason = 36
+	httpL7ReasonL7R_NO_ROOM            httpL7Reason = 36
+	httpL7ReasonL7R_MAX                httpL7Reason = 37
 )
 
 type httpL7Rule struct {

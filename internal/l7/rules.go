@@ -81,6 +81,11 @@ const (
 	// or a write raced the connection's establishment. The connection is denied and those bytes
 	// dropped.
 	ReasonUnjudgedWrite
+	// ReasonNoRoom: a client connection judged at its socket wrote a header block or chunk-size line
+	// when its send buffer had too little room to take it whole. Had the kernel taken it in part,
+	// the client's next write would have been sent in the rest of its place under this verdict
+	// (tcp_bpf_send_verdict keeps a verdict after a short push): the connection is denied instead.
+	ReasonNoRoom
 	numReasons
 )
 
@@ -89,7 +94,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
 	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap", "urgent",
-	"denied-connections", "fast-open", "unjudged-write"}
+	"denied-connections", "fast-open", "unjudged-write", "no-room"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
