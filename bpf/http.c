@@ -499,6 +499,7 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		 * refuses a connection with bytes already written). */
 		st.snd_expect = ops->snd_una;
 		st.snd_judged = ops->snd_una;
+		st.flags |= L7_SF_SEQ;
 	}
 
 	if (ops_tuple(ops, &tk))
@@ -1632,7 +1633,7 @@ static __always_inline int judged_bytes(struct __sk_buff *skb, const struct l7_t
 		count(L7_R_GUARD_DROP);
 		return 0;
 	}
-	if (st->phase == L7_PHASE_PASSTHROUGH)
+	if (!(st->flags & L7_SF_SEQ) || st->phase == L7_PHASE_PASSTHROUGH)
 		return 1;
 	/* Headers that cannot be read count as past it. */
 	if (tcp_offsets(skb, &th, &data) == 0 && bpf_skb_load_bytes(skb, th + 4, &seq, 4) == 0 &&
@@ -1971,7 +1972,7 @@ static __always_inline int egress_in_step(struct l7_sock_state *st, __u32 ws)
 	__s32 d = (__s32)(ws - st->snd_expect);
 	__s64 rem;
 
-	if (st->phase == L7_PHASE_PASSTHROUGH || d == 0)
+	if (!(st->flags & L7_SF_SEQ) || st->phase == L7_PHASE_PASSTHROUGH || d == 0)
 		return 0;
 	if (st->phase != L7_PHASE_BODY && st->phase != L7_PHASE_CHUNK_DATA)
 		return -1;

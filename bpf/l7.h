@@ -126,6 +126,10 @@ enum l7_phase {
  * first byte on the server's side, the client's first received byte on the
  * client's), and switch the connection to pass-through if it is there. */
 #define L7_SF_UPGRADE 16
+/* A client connection judged at its socket whose snd_expect and snd_judged
+ * are kept (made by this build or later): egress_in_step() and the guards
+ * check it against TCP's stream. */
+#define L7_SF_SEQ 32
 
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
 struct l7_sock_state {
@@ -140,12 +144,16 @@ struct l7_sock_state {
 	__u32 direction;
 	__u32 snd_mark; /* server's write_seq when the last allowed request was passed */
 	__u32 flags;    /* L7_SF_* */
-	__u32 rcv_seq;  /* direct delivery: where the next received segment should start (rcv_nxt at first) */
-	/* A client judged at its socket (l7_egress), as TCP sequence numbers: */
-	__u32 snd_expect; /* write_seq once the bytes its last verdict passed are queued */
-	__u32 snd_judged; /* no data byte may leave past this (the guards): the end of what was judged */
-	__u32 pad2;
-	__u64 denied_at; /* bpf_ktime_get_ns() of the deny */
+	/* TCP sequence numbers. The layout up to here is that of earlier builds
+	 * (pinned maps are adopted across agent upgrades): the fields below
+	 * filled padding and only connections made since count on them
+	 * (L7_SF_SEQ). */
+	union {
+		__u32 rcv_seq;    /* a server's socket, direct delivery: where the next received segment should start (rcv_nxt at first) */
+		__u32 snd_expect; /* a client judged at its socket (l7_egress): write_seq once the bytes its last verdict passed are queued */
+	};
+	__u32 snd_judged; /* a client judged at its socket: no data byte may leave past this (the guards), the end of what was judged */
+	__u64 denied_at;  /* bpf_ktime_get_ns() of the deny */
 };
 
 /* Bytes copied into an event; longer values are cut (the event keeps the

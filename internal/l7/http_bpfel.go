@@ -211,9 +211,7 @@ type httpL7SockState struct {
 	SndMark       uint32
 	Flags         uint32
 	RcvSeq        uint32
-	SndExpect     uint32
 	SndJudged     uint32
-	Pad2          uint32
 	DeniedAt      uint64
 }
 
