@@ -1889,18 +1889,6 @@ static __always_inline int answer_at_source(struct sk_msg_md *msg, const struct 
 	return bpf_msg_redirect_hash(msg, &l7_egress_socks, cookie, BPF_F_INGRESS);
 }
 
-/*
- * Client side: judges each request the endpoint writes, against its egress
- * rules, or, at source (L7_SF_AT_SOURCE), against the ingress rules of the
- * local server it talks to. A request denied by egress rules fails the
- * writer's send with EACCES; one denied at source is answered with 403 when
- * in order (the write succeeds and the client reads the 403), else fails
- * like an egress deny and the connection is reset. Either way the connection
- * stays denied. An
- * incomplete header block is corked until more is written; an allowed
- * block is released alone (apply_bytes), so that a body or a pipelined
- * request in the same write is judged on its own.
- */
 /* The end of what a client's TCP has queued to send (write_seq), and the
  * room its send buffer has left for more. */
 struct write_seq {
@@ -2008,6 +1996,19 @@ static __always_inline int pass_egress(struct sk_msg_md *msg, struct l7_sock_sta
 	return SK_PASS;
 }
 
+/*
+ * Client side: judges each request the endpoint writes, against its egress
+ * rules, or, at source (L7_SF_AT_SOURCE), against the ingress rules of the
+ * local server it talks to. A request denied by egress rules fails the
+ * writer's send with EACCES; one denied at source is answered with 403 when
+ * in order (the write succeeds and the client reads the 403), else fails
+ * like an egress deny and the connection is reset. Either way the connection
+ * stays denied. An incomplete header block is corked until more is written;
+ * an allowed block is released alone (apply_bytes), so that a body or a
+ * pipelined request in the same write is judged on its own. Each run first
+ * checks that TCP's stream is where the last verdict left it
+ * (egress_in_step()).
+ */
 SEC("sk_msg")
 int l7_egress(struct sk_msg_md *msg)
 {
