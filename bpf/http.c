@@ -1958,10 +1958,20 @@ static __always_inline int send_room_for(struct l7_sock_state *st, const struct 
 static __always_inline int egress_in_step(struct l7_sock_state *st, __u32 ws)
 {
 	__s32 d = (__s32)(ws - st->snd_expect);
+	__u32 ended = st->flags & L7_SF_BODY_ENDED;
 	__s64 rem;
 
-	if (!(st->flags & L7_SF_SEQ) || st->phase == L7_PHASE_PASSTHROUGH || d == 0)
+	if (!(st->flags & L7_SF_SEQ) || st->phase == L7_PHASE_PASSTHROUGH)
 		return 0;
+	st->flags &= ~L7_SF_BODY_ENDED;
+	if (d == 0)
+		return 0;
+	if (d < 0 && ended) {
+		/* The push that ended the body stopped short and the client
+		 * wrote less of the rest than was freed: the body goes on. */
+		st->phase = st->phase == L7_PHASE_HEADERS ? L7_PHASE_BODY : L7_PHASE_CHUNK_DATA;
+		st->body_remaining = 0;
+	}
 	if (st->phase != L7_PHASE_BODY && st->phase != L7_PHASE_CHUNK_DATA)
 		return -1;
 	rem = (__s64)st->body_remaining - d;
@@ -2065,8 +2075,12 @@ int l7_egress(struct sk_msg_md *msg)
 		return SK_PASS;
 	if (st->phase == L7_PHASE_PASSTHROUGH)
 		return SK_PASS;
-	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA)
-		return pass_egress(msg, st, ws.seq, body_take(st, size), size);
+	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA) {
+		n = body_take(st, size);
+		if (st->phase != L7_PHASE_BODY && st->phase != L7_PHASE_CHUNK_DATA)
+			st->flags |= L7_SF_BODY_ENDED;
+		return pass_egress(msg, st, ws.seq, n, size);
+	}
 	if (st->phase != L7_PHASE_HEADERS) {
 		struct chunk_line line = {};
 		int r;

@@ -130,6 +130,9 @@ enum l7_phase {
  * are kept (made by this build or later): egress_in_step() and the guards
  * check it against TCP's stream. */
 #define L7_SF_SEQ 32
+/* The client's last verdict passed the end of a body (or of a chunk's data):
+ * if TCP took less, the rest of the body is to come again. */
+#define L7_SF_BODY_ENDED 64
 
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
 struct l7_sock_state {

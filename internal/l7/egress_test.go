@@ -47,8 +47,8 @@ func TestHelperClientProcess(t *testing.T) {
 		fmt.Println("race accepted", writesRacingEstablishment(addr, []byte(writes[0]), n))
 		os.Exit(0)
 	}
-	if os.Getenv("L7_TEST_CLIENT_SHORT_WRITE") == "1" { // shortwrite_test.go
-		fmt.Println("short-write", smuggleAfterShortWrite(addr, writes[0]))
+	if mode := os.Getenv("L7_TEST_CLIENT_SHORT_WRITE"); mode != "" { // shortwrite_test.go
+		fmt.Println("short-write", smuggleAfterShortWrite(addr, writes[0], mode == "pieces"))
 		os.Exit(0)
 	}
 	switch os.Getenv("L7_TEST_CLIENT_TFO") {

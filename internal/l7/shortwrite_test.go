@@ -15,8 +15,9 @@ import (
 // smuggleAfterShortWrite is the client helper's L7_TEST_CLIENT_SHORT_WRITE mode: on a non-blocking
 // socket with a small send buffer it writes an allowed upload (header block and a 300,000-byte
 // body) in one write, which the kernel takes only in part; then, as the next write, the rest of
-// the body followed by smuggle. It reports how many bytes the first write took.
-func smuggleAfterShortWrite(addr, smuggle string) string {
+// the body followed by smuggle. With pieces, it writes the rest of the body 1,000 bytes at a time
+// instead, and then smuggle on its own. It reports how many bytes the first write took.
+func smuggleAfterShortWrite(addr, smuggle string, pieces bool) string {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return err.Error()
@@ -43,7 +44,21 @@ func smuggleAfterShortWrite(addr, smuggle string) string {
 		return fmt.Sprintf("not short: %d of %d, %v", n, len(first), err)
 	}
 	rest := []byte(first[n:] + smuggle)
+	if pieces {
+		rest = []byte(first[n:])
+	}
 	for len(rest) > 0 {
+		if pieces && len(rest) > 1000 {
+			writable()
+			k, err := unix.Write(fd, rest[:1000])
+			if err != nil && err != unix.EAGAIN {
+				return fmt.Sprintf("short %d, then %v", n, err)
+			}
+			if k > 0 {
+				rest = rest[k:]
+			}
+			continue
+		}
 		writable()
 		k, err := unix.Write(fd, rest)
 		if err == unix.EAGAIN {
@@ -53,6 +68,9 @@ func smuggleAfterShortWrite(addr, smuggle string) string {
 			return fmt.Sprintf("short %d, then %v", n, err)
 		}
 		rest = rest[k:]
+		if pieces && len(rest) == 0 && smuggle != "" {
+			rest, smuggle = []byte(smuggle), ""
+		}
 	}
 	time.Sleep(300 * time.Millisecond) // the server reads before the connection closes
 	return fmt.Sprintf("short %d", n)
@@ -131,6 +149,27 @@ func TestPrivilegedShortWritesCannotSmuggleARequest(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		if e.sawTarget("/allowed/room-small") {
 			t.Fatal("the server saw /allowed/room-small")
+		}
+	})
+	t.Run("a body whose rest comes in small writes after a short write goes through", func(t *testing.T) {
+		// The verdict that passed the whole body was pushed in part; the client then writes the
+		// rest 1,000 bytes at a time, each less than what was freed: the body goes on, and the
+		// request after it is judged.
+		before := e.counter(t, ReasonUnjudgedWrite)
+		got := e.runClientEnv(t, egressPort, false, 0, []string{"L7_TEST_CLIENT_SHORT_WRITE=pieces"}, req("GET", "/allowed/after-pieces"))
+		t.Logf("client: %q", got)
+		if len(got) != 1 || !strings.HasPrefix(got[0], "short-write short ") {
+			t.Fatalf("client said %q; want a short first write, then the rest written", got)
+		}
+		e.waitSeen(t, "/allowed/after-pieces")
+		if n := e.counter(t, ReasonUnjudgedWrite) - before; n != 0 {
+			t.Fatalf("unjudged-write moved by %d", n)
+		}
+		if _, ok := events.find("/allowed/after-pieces"); !ok {
+			time.Sleep(500 * time.Millisecond)
+			if _, ok := events.find("/allowed/after-pieces"); !ok {
+				t.Fatal("no event for the request after the body")
+			}
 		}
 	})
 	t.Run("at the server's socket", func(t *testing.T) {
