@@ -72,6 +72,28 @@ func TestHelperClientProcess(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_SNDBUF")); err == nil { // SO_SNDBUF
 		c.(*net.TCPConn).SetWriteBuffer(n)
 	}
+	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_BULK")); err == nil { // BenchmarkClientSideUpload
+		// One upload of n MiB in 256 KiB writes; the time from the first write to the answer.
+		start := time.Now()
+		if _, err := io.WriteString(c, req("POST", "/upload", "Content-Length: "+strconv.Itoa(n<<20))); err != nil {
+			fmt.Println("bulk err", err)
+			os.Exit(0)
+		}
+		chunk := bytes.Repeat([]byte("u"), 256<<10)
+		for range n * 4 {
+			if _, err := c.Write(chunk); err != nil {
+				fmt.Println("bulk err", err)
+				os.Exit(0)
+			}
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusOK {
+			fmt.Println("bulk err", resp, err)
+			os.Exit(0)
+		}
+		fmt.Println("bulk ns", time.Since(start).Nanoseconds())
+		os.Exit(0)
+	}
 	if n, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_LOOP")); err == nil {
 		// n requests one after the other, each answered before the next is written.
 		rq := []byte(req("GET", "/allowed/quiet"))
@@ -289,7 +311,7 @@ func (e *testEnv) runClientOpts(t *testing.T, port uint16, mptcp bool, pause tim
 }
 
 // runClientEnv is runClientOpts with more environment for the helper.
-func (e *testEnv) runClientEnv(t *testing.T, port uint16, mptcp bool, pause time.Duration, env []string, writes ...string) []string {
+func (e *testEnv) runClientEnv(t testing.TB, port uint16, mptcp bool, pause time.Duration, env []string, writes ...string) []string {
 	t.Helper()
 	cg, err := os.Open(e.cgroup)
 	if err != nil {
@@ -327,7 +349,7 @@ func (e *testEnv) runClientEnv(t *testing.T, port uint16, mptcp bool, pause time
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if l := sc.Text(); strings.HasPrefix(l, "write ") || strings.HasPrefix(l, "responses ") || strings.HasPrefix(l, "dial ") ||
-				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") || strings.HasPrefix(l, "echo ") || strings.HasPrefix(l, "short-write ") || strings.HasPrefix(l, "race ") {
+				strings.HasPrefix(l, "status ") || strings.HasPrefix(l, "read end ") || strings.HasPrefix(l, "loop ") || strings.HasPrefix(l, "echo ") || strings.HasPrefix(l, "short-write ") || strings.HasPrefix(l, "race ") || strings.HasPrefix(l, "bulk ") {
 				lines = append(lines, l)
 			}
 		}
