@@ -2071,9 +2071,7 @@ int l7_egress(struct sk_msg_md *msg)
 	at_source = st->flags & L7_SF_AT_SOURCE;
 	if (at_source)
 		swap_in_place(&tk); /* the server's view, as its events and l7_at_source have it */
-	if (size == 0)
-		return SK_PASS;
-	if (st->phase == L7_PHASE_PASSTHROUGH)
+	if (size == 0 || st->phase == L7_PHASE_PASSTHROUGH)
 		return SK_PASS;
 	if (st->phase == L7_PHASE_BODY || st->phase == L7_PHASE_CHUNK_DATA) {
 		n = body_take(st, size);
@@ -2135,14 +2133,14 @@ int l7_egress(struct sk_msg_md *msg)
 		bpf_msg_cork_bytes(msg, size + 1);
 		return SK_PASS;
 	}
-	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n && !send_room_for(st, &ws, out.hdr_len)) {
-		out.reason = L7_R_NO_ROOM;
-		emit(slot, &out, st, &tk, L7_EV_DENIED, at_source ? L7_EVF_AT_SOURCE | L7_EVF_RESET : 0, t0);
-		slot_leave(slot);
-		count(L7_R_MSG_DROPPED);
-		return SK_DROP;
-	}
 	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
+		if (!send_room_for(st, &ws, out.hdr_len)) {
+			out.reason = L7_R_NO_ROOM;
+			emit(slot, &out, st, &tk, L7_EV_DENIED, at_source ? L7_EVF_AT_SOURCE | L7_EVF_RESET : 0, t0);
+			slot_leave(slot);
+			count(L7_R_MSG_DROPPED);
+			return SK_DROP;
+		}
 		emit(slot, &out, st, &tk, L7_EV_ALLOWED, at_source ? L7_EVF_AT_SOURCE : 0, t0);
 		slot_leave(slot);
 		count(L7_R_ALLOWED);

@@ -37,17 +37,7 @@ func BenchmarkClientSideUpload(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer stats.Close()
-	bpfTime := func() time.Duration {
-		var sum time.Duration
-		for _, p := range []*ebpf.Program{e.l.objs.L7Egress, e.l.objs.L7GuardEgress} {
-			st, err := p.Stats()
-			if err != nil {
-				b.Fatal(err)
-			}
-			sum += st.Runtime
-		}
-		return sum
-	}
+	bpfTime := func() time.Duration { return runTime(b, e.l.objs.L7Egress, e.l.objs.L7GuardEgress) }
 	const mib, rounds = 64, 6
 	for range b.N {
 		rate := map[string][]float64{}

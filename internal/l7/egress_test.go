@@ -198,10 +198,20 @@ func TestHelperClientProcess(t *testing.T) {
 	os.Exit(0)
 }
 
+// sockaddr4 is an IPv4 address:port as a socket address, for the helpers that connect with raw
+// socket calls.
+func sockaddr4(addr string) (*unix.SockaddrInet4, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}, nil
+}
+
 // dialFastOpenConnect connects to an IPv4 address:port with TCP_FASTOPEN_CONNECT: connect returns at
 // once and the first write rides on the SYN. That write is first, if given, else the caller's.
 func dialFastOpenConnect(addr string, first []byte) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(addr)
+	sa, err := sockaddr4(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +224,7 @@ func dialFastOpenConnect(addr string, first []byte) (net.Conn, error) {
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); err != nil {
 		return nil, err
 	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+	if err := unix.Connect(fd, sa); err != nil {
 		return nil, err
 	}
 	if first != nil {
@@ -230,11 +240,10 @@ func dialFastOpenConnect(addr string, first []byte) (net.Conn, error) {
 // a blocking socket (without a Fast Open cookie for the server the SYN carries no data); without, a
 // non-blocking connect followed by a blocking write.
 func dialWritingEarly(addr string, first []byte, fastOpen bool) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(addr)
+	sa, err := sockaddr4(addr)
 	if err != nil {
 		return nil, err
 	}
-	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err

@@ -2,7 +2,6 @@ package l7
 
 import (
 	"fmt"
-	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -18,7 +17,7 @@ import (
 // the body followed by smuggle. With pieces, it writes the rest of the body 1,000 bytes at a time
 // instead, and then smuggle on its own. It reports how many bytes the first write took.
 func smuggleAfterShortWrite(addr, smuggle string, pieces bool) string {
-	ap, err := netip.ParseAddrPort(addr)
+	sa, err := sockaddr4(addr)
 	if err != nil {
 		return err.Error()
 	}
@@ -30,7 +29,7 @@ func smuggleAfterShortWrite(addr, smuggle string, pieces bool) string {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 8192); err != nil {
 		return err.Error()
 	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil && err != unix.EINPROGRESS {
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
 		return err.Error()
 	}
 	writable := func() {
@@ -252,11 +251,10 @@ func (e *testEnv) expectRequestsAfterUploadsJudged(t *testing.T, port uint16, ev
 // IPv4 address:port, on each a non-blocking connect and then non-blocking writes of w in a loop
 // until one does not answer EAGAIN. It returns how many connections had w accepted.
 func writesRacingEstablishment(addr string, w []byte, n int) int {
-	ap, err := netip.ParseAddrPort(addr)
+	sa, err := sockaddr4(addr)
 	if err != nil {
 		return -1
 	}
-	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	accepted := 0
 	for range n {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
