@@ -1894,18 +1894,23 @@ static __always_inline int answer_at_source(struct sk_msg_md *msg, const struct 
 struct write_seq {
 	__u32 seq;
 	__u32 ok;
-	__s32 room;
+	__s32 room;  /* send buffer left: sk_sndbuf - sk_wmem_queued */
+	__s32 lowat; /* unsent bytes TCP_NOTSENT_LOWAT still allows, or room when unset */
+	__u32 goal;  /* the most bytes TCP puts in one buffer of its write queue */
 };
 
-/* What a new buffer of the write queue costs beyond its bytes, with margin:
- * room must hold a header block and this to take it without waiting. */
-#define SEND_ROOM_SLACK 2048
+/* What a buffer of the write queue costs beyond its bytes (its truesize: the
+ * sk_buff and a head of MAX_TCP_HEADER; 830-900 bytes measured here, by the
+ * send buffer at which TCP stops taking a block of one-segment buffers), with
+ * margin. */
+#define SEND_BUF_COST 1280
 
 static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
 {
 	struct write_seq ws = {};
 	struct tcp_sock *tp;
 	struct sock *s;
+	__u32 mss, segs;
 
 	if (!sk)
 		return ws;
@@ -1915,13 +1920,35 @@ static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
 	s = (struct sock *)tp;
 	ws.seq = tp->write_seq;
 	ws.room = s->sk_sndbuf - s->sk_wmem_queued;
-	if (tp->notsent_lowat) {
+	ws.lowat = ws.room;
+	if (tp->notsent_lowat)
 		/* TCP also waits once this much is queued and unsent. */
-		__s32 lowat = (__s32)(tp->notsent_lowat - (tp->write_seq - tp->snd_nxt));
+		ws.lowat = (__s32)(tp->notsent_lowat - (tp->write_seq - tp->snd_nxt));
+	/* tcp_xmit_size_goal: gso_segs segments of mss_cache, as of the last
+	 * write, bounded by the route's segmentation size (one segment without
+	 * segmentation offload). Before the first write gso_segs is 0: worked
+	 * out as the kernel will, from the route's size, half the peer's
+	 * largest window and the route's segment limit. */
+	mss = tp->mss_cache;
+	segs = tp->gso_segs;
+	if (mss < 64)
+		mss = 64;
+	if (!segs) {
+		__u32 size = s->sk_gso_max_size, cut = tp->max_window;
 
-		if (lowat + SEND_ROOM_SLACK < ws.room)
-			ws.room = lowat + SEND_ROOM_SLACK;
+		if (cut > 536)
+			cut >>= 1;
+		if (cut && size > cut)
+			size = cut;
+		segs = size / mss;
+		if (segs > s->sk_gso_max_segs)
+			segs = s->sk_gso_max_segs;
 	}
+	if (segs < 1)
+		segs = 1;
+	ws.goal = mss * segs;
+	if (s->sk_gso_max_size && ws.goal > s->sk_gso_max_size)
+		ws.goal = s->sk_gso_max_size > mss ? s->sk_gso_max_size : mss;
 	ws.ok = 1;
 	return ws;
 }
@@ -1931,12 +1958,18 @@ static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
  * line) whole. If it took them in part, tcp_bpf_send_verdict would keep this
  * verdict and send the client's next write in the rest of their place,
  * unseen: whatever the client writes there instead, sent in sequence, so not
- * caught by egress_in_step(). TCP waits for room only before a new buffer of
- * its write queue, and takes one while the queue is under the send buffer.
+ * caught by egress_in_step(). TCP waits for room before each new buffer of
+ * its write queue, and takes one while the queue is under the send buffer:
+ * the room must hold the bytes and what each buffer they take costs. A
+ * route without segmentation offload (an IPsec tunnel, or a small
+ * gso_max_size) puts them in buffers of one segment: a 7 KiB block takes
+ * five or six.
  */
 static __always_inline int send_room_for(struct l7_sock_state *st, const struct write_seq *ws, __u32 n)
 {
-	if (ws->room >= (__s32)n + SEND_ROOM_SLACK)
+	__u32 bufs = n / (ws->goal ? ws->goal : 1) + 2;
+
+	if (ws->room >= (__s32)(n + bufs * SEND_BUF_COST) && ws->lowat >= (__s32)n)
 		return 1;
 	set_denied(st, L7_R_NO_ROOM);
 	return 0;

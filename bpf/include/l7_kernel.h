@@ -222,6 +222,9 @@ struct tcp_sock {
 	__u32 write_seq;
 	__u32 rcv_nxt;    /* next byte expected from the peer */
 	__u32 copied_seq; /* first byte the application has not read */
+	__u16 gso_segs;   /* segments in one buffer of the write queue (tcp_xmit_size_goal), 0 before the first write */
+	__u32 mss_cache;
+	__u32 max_window; /* the peer's largest window so far */
 } __attribute__((preserve_access_index));
 static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
 
@@ -231,6 +234,8 @@ struct sock {
 	int sk_write_pending; /* writers waiting in sendmsg for the connection */
 	int sk_wmem_queued;   /* bytes in the write queue (truesize) */
 	int sk_sndbuf;
+	unsigned int sk_gso_max_size; /* the route's segmentation size, 0 without segmentation offload */
+	__u16 sk_gso_max_segs;
 } __attribute__((preserve_access_index));
 
 /* kfuncs, resolved by name against the kernel's BTF at load time. */

@@ -47,6 +47,10 @@ func TestHelperClientProcess(t *testing.T) {
 		fmt.Println("race accepted", writesRacingEstablishment(addr, []byte(writes[0]), n))
 		os.Exit(0)
 	}
+	if mode := os.Getenv("L7_TEST_CLIENT_SHORT_WRITE"); mode == "header" { // shortwrite_test.go
+		fmt.Println("short-write", replaceHeaderTail(addr, writes[0], writes[1]))
+		os.Exit(0)
+	}
 	if mode := os.Getenv("L7_TEST_CLIENT_SHORT_WRITE"); mode != "" { // shortwrite_test.go
 		fmt.Println("short-write", smuggleAfterShortWrite(addr, writes[0], mode == "pieces"))
 		os.Exit(0)

@@ -2,6 +2,7 @@ package l7
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -70,6 +71,63 @@ func smuggleAfterShortWrite(addr, smuggle string, pieces bool) string {
 		if pieces && len(rest) == 0 && smuggle != "" {
 			rest, smuggle = []byte(smuggle), ""
 		}
+	}
+	time.Sleep(300 * time.Millisecond) // the server reads before the connection closes
+	return fmt.Sprintf("short %d", n)
+}
+
+// replaceHeaderTail is the client helper's L7_TEST_CLIENT_SHORT_WRITE=header mode: on a
+// non-blocking socket with SO_SNDBUF L7_TEST_CLIENT_SNDBUF it writes header, an allowed header
+// block, in one write, which TCP may take only in part; then, as the next write, as many bytes as were left, which end the header block
+// early and carry a second, complete request with target smuggle. Sent under the first verdict,
+// they would reach the server as "the allowed request, then the smuggled one".
+func replaceHeaderTail(addr, header, smuggle string) string {
+	sa, err := sockaddr4(addr)
+	if err != nil {
+		return err.Error()
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return err.Error()
+	}
+	defer unix.Close(fd)
+	sndbuf, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_SNDBUF"))
+	if err != nil {
+		return err.Error()
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf); err != nil {
+		return err.Error()
+	}
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		return err.Error()
+	}
+	writable := func() {
+		unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 2000)
+	}
+	writable()
+	n, err := unix.Write(fd, []byte(header))
+	if err != nil {
+		return "refused: " + err.Error()
+	}
+	if n >= len(header) {
+		return fmt.Sprintf("not short: %d of %d, %v", n, len(header), err)
+	}
+	rest := "\r\n\r\nGET " + smuggle + " HTTP/1.1\r\nHost: server\r\nX-Q: "
+	pad := len(header) - n - len(rest) - len("\r\n\r\n")
+	if pad < 1 {
+		return fmt.Sprintf("took %d of %d: too little left to replace", n, len(header))
+	}
+	rest += strings.Repeat("q", pad) + "\r\n\r\n"
+	for b := []byte(rest); len(b) > 0; {
+		writable()
+		k, err := unix.Write(fd, b)
+		if err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			return fmt.Sprintf("short %d, then %v", n, err)
+		}
+		b = b[k:]
 	}
 	time.Sleep(300 * time.Millisecond) // the server reads before the connection closes
 	return fmt.Sprintf("short %d", n)
@@ -314,5 +372,61 @@ func (e *testEnv) asyncReceive(t *testing.T) {
 			"for f in /sys/class/net/*/queues/rx-0/rps_cpus; do echo 3 > $f || exit 1; done").CombinedOutput(); err != nil {
 			t.Fatalf("RPS in %s: %v: %s", ns, err, out)
 		}
+	}
+}
+
+// A header block that takes several buffers of TCP's write queue is refused unless the send buffer
+// has room for all of them. On a route without segmentation offload (an IPsec tunnel; here a
+// gso_max_size of 2,048 bytes on the client's link) TCP puts a write in buffers of one segment,
+// each costing its truesize beyond its bytes: with 10 KiB of send buffer a 7 KiB block fits by
+// its bytes, but TCP stops after four buffers. The kernel then keeps the verdict and sends the
+// client's next write in the rest of the block's place: here bytes that end the block early and
+// carry a denied request, which the server served on the build before (the room check counted
+// one buffer's cost). The same block with the default send buffer is sent.
+func TestPrivilegedHeaderBlockOverSeveralBuffersNeedsRoomForAll(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	events := collectEvents(t, e.l)
+	const port = 8090
+	if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: port, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
+		t.Fatal(err)
+	}
+	e.startServer(t, port, false)
+	// With segmentation offload an 8,000-byte block fits one buffer: sent as a connection's first
+	// write with the default send buffer.
+	big := "GET /allowed/big HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7950) + "\r\n\r\n"
+	if got := e.runClientEnv(t, port, false, 0, nil, big); len(got) < 2 || got[0] != "write ok" || got[1] != "responses 1" {
+		t.Fatalf("client said %q; want the 8,000-byte block sent and answered", got)
+	}
+	links, err := exec.Command("ip", "-n", e.cliNS, "-o", "link", "show", "type", "veth").Output()
+	if err != nil || len(strings.Fields(string(links))) < 2 {
+		t.Fatalf("the client's link: %v %q", err, links)
+	}
+	dev, _, _ := strings.Cut(strings.TrimSuffix(strings.Fields(string(links))[1], ":"), "@")
+	cmdRun(t, "ip", "-n", e.cliNS, "link", "set", "dev", dev, "gso_max_size", "2048")
+	header := "GET /allowed/hb HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7000) + "\r\n\r\n"
+
+	got := e.runClientEnv(t, port, false, 0, nil, strings.Replace(header, "/hb", "/hb-default", 1))
+	if len(got) < 2 || got[0] != "write ok" || got[1] != "responses 1" {
+		t.Fatalf("client said %q; want the request sent and answered", got)
+	}
+	before := e.counter(t, ReasonNoRoom)
+	got = e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_SHORT_WRITE=header", "L7_TEST_CLIENT_SNDBUF=4560"}, header, "/secret-hb")
+	t.Logf("client: %q", got)
+	if len(got) != 1 || got[0] != "short-write refused: permission denied" {
+		t.Fatalf("client said %q; want the header block refused (EACCES)", got)
+	}
+	if e.counter(t, ReasonNoRoom) != before+1 {
+		t.Fatal("no-room did not move by one")
+	}
+	if ev, ok := events.find("/allowed/hb"); !ok || ev.Verdict != VerdictDenied || ev.Reason != ReasonNoRoom {
+		t.Fatalf("event %+v (%v): want denied, no-room", ev, ok)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if e.sawTarget("/secret-hb") || e.sawTarget("/allowed/hb") {
+		t.Fatal("the server saw the refused block or the request written in its place")
 	}
 }
