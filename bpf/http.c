@@ -1897,6 +1897,7 @@ struct write_seq {
 	__s32 room;  /* send buffer left: sk_sndbuf - sk_wmem_queued */
 	__s32 lowat; /* unsent bytes TCP_NOTSENT_LOWAT still allows, or room when unset */
 	__u32 goal;  /* the most bytes TCP puts in one buffer of its write queue */
+	struct tcp_sock *tp;
 };
 
 /* What a buffer of the write queue costs beyond its bytes (its truesize: the
@@ -1949,8 +1950,61 @@ static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
 	ws.goal = mss * segs;
 	if (s->sk_gso_max_size && ws.goal > s->sk_gso_max_size)
 		ws.goal = s->sk_gso_max_size > mss ? s->sk_gso_max_size : mss;
+	ws.tp = tp;
 	ws.ok = 1;
 	return ws;
+}
+
+/* Pages the node's TCP memory may grow by before it is under pressure, less
+ * a margin for what other CPUs hold back from the global count
+ * (sysctl_mem_pcpu_rsv, 256 pages each by default). */
+#define TCP_MEM_MARGIN 1024
+
+/*
+ * How many pages TCP can charge this socket without a charge failing (which
+ * makes it stop short with room in the send buffer): the least of what the
+ * node's TCP memory may grow by before pressure (tcp_mem[1]; none while
+ * under pressure) and, when the socket's memory cgroup charges its sockets to
+ * cgroup v1's TCP counter, what that counter and its ancestors have left.
+ * On cgroup v2 a socket charges the cgroup's memory, where a charge over the
+ * limit reclaims and then calls the OOM killer before it fails: not counted
+ * here (a cgroup commonly sits at its limit with reclaimable cache).
+ */
+static __always_inline __s64 mem_headroom(struct tcp_sock *tp)
+{
+	struct sock *s = (struct sock *)tp;
+	struct page_counter *pc = 0;
+	struct mem_cgroup *memcg;
+	__s64 room = 1LL << 40;
+	struct proto *p;
+	__u32 i;
+
+	if (!tp)
+		return -1;
+	p = s->__sk_common.skc_prot;
+	if (p) {
+		struct atomic64_l7 *allocated = p->memory_allocated;
+		unsigned long *pressure = p->memory_pressure, pr = 0;
+		long *limits = p->sysctl_mem, l1 = 0, a = 0;
+
+		if (allocated && limits && !bpf_probe_read_kernel(&l1, sizeof(l1), limits + 1) &&
+		    !bpf_probe_read_kernel(&a, sizeof(a), &allocated->counter))
+			room = l1 - a - TCP_MEM_MARGIN;
+		if (pressure && !bpf_probe_read_kernel(&pr, sizeof(pr), pressure) && pr)
+			return -1;
+	}
+	memcg = s->sk_memcg;
+	if (memcg && __builtin_preserve_field_info(memcg->tcpmem_active, 2 /* BPF_FIELD_EXISTS */) &&
+	    memcg->tcpmem_active)
+		pc = &memcg->tcpmem;
+	for (i = 0; i < 8 && pc; i++) {
+		__s64 left = (__s64)(pc->max - (unsigned long)pc->usage.counter);
+
+		if (left < room)
+			room = left;
+		pc = pc->parent;
+	}
+	return room;
 }
 
 /*
@@ -1967,12 +2021,17 @@ static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
  */
 static __always_inline int send_room_for(struct l7_sock_state *st, const struct write_seq *ws, __u32 n)
 {
-	__u32 bufs = n / (ws->goal ? ws->goal : 1) + 2;
+	__u32 bufs = n / (ws->goal ? ws->goal : 1) + 2, need = n + bufs * SEND_BUF_COST;
 
-	if (ws->room >= (__s32)(n + bufs * SEND_BUF_COST) && ws->lowat >= (__s32)n)
-		return 1;
-	set_denied(st, L7_R_NO_ROOM);
-	return 0;
+	if (ws->room < (__s32)need || ws->lowat < (__s32)n) {
+		set_denied(st, L7_R_NO_ROOM);
+		return 0;
+	}
+	if (mem_headroom(ws->tp) < (__s64)(need / 4096 + 2)) {
+		set_denied(st, L7_R_NO_MEMORY);
+		return 0;
+	}
+	return 1;
 }
 
 /*
@@ -2168,7 +2227,7 @@ int l7_egress(struct sk_msg_md *msg)
 	}
 	if (out.verdict == L7_ALLOW && out.hdr_len && out.hdr_len <= n) {
 		if (!send_room_for(st, &ws, out.hdr_len)) {
-			out.reason = L7_R_NO_ROOM;
+			out.reason = st->reason;
 			emit(slot, &out, st, &tk, L7_EV_DENIED, at_source ? L7_EVF_AT_SOURCE | L7_EVF_RESET : 0, t0);
 			slot_leave(slot);
 			count(L7_R_MSG_DROPPED);

@@ -228,16 +228,6 @@ struct tcp_sock {
 } __attribute__((preserve_access_index));
 static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
 
-/* The generic socket at the start of every tcp_sock (read through the
- * tcp_sock pointer; the verifier finds the field by its offset). */
-struct sock {
-	int sk_write_pending; /* writers waiting in sendmsg for the connection */
-	int sk_wmem_queued;   /* bytes in the write queue (truesize) */
-	int sk_sndbuf;
-	unsigned int sk_gso_max_size; /* the route's segmentation size, 0 without segmentation offload */
-	__u16 sk_gso_max_segs;
-} __attribute__((preserve_access_index));
-
 /* kfuncs, resolved by name against the kernel's BTF at load time. */
 #define __ksym __attribute__((section(".ksyms")))
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
@@ -250,6 +240,7 @@ struct in6_addr {
 	__u8 bytes[16];
 };
 
+struct proto;
 struct sock_common {
 	__u32 skc_daddr;     /* network byte order */
 	__u32 skc_rcv_saddr; /* network byte order */
@@ -258,8 +249,44 @@ struct sock_common {
 	unsigned short skc_family;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
+	struct proto *skc_prot;
 } __attribute__((preserve_access_index));
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+/* TCP's memory accounting, read by the client side's room check (CO-RE):
+ * the node's (struct proto: tcp_memory_allocated against tcp_mem, the
+ * pressure flag) and the memory cgroup's (its page counters up the
+ * hierarchy; cgroup v1's TCP counter when that is what charges). */
+struct atomic64_l7 {
+	__s64 counter;
+};
+struct page_counter {
+	struct atomic64_l7 usage; /* pages */
+	unsigned long max;
+	struct page_counter *parent;
+} __attribute__((preserve_access_index));
+struct mem_cgroup {
+	struct page_counter tcpmem; /* cgroup v1 only (CONFIG_MEMCG_V1) */
+	_Bool tcpmem_active;        /* cgroup v1: memory.kmem.tcp.limit_in_bytes was set: sockets charge tcpmem */
+} __attribute__((preserve_access_index));
+struct proto {
+	struct atomic64_l7 *memory_allocated; /* pages */
+	unsigned long *memory_pressure;
+	long *sysctl_mem; /* tcp_mem: pages, [0] low, [1] pressure, [2] hard limit */
+} __attribute__((preserve_access_index));
+
+/* The generic socket at the start of every tcp_sock (read through the
+ * tcp_sock pointer; the verifier finds the field by its offset). */
+struct sock {
+	struct sock_common __sk_common;
+	int sk_write_pending; /* writers waiting in sendmsg for the connection */
+	int sk_wmem_queued;   /* bytes in the write queue (truesize) */
+	int sk_sndbuf;
+	unsigned int sk_gso_max_size; /* the route's segmentation size, 0 without segmentation offload */
+	__u16 sk_gso_max_segs;
+	struct mem_cgroup *sk_memcg; /* the memory cgroup the socket charges, or NULL */
+} __attribute__((preserve_access_index));
+
 
 /* Context of iter/tcp programs (struct bpf_iter__tcp); the verifier checks
  * these accesses against the kernel's own definition. */

@@ -156,7 +156,8 @@ const (
 	httpL7ReasonL7R_FAST_OPEN          httpL7Reason = 34
 	httpL7ReasonL7R_UNJUDGED_WRITE     httpL7Reason = 35
 	httpL7ReasonL7R_NO_ROOM            httpL7Reason = 36
-	httpL7ReasonL7R_MAX                httpL7Reason = 37
+	httpL7ReasonL7R_NO_MEMORY          httpL7Reason = 37
+	httpL7ReasonL7R_MAX                httpL7Reason = 38
 )
 
 type httpL7Rule struct {

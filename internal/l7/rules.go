@@ -86,6 +86,11 @@ const (
 	// the client's next write would have been sent in the rest of its place under this verdict
 	// (tcp_bpf_send_verdict keeps a verdict after a short push): the connection is denied instead.
 	ReasonNoRoom
+	// ReasonNoMemory: a client connection judged at its socket wrote a header block or chunk-size
+	// line while TCP's memory was too near a limit (the node's tcp_mem pressure threshold, or the
+	// TCP limit of a cgroup v1 memory cgroup) to be sure TCP takes it whole: a charge that fails
+	// makes TCP take it in part, as a full send buffer does. The connection is denied.
+	ReasonNoMemory
 	numReasons
 )
 
@@ -94,7 +99,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
 	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap", "urgent",
-	"denied-connections", "fast-open", "unjudged-write", "no-room"}
+	"denied-connections", "fast-open", "unjudged-write", "no-room", "no-memory"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {

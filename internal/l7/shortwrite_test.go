@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -85,6 +86,13 @@ func replaceHeaderTail(addr, header, smuggle string) string {
 	sa, err := sockaddr4(addr)
 	if err != nil {
 		return err.Error()
+	}
+	if dir := os.Getenv("L7_TEST_CLIENT_MEMCG"); dir != "" {
+		// Join the memory cgroup before the socket exists: the socket charges the cgroup it
+		// was created in.
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			return err.Error()
+		}
 	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
@@ -429,4 +437,79 @@ func TestPrivilegedHeaderBlockOverSeveralBuffersNeedsRoomForAll(t *testing.T) {
 	if e.sawTarget("/secret-hb") || e.sawTarget("/allowed/hb") {
 		t.Fatal("the server saw the refused block or the request written in its place")
 	}
+}
+
+// tcpMemcg makes a memory cgroup (cgroup v1, where this machine mounts the memory controller) whose
+// sockets may use at most limit bytes (memory.kmem.tcp.limit_in_bytes: TCP's own accounting, which
+// fails a charge over it instead of reclaiming), removed when the test ends.
+func tcpMemcg(t *testing.T, limit int) string {
+	t.Helper()
+	const root = "/sys/fs/cgroup/memory"
+	if _, err := os.Stat(filepath.Join(root, "memory.kmem.tcp.limit_in_bytes")); err != nil {
+		t.Fatalf("no cgroup v1 memory controller with TCP accounting at %s: %v", root, err)
+	}
+	dir := filepath.Join(root, fmt.Sprintf("portcullis-l7test-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(dir, "memory.kmem.tcp.limit_in_bytes"), []byte(strconv.Itoa(limit)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// The send buffer is not the only thing TCP waits for: each buffer of the write queue is also
+// charged to the socket's memory (the node's tcp_mem, the memory cgroup the socket was made in),
+// and a charge over a limit makes TCP stop short with room to spare. A client in a memory cgroup
+// whose TCP memory is near its limit writes an allowed 7 KiB header block with a large send
+// buffer: refused (no-memory), where the build before passed it, TCP took it in part and the
+// client's next write, ending it early and carrying a denied request, was served.
+func TestPrivilegedHeaderBlockNearAMemoryLimitIsRefused(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	const port = 8090
+	if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: port, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
+		t.Fatal(err)
+	}
+	e.startServer(t, port, false)
+	links, err := exec.Command("ip", "-n", e.cliNS, "-o", "link", "show", "type", "veth").Output()
+	if err != nil || len(strings.Fields(string(links))) < 2 {
+		t.Fatalf("the client's link: %v %q", err, links)
+	}
+	dev, _, _ := strings.Cut(strings.TrimSuffix(strings.Fields(string(links))[1], ":"), "@")
+	cmdRun(t, "ip", "-n", e.cliNS, "link", "set", "dev", dev, "gso_max_size", "2048")
+	// 12 KiB of TCP memory: the block's five one-segment buffers do not fit.
+	memcg := tcpMemcg(t, 12288)
+	events := collectEvents(t, e.l)
+	before := e.counter(t, ReasonNoMemory)
+	header := "GET /allowed/mem HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7000) + "\r\n\r\n"
+	got := e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_SHORT_WRITE=header", "L7_TEST_CLIENT_SNDBUF=131072", "L7_TEST_CLIENT_MEMCG=" + memcg}, header, "/secret-mem")
+	t.Logf("client: %q", got)
+	if len(got) != 1 || got[0] != "short-write refused: permission denied" {
+		t.Fatalf("client said %q; want the header block refused (EACCES)", got)
+	}
+	if e.counter(t, ReasonNoMemory) != before+1 {
+		t.Fatal("no-memory did not move by one")
+	}
+	if ev, ok := events.find("/allowed/mem"); !ok || ev.Verdict != VerdictDenied || ev.Reason != ReasonNoMemory {
+		t.Fatalf("event %+v (%v): want denied, no-memory", ev, ok)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if e.sawTarget("/secret-mem") || e.sawTarget("/allowed/mem") {
+		t.Fatal("the server saw the refused block or the request written in its place")
+	}
+	// Outside the cgroup the same block is sent.
+	got = e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_SHORT_WRITE=header", "L7_TEST_CLIENT_SNDBUF=131072"}, strings.Replace(header, "/mem", "/mem-free", 1), "/secret-mem-free")
+	if len(got) != 1 || !strings.HasPrefix(got[0], "short-write not short") {
+		t.Fatalf("client said %q; want the block taken whole", got)
+	}
+	e.waitSeen(t, "/allowed/mem-free")
 }
