@@ -103,8 +103,10 @@ func replaceHeaderTail(addr, header, smuggle string) string {
 	if err != nil {
 		return err.Error()
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf); err != nil {
-		return err.Error()
+	if sndbuf > 0 { // 0: the default
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf); err != nil {
+			return err.Error()
+		}
 	}
 	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
 		return err.Error()
@@ -383,62 +385,6 @@ func (e *testEnv) asyncReceive(t *testing.T) {
 	}
 }
 
-// A header block that takes several buffers of TCP's write queue is refused unless the send buffer
-// has room for all of them. On a route without segmentation offload (an IPsec tunnel; here a
-// gso_max_size of 2,048 bytes on the client's link) TCP puts a write in buffers of one segment,
-// each costing its truesize beyond its bytes: with 10 KiB of send buffer a 7 KiB block fits by
-// its bytes, but TCP stops after four buffers. The kernel then keeps the verdict and sends the
-// client's next write in the rest of the block's place: here bytes that end the block early and
-// carry a denied request, which the server served on the build before (the room check counted
-// one buffer's cost). The same block with the default send buffer is sent.
-func TestPrivilegedHeaderBlockOverSeveralBuffersNeedsRoomForAll(t *testing.T) {
-	requireRoot(t)
-	e := newTestEnv(t)
-	events := collectEvents(t, e.l)
-	const port = 8090
-	if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: port, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
-		t.Fatal(err)
-	}
-	e.startServer(t, port, false)
-	// With segmentation offload an 8,000-byte block fits one buffer: sent as a connection's first
-	// write with the default send buffer.
-	big := "GET /allowed/big HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7950) + "\r\n\r\n"
-	if got := e.runClientEnv(t, port, false, 0, nil, big); len(got) < 2 || got[0] != "write ok" || got[1] != "responses 1" {
-		t.Fatalf("client said %q; want the 8,000-byte block sent and answered", got)
-	}
-	links, err := exec.Command("ip", "-n", e.cliNS, "-o", "link", "show", "type", "veth").Output()
-	if err != nil || len(strings.Fields(string(links))) < 2 {
-		t.Fatalf("the client's link: %v %q", err, links)
-	}
-	dev, _, _ := strings.Cut(strings.TrimSuffix(strings.Fields(string(links))[1], ":"), "@")
-	cmdRun(t, "ip", "-n", e.cliNS, "link", "set", "dev", dev, "gso_max_size", "2048")
-	header := "GET /allowed/hb HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7000) + "\r\n\r\n"
-
-	got := e.runClientEnv(t, port, false, 0, nil, strings.Replace(header, "/hb", "/hb-default", 1))
-	if len(got) < 2 || got[0] != "write ok" || got[1] != "responses 1" {
-		t.Fatalf("client said %q; want the request sent and answered", got)
-	}
-	before := e.counter(t, ReasonNoRoom)
-	got = e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_SHORT_WRITE=header", "L7_TEST_CLIENT_SNDBUF=4560"}, header, "/secret-hb")
-	t.Logf("client: %q", got)
-	if len(got) != 1 || got[0] != "short-write refused: permission denied" {
-		t.Fatalf("client said %q; want the header block refused (EACCES)", got)
-	}
-	if e.counter(t, ReasonNoRoom) != before+1 {
-		t.Fatal("no-room did not move by one")
-	}
-	if ev, ok := events.find("/allowed/hb"); !ok || ev.Verdict != VerdictDenied || ev.Reason != ReasonNoRoom {
-		t.Fatalf("event %+v (%v): want denied, no-room", ev, ok)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if e.sawTarget("/secret-hb") || e.sawTarget("/allowed/hb") {
-		t.Fatal("the server saw the refused block or the request written in its place")
-	}
-}
-
 // tcpMemcg makes a memory cgroup (cgroup v1, where this machine mounts the memory controller) whose
 // sockets may use at most limit bytes (memory.kmem.tcp.limit_in_bytes: TCP's own accounting, which
 // fails a charge over it instead of reclaiming), removed when the test ends.
@@ -463,15 +409,23 @@ func tcpMemcg(t *testing.T, limit int) string {
 	return dir
 }
 
-// The send buffer is not the only thing TCP waits for: each buffer of the write queue is also
-// charged to the socket's memory (the node's tcp_mem, the memory cgroup the socket was made in),
-// and a charge over a limit makes TCP stop short with room to spare. A client in a memory cgroup
-// whose TCP memory is near its limit writes an allowed 7 KiB header block with a large send
-// buffer: refused (no-memory), where the build before passed it, TCP took it in part and the
-// client's next write, ending it early and carrying a denied request, was served.
-func TestPrivilegedHeaderBlockNearAMemoryLimitIsRefused(t *testing.T) {
+// Header blocks TCP could take only in part are refused: had TCP taken one in part, the kernel
+// would keep the verdict and send the client's next write in the rest of its place (here bytes
+// that end the block early and carry a denied request). TCP waits before each new buffer of its
+// write queue, for room in the send buffer and for its memory to be charged.
+//
+// On a route without segmentation offload (an IPsec tunnel; here a gso_max_size of 2,048 bytes on
+// the client's link) TCP puts a write in buffers of one segment, each costing its truesize beyond
+// its bytes: with 9 KiB of send buffer a 7 KiB block fits by its bytes, but TCP stopped after four
+// buffers and the build before (whose check counted one buffer's cost) served the denied request.
+// And each buffer is charged to the socket's memory: in a memory cgroup with 12 KiB of TCP memory
+// the build before let TCP take the block in part with a 128 KiB send buffer, and served the denied
+// request too. Both are refused now (EACCES; no-room, no-memory), and the same block is sent with
+// the default send buffer, or outside the cgroup.
+func TestPrivilegedHeaderBlocksTCPCouldTakeInPartAreRefused(t *testing.T) {
 	requireRoot(t)
 	e := newTestEnv(t)
+	events := collectEvents(t, e.l)
 	const port = 8090
 	if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
 		t.Fatal(err)
@@ -480,36 +434,56 @@ func TestPrivilegedHeaderBlockNearAMemoryLimitIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.startServer(t, port, false)
+	block := func(target string) string {
+		return "GET " + target + " HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7000) + "\r\n\r\n"
+	}
+	refused := func(t *testing.T, target string, reason Reason, env ...string) {
+		t.Helper()
+		before := e.counter(t, reason)
+		got := e.runClientEnv(t, port, false, 0, append(env, "L7_TEST_CLIENT_SHORT_WRITE=header"), block(target), target+"-secret")
+		t.Logf("client: %q", got)
+		if len(got) != 1 || got[0] != "short-write refused: permission denied" {
+			t.Fatalf("client said %q; want the header block refused (EACCES)", got)
+		}
+		if e.counter(t, reason) != before+1 {
+			t.Fatalf("%s did not move by one", reason)
+		}
+		if ev := events.wait(t, target); ev.Verdict != VerdictDenied || ev.Reason != reason {
+			t.Fatalf("event %+v: want denied, %s", ev, reason)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if e.sawTarget(target) || e.sawTarget(target+"-secret") {
+			t.Fatal("the server saw the refused block or the request written in its place")
+		}
+	}
+	sent := func(t *testing.T, target string, env ...string) {
+		t.Helper()
+		got := e.runClientEnv(t, port, false, 0, append(env, "L7_TEST_CLIENT_SHORT_WRITE=header"), block(target), target+"-secret")
+		if len(got) != 1 || !strings.HasPrefix(got[0], "short-write not short") {
+			t.Fatalf("client said %q; want the block taken whole", got)
+		}
+		e.waitSeen(t, target)
+	}
+
+	t.Run("with segmentation offload an 8,000-byte block is sent as a first write", func(t *testing.T) {
+		big := "GET /allowed/big HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7950) + "\r\n\r\n"
+		if got := e.runClientEnv(t, port, false, 0, nil, big); len(got) < 2 || got[0] != "write ok" || got[1] != "responses 1" {
+			t.Fatalf("client said %q; want the 8,000-byte block sent and answered", got)
+		}
+	})
 	links, err := exec.Command("ip", "-n", e.cliNS, "-o", "link", "show", "type", "veth").Output()
 	if err != nil || len(strings.Fields(string(links))) < 2 {
 		t.Fatalf("the client's link: %v %q", err, links)
 	}
 	dev, _, _ := strings.Cut(strings.TrimSuffix(strings.Fields(string(links))[1], ":"), "@")
 	cmdRun(t, "ip", "-n", e.cliNS, "link", "set", "dev", dev, "gso_max_size", "2048")
-	// 12 KiB of TCP memory: the block's five one-segment buffers do not fit.
-	memcg := tcpMemcg(t, 12288)
-	events := collectEvents(t, e.l)
-	before := e.counter(t, ReasonNoMemory)
-	header := "GET /allowed/mem HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7000) + "\r\n\r\n"
-	got := e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_SHORT_WRITE=header", "L7_TEST_CLIENT_SNDBUF=131072", "L7_TEST_CLIENT_MEMCG=" + memcg}, header, "/secret-mem")
-	t.Logf("client: %q", got)
-	if len(got) != 1 || got[0] != "short-write refused: permission denied" {
-		t.Fatalf("client said %q; want the header block refused (EACCES)", got)
-	}
-	if e.counter(t, ReasonNoMemory) != before+1 {
-		t.Fatal("no-memory did not move by one")
-	}
-	if ev, ok := events.find("/allowed/mem"); !ok || ev.Verdict != VerdictDenied || ev.Reason != ReasonNoMemory {
-		t.Fatalf("event %+v (%v): want denied, no-memory", ev, ok)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if e.sawTarget("/secret-mem") || e.sawTarget("/allowed/mem") {
-		t.Fatal("the server saw the refused block or the request written in its place")
-	}
-	// Outside the cgroup the same block is sent.
-	got = e.runClientEnv(t, port, false, 0, []string{"L7_TEST_CLIENT_SHORT_WRITE=header", "L7_TEST_CLIENT_SNDBUF=131072"}, strings.Replace(header, "/mem", "/mem-free", 1), "/secret-mem-free")
-	if len(got) != 1 || !strings.HasPrefix(got[0], "short-write not short") {
-		t.Fatalf("client said %q; want the block taken whole", got)
-	}
-	e.waitSeen(t, "/allowed/mem-free")
+	t.Run("a block over several buffers needs room for all of them", func(t *testing.T) {
+		refused(t, "/allowed/hb", ReasonNoRoom, "L7_TEST_CLIENT_SNDBUF=4560")
+		sent(t, "/allowed/hb-default", "L7_TEST_CLIENT_SNDBUF=0")
+	})
+	t.Run("a block near a memory limit is refused", func(t *testing.T) {
+		memcg := tcpMemcg(t, 12288)
+		refused(t, "/allowed/mem", ReasonNoMemory, "L7_TEST_CLIENT_SNDBUF=131072", "L7_TEST_CLIENT_MEMCG="+memcg)
+		sent(t, "/allowed/mem-free", "L7_TEST_CLIENT_SNDBUF=131072")
+	})
 }
