@@ -23,6 +23,7 @@ type deliveryBench struct {
 	modes   []deliveryMode
 	use     func(name string, d Delivery)
 	passAll *ebpf.Program
+	busy    map[string]*ebpf.Program // the floor plus a fixed BPF time (busyPass)
 	rq      []byte
 }
 
@@ -52,6 +53,7 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { passAll.Close() })
+	busy := map[string]*ebpf.Program{"floor+1us": busyPass(b, 1000), "floor+2us": busyPass(b, 2000)}
 	use := func(name string, d Delivery) {
 		b.Helper()
 		if name == "none" {
@@ -63,8 +65,8 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 		if err := e.l.attachSockhashPrograms(d); err != nil {
 			b.Fatal(err)
 		}
-		if name == "sockmap-floor" {
-			if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.l.objs.L7Socks.FD(), Program: passAll, Attach: ebpf.AttachSkSKBStreamVerdict}); err != nil {
+		if p := map[string]*ebpf.Program{"sockmap-floor": passAll, "floor+1us": busy["floor+1us"], "floor+2us": busy["floor+2us"]}[name]; p != nil {
+			if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.l.objs.L7Socks.FD(), Program: p, Attach: ebpf.AttachSkSKBStreamVerdict}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -77,8 +79,33 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { stats.Close() })
-	return &deliveryBench{e: e, use: use, passAll: passAll, rq: []byte(req("GET", "/allowed/quiet")),
-		modes: []deliveryMode{{"none", 0}, {"sockmap-floor", DeliverDirect}, {"direct", DeliverDirect}, {"redirect", DeliverRedirect}}}
+	return &deliveryBench{e: e, use: use, passAll: passAll, busy: busy, rq: []byte(req("GET", "/allowed/quiet")),
+		modes: []deliveryMode{{"none", 0}, {"sockmap-floor", DeliverDirect}, {"floor+1us", DeliverDirect}, {"floor+2us", DeliverDirect},
+			{"direct", DeliverDirect}, {"redirect", DeliverRedirect}}}
+}
+
+// busyPass is a verdict program that spins for ns nanoseconds (by bpf_ktime_get_ns, at most 3,000
+// reads of the clock) and returns SK_PASS: the SOCKHASH floor plus a known amount of BPF time, to
+// tell what a microsecond of a verdict program's time adds to a round trip.
+func busyPass(b *testing.B, ns int32) *ebpf.Program {
+	b.Helper()
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SkSKB, License: "GPL", Instructions: asm.Instructions{
+		asm.FnKtimeGetNs.Call(),
+		asm.Mov.Reg(asm.R6, asm.R0),
+		asm.Mov.Imm(asm.R7, 3000),
+		asm.FnKtimeGetNs.Call().WithSymbol("spin"),
+		asm.Sub.Reg(asm.R0, asm.R6),
+		asm.JGE.Imm(asm.R0, ns, "done"),
+		asm.Sub.Imm(asm.R7, 1),
+		asm.JNE.Imm(asm.R7, 0, "spin"),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("done"),
+		asm.Return(),
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	return p
 }
 
 // bpfTime is the run time of each mode's programs so far (the kernel's BPF statistics; the redirect
@@ -86,7 +113,8 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 func (d *deliveryBench) bpfTime(b *testing.B) map[string]time.Duration {
 	out := map[string]time.Duration{}
 	for name, progs := range map[string][]*ebpf.Program{
-		"sockmap-floor": {d.passAll}, "direct": {d.e.l.objs.L7Stream}, "redirect": {d.e.l.objs.L7Parser, d.e.l.objs.L7Verdict},
+		"sockmap-floor": {d.passAll}, "floor+1us": {d.busy["floor+1us"]}, "floor+2us": {d.busy["floor+2us"]},
+		"direct": {d.e.l.objs.L7Stream}, "redirect": {d.e.l.objs.L7Parser, d.e.l.objs.L7Verdict},
 	} {
 		out[name] = runTime(b, progs...)
 	}
@@ -111,9 +139,11 @@ func runTime(b *testing.B, progs ...*ebpf.Program) time.Duration {
 // trip between two network namespaces (a client in one, the helper server in the other; "GET
 // /allowed/quiet", a 2-byte answer; one rule), for each delivery against no judging, in the same run,
 // and the floor of any design on the SOCKHASH receive path: "sockmap-floor" is a verdict program
-// that only returns SK_PASS (no framing, no judging).
+// that only returns SK_PASS (no framing, no judging); "floor+1us" and "floor+2us" spin that long
+// before they return it, to tell what a verdict program's own time adds (direct delivery's is
+// about 2 µs).
 // The modes alternate, rounds × one connection × roundTrips requests each; each reports its median
-// and p99 over all its round trips, its added median against "none", its request rate as a ratio
+// and p99 over all its round trips, its added p10 and median against "none", its request rate as a ratio
 // to "none", and the time its programs ran per request (the kernel's BPF statistics; the redirect
 // delivery's parser and verdict together). The flow events are read as the agent reads them. Run with -benchtime=1x (one iteration is the whole comparison); root.
 func BenchmarkServerSideDelivery(b *testing.B) {
@@ -155,6 +185,7 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 		base := pct(lat["none"], 50)
 		for _, m := range modes {
 			p50 := pct(lat[m.name], 50)
+			b.ReportMetric(float64((pct(lat[m.name], 10)-pct(lat["none"], 10)).Nanoseconds())/1e3, m.name+"-added-p10-µs")
 			b.ReportMetric(float64(p50.Nanoseconds())/1e3, m.name+"-p50-µs")
 			b.ReportMetric(float64(pct(lat[m.name], 99).Nanoseconds())/1e3, m.name+"-p99-µs")
 			b.ReportMetric(float64((p50-base).Nanoseconds())/1e3, m.name+"-added-p50-µs")
