@@ -1955,56 +1955,79 @@ static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
 	return ws;
 }
 
-/* Pages the node's TCP memory may grow by before it is under pressure, less
- * a margin for what other CPUs hold back from the global count
- * (sysctl_mem_pcpu_rsv, 256 pages each by default). */
+/* Pages of margin on the node's TCP memory count: what other CPUs hold back
+ * from it (sysctl_mem_pcpu_rsv, 256 pages each by default). */
 #define TCP_MEM_MARGIN 1024
+/* Sockets of margin on the node's count of TCP sockets (a per-CPU counter,
+ * read as the kernel reads it, without the CPUs' pending parts). */
+#define TCP_SOCKETS_MARGIN 256
 
 /*
- * How many pages TCP can charge this socket without a charge failing (which
- * makes it stop short with room in the send buffer): the least of what the
- * node's TCP memory may grow by before pressure (tcp_mem[1]; none while
- * under pressure) and, when the socket's memory cgroup charges its sockets to
- * cgroup v1's TCP counter, what that counter and its ancestors have left.
+ * Whether TCP can charge need more bytes to this socket without a charge
+ * failing, which makes it stop short with room in the send buffer. As
+ * __sk_mem_raise_allocated decides:
+ * - the node's TCP memory (tcp_memory_allocated, in pages): below tcp_mem[1]
+ *   it is not under pressure and every charge succeeds. Under pressure (or
+ *   once the charges could take it there) a charge succeeds while the total
+ *   stays under tcp_mem[2] and the socket uses less than an even share of it
+ *   (tcp_mem[2] > sockets x the socket's pages), so an ordinary socket goes on
+ *   while one holding much memory is refused;
+ * - a cgroup v1 memory cgroup that charges its sockets to its TCP counter
+ *   (tcpmem_active): that counter and its ancestors must have the pages.
  * On cgroup v2 a socket charges the cgroup's memory, where a charge over the
  * limit reclaims and then calls the OOM killer before it fails: not counted
  * here (a cgroup commonly sits at its limit with reclaimable cache).
  */
-static __always_inline __s64 mem_headroom(struct tcp_sock *tp)
+static __always_inline int mem_allows(struct tcp_sock *tp, __u32 need)
 {
 	struct sock *s = (struct sock *)tp;
+	__s64 pages = need / 4096 + 2;
 	struct page_counter *pc = 0;
 	struct mem_cgroup *memcg;
-	__s64 room = 1LL << 40;
 	struct proto *p;
 	__u32 i;
 
 	if (!tp)
-		return -1;
+		return 0;
 	p = s->__sk_common.skc_prot;
 	if (p) {
 		struct atomic64_l7 *allocated = p->memory_allocated;
+		struct percpu_counter_l7 *sockets = p->sockets_allocated;
 		unsigned long *pressure = p->memory_pressure, pr = 0;
-		long *limits = p->sysctl_mem, l1 = 0, a = 0;
+		long *limits = p->sysctl_mem, l1 = 0, l2 = 0, a = 0;
+		__s64 n = 0;
 
-		if (allocated && limits && !bpf_probe_read_kernel(&l1, sizeof(l1), limits + 1) &&
-		    !bpf_probe_read_kernel(&a, sizeof(a), &allocated->counter))
-			room = l1 - a - TCP_MEM_MARGIN;
-		if (pressure && !bpf_probe_read_kernel(&pr, sizeof(pr), pressure) && pr)
-			return -1;
+		if (!allocated || !limits || bpf_probe_read_kernel(&l1, sizeof(l1), limits + 1) ||
+		    bpf_probe_read_kernel(&l2, sizeof(l2), limits + 2) ||
+		    bpf_probe_read_kernel(&a, sizeof(a), &allocated->counter))
+			return 0;
+		if (pressure && bpf_probe_read_kernel(&pr, sizeof(pr), pressure))
+			return 0;
+		if (pr || a + pages + TCP_MEM_MARGIN > l1) {
+			/* The even share, with the socket's memory once the
+			 * bytes are charged. */
+			__s64 mine = (__s64)s->sk_wmem_queued + s->sk_backlog.rmem_alloc.counter + s->sk_forward_alloc +
+				     need;
+
+			if (a + pages + TCP_MEM_MARGIN > l2 || !sockets ||
+			    bpf_probe_read_kernel(&n, sizeof(n), &sockets->count))
+				return 0;
+			if (mine < 0)
+				mine = 0;
+			if ((n + TCP_SOCKETS_MARGIN) * ((mine + 4095) / 4096) >= l2)
+				return 0;
+		}
 	}
 	memcg = s->sk_memcg;
 	if (memcg && __builtin_preserve_field_info(memcg->tcpmem_active, 2 /* BPF_FIELD_EXISTS */) &&
 	    memcg->tcpmem_active)
 		pc = &memcg->tcpmem;
 	for (i = 0; i < 8 && pc; i++) {
-		__s64 left = (__s64)(pc->max - (unsigned long)pc->usage.counter);
-
-		if (left < room)
-			room = left;
+		if ((__s64)(pc->max - (unsigned long)pc->usage.counter) < pages)
+			return 0;
 		pc = pc->parent;
 	}
-	return room;
+	return 1;
 }
 
 /*
@@ -2027,7 +2050,7 @@ static __always_inline int send_room_for(struct l7_sock_state *st, const struct 
 		set_denied(st, L7_R_NO_ROOM);
 		return 0;
 	}
-	if (mem_headroom(ws->tp) < (__s64)(need / 4096 + 2)) {
+	if (!mem_allows(ws->tp, need)) {
 		set_denied(st, L7_R_NO_MEMORY);
 		return 0;
 	}

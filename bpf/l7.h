@@ -256,7 +256,7 @@ enum l7_reason {
 	L7_R_FAST_OPEN,        /* client connections established with bytes already sent (TCP Fast Open) or a write waiting for them, which their sk_msg program never sees */
 	L7_R_UNJUDGED_WRITE,   /* client connections judged at their socket that sent, or queued, bytes their sk_msg program never passed */
 	L7_R_NO_ROOM,          /* client connections judged at their socket denied: a header block or chunk-size line written with too little room in the send buffer to be sent whole */
-	L7_R_NO_MEMORY,        /* client connections judged at their socket denied: a header block or chunk-size line written while TCP's memory (the node's tcp_mem, the socket's memory cgroup's TCP limit) was too near a limit to be sure TCP takes it whole */
+	L7_R_NO_MEMORY,        /* client connections judged at their socket denied: a header block or chunk-size line TCP's memory accounting could refuse to charge (mem_allows()) */
 	L7_R_MAX,
 };
 

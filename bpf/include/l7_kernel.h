@@ -269,8 +269,15 @@ struct mem_cgroup {
 	struct page_counter tcpmem; /* cgroup v1 only (CONFIG_MEMCG_V1) */
 	_Bool tcpmem_active;        /* cgroup v1: memory.kmem.tcp.limit_in_bytes was set: sockets charge tcpmem */
 } __attribute__((preserve_access_index));
+struct percpu_counter_l7 {
+	__s64 count; /* without the CPUs' pending parts */
+};
+struct atomic_l7 {
+	int counter;
+};
 struct proto {
 	struct atomic64_l7 *memory_allocated; /* pages */
+	struct percpu_counter_l7 *sockets_allocated;
 	unsigned long *memory_pressure;
 	long *sysctl_mem; /* tcp_mem: pages, [0] low, [1] pressure, [2] hard limit */
 } __attribute__((preserve_access_index));
@@ -281,6 +288,10 @@ struct sock {
 	struct sock_common __sk_common;
 	int sk_write_pending; /* writers waiting in sendmsg for the connection */
 	int sk_wmem_queued;   /* bytes in the write queue (truesize) */
+	int sk_forward_alloc; /* bytes charged ahead of use */
+	struct {
+		struct atomic_l7 rmem_alloc; /* bytes received and not read */
+	} sk_backlog;
 	int sk_sndbuf;
 	unsigned int sk_gso_max_size; /* the route's segmentation size, 0 without segmentation offload */
 	__u16 sk_gso_max_segs;

@@ -87,9 +87,10 @@ const (
 	// (tcp_bpf_send_verdict keeps a verdict after a short push): the connection is denied instead.
 	ReasonNoRoom
 	// ReasonNoMemory: a client connection judged at its socket wrote a header block or chunk-size
-	// line while TCP's memory was too near a limit (the node's tcp_mem pressure threshold, or the
-	// TCP limit of a cgroup v1 memory cgroup) to be sure TCP takes it whole: a charge that fails
-	// makes TCP take it in part, as a full send buffer does. The connection is denied.
+	// line that TCP's memory accounting could refuse to charge (under TCP memory pressure, a socket
+	// holding more than an even share of tcp_mem's hard limit; a cgroup v1 memory cgroup at its TCP
+	// limit): a charge that fails makes TCP take it in part, as a full send buffer does. The
+	// connection is denied.
 	ReasonNoMemory
 	numReasons
 )
