@@ -387,7 +387,9 @@ func (e *testEnv) asyncReceive(t *testing.T) {
 
 // tcpMemcg makes a memory cgroup (cgroup v1, where this machine mounts the memory controller) whose
 // sockets may use at most limit bytes (memory.kmem.tcp.limit_in_bytes: TCP's own accounting, which
-// fails a charge over it instead of reclaiming), removed when the test ends.
+// fails a charge over it instead of reclaiming), removed when the test ends. Setting a TCP limit
+// turns on the kernel's socket accounting for memory cgroups until reboot (a static key); cgroups
+// without a limit are not charged.
 func tcpMemcg(t *testing.T, limit int) string {
 	t.Helper()
 	const root = "/sys/fs/cgroup/memory"
