@@ -13,31 +13,45 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// dialNonBlocking connects a non-blocking TCP socket to addr (IPv4) with SO_SNDBUF sndbuf (0: the
+// default) and waits until it is writable; writable waits for that again. The caller closes fd.
+func dialNonBlocking(addr string, sndbuf int) (fd int, writable func(), err error) {
+	sa, err := sockaddr4(addr)
+	if err != nil {
+		return -1, nil, err
+	}
+	fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return -1, nil, err
+	}
+	if sndbuf > 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf); err != nil {
+			unix.Close(fd)
+			return -1, nil, err
+		}
+	}
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return -1, nil, err
+	}
+	writable = func() {
+		unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 2000)
+	}
+	writable()
+	return fd, writable, nil
+}
+
 // smuggleAfterShortWrite is the client helper's L7_TEST_CLIENT_SHORT_WRITE mode: on a non-blocking
 // socket with a small send buffer it writes an allowed upload (header block and a 300,000-byte
 // body) in one write, which the kernel takes only in part; then, as the next write, the rest of
 // the body followed by smuggle. With pieces, it writes the rest of the body 1,000 bytes at a time
 // instead, and then smuggle on its own. It reports how many bytes the first write took.
 func smuggleAfterShortWrite(addr, smuggle string, pieces bool) string {
-	sa, err := sockaddr4(addr)
-	if err != nil {
-		return err.Error()
-	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	fd, writable, err := dialNonBlocking(addr, 8192)
 	if err != nil {
 		return err.Error()
 	}
 	defer unix.Close(fd)
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 8192); err != nil {
-		return err.Error()
-	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		return err.Error()
-	}
-	writable := func() {
-		unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 2000)
-	}
-	writable()
 	const bodyLen = 300000
 	first := "POST /upload HTTP/1.1\r\nHost: server\r\nContent-Length: " + strconv.Itoa(bodyLen) + "\r\n\r\n" + strings.Repeat("u", bodyLen)
 	n, err := unix.Write(fd, []byte(first))
@@ -83,10 +97,6 @@ func smuggleAfterShortWrite(addr, smuggle string, pieces bool) string {
 // early and carry a second, complete request with target smuggle. Sent under the first verdict,
 // they would reach the server as "the allowed request, then the smuggled one".
 func replaceHeaderTail(addr, header, smuggle string) string {
-	sa, err := sockaddr4(addr)
-	if err != nil {
-		return err.Error()
-	}
 	if dir := os.Getenv("L7_TEST_CLIENT_MEMCG"); dir != "" {
 		// Join the memory cgroup before the socket exists: the socket charges the cgroup it
 		// was created in.
@@ -94,27 +104,15 @@ func replaceHeaderTail(addr, header, smuggle string) string {
 			return err.Error()
 		}
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-	if err != nil {
-		return err.Error()
-	}
-	defer unix.Close(fd)
 	sndbuf, err := strconv.Atoi(os.Getenv("L7_TEST_CLIENT_SNDBUF"))
 	if err != nil {
 		return err.Error()
 	}
-	if sndbuf > 0 { // 0: the default
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf); err != nil {
-			return err.Error()
-		}
-	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+	fd, writable, err := dialNonBlocking(addr, sndbuf)
+	if err != nil {
 		return err.Error()
 	}
-	writable := func() {
-		unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 2000)
-	}
-	writable()
+	defer unix.Close(fd)
 	n, err := unix.Write(fd, []byte(header))
 	if err != nil {
 		return "refused: " + err.Error()
