@@ -1894,9 +1894,6 @@ static __always_inline int answer_at_source(struct sk_msg_md *msg, const struct 
 struct write_seq {
 	__u32 seq;
 	__u32 ok;
-	__s32 room;  /* send buffer left: sk_sndbuf - sk_wmem_queued */
-	__s32 lowat; /* unsent bytes TCP_NOTSENT_LOWAT still allows, or room when unset */
-	__u32 goal;  /* the most bytes TCP puts in one buffer of its write queue */
 	struct tcp_sock *tp;
 };
 
@@ -1910,28 +1907,31 @@ static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
 {
 	struct write_seq ws = {};
 	struct tcp_sock *tp;
-	struct sock *s;
-	__u32 mss, segs;
 
 	if (!sk)
 		return ws;
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return ws;
-	s = (struct sock *)tp;
 	ws.seq = tp->write_seq;
-	ws.room = s->sk_sndbuf - s->sk_wmem_queued;
-	ws.lowat = ws.room;
-	if (tp->notsent_lowat)
-		/* TCP also waits once this much is queued and unsent. */
-		ws.lowat = (__s32)(tp->notsent_lowat - (tp->write_seq - tp->snd_nxt));
-	/* tcp_xmit_size_goal: gso_segs segments of mss_cache, as of the last
-	 * write, bounded by the route's segmentation size (one segment without
-	 * segmentation offload). Before the first write gso_segs is 0: worked
-	 * out as the kernel will, from the route's size, half the peer's
-	 * largest window and the route's segment limit. */
-	mss = tp->mss_cache;
-	segs = tp->gso_segs;
+	ws.tp = tp;
+	ws.ok = 1;
+	return ws;
+}
+
+/*
+ * The most bytes TCP puts in one buffer of its write queue
+ * (tcp_xmit_size_goal): gso_segs segments of mss_cache, as of the last write,
+ * bounded by the route's segmentation size (one segment without segmentation
+ * offload). Before the first write gso_segs is 0: worked out as the kernel
+ * will, from the route's size, half the peer's largest window and the route's
+ * segment limit.
+ */
+static __always_inline __u32 send_buf_size(struct tcp_sock *tp)
+{
+	struct sock *s = (struct sock *)tp;
+	__u32 mss = tp->mss_cache, segs = tp->gso_segs, goal;
+
 	if (mss < 64)
 		mss = 64;
 	if (!segs) {
@@ -1947,12 +1947,10 @@ static __always_inline struct write_seq sk_write_seq(struct bpf_sock *sk)
 	}
 	if (segs < 1)
 		segs = 1;
-	ws.goal = mss * segs;
-	if (s->sk_gso_max_size && ws.goal > s->sk_gso_max_size)
-		ws.goal = s->sk_gso_max_size > mss ? s->sk_gso_max_size : mss;
-	ws.tp = tp;
-	ws.ok = 1;
-	return ws;
+	goal = mss * segs;
+	if (s->sk_gso_max_size && goal > s->sk_gso_max_size)
+		goal = s->sk_gso_max_size > mss ? s->sk_gso_max_size : mss;
+	return goal;
 }
 
 /* Pages of margin on the node's TCP memory count: what other CPUs hold back
@@ -2044,13 +2042,23 @@ static __always_inline int mem_allows(struct tcp_sock *tp, __u32 need)
  */
 static __always_inline int send_room_for(struct l7_sock_state *st, const struct write_seq *ws, __u32 n)
 {
-	__u32 bufs = n / (ws->goal ? ws->goal : 1) + 2, need = n + bufs * SEND_BUF_COST;
+	struct tcp_sock *tp = ws->tp;
+	struct sock *s = (struct sock *)tp;
+	__u32 need;
+	__s32 lowat;
 
-	if (ws->room < (__s32)need || ws->lowat < (__s32)n) {
+	if (!tp) {
 		set_denied(st, L7_R_NO_ROOM);
 		return 0;
 	}
-	if (!mem_allows(ws->tp, need)) {
+	need = n + (n / send_buf_size(tp) + 2) * SEND_BUF_COST;
+	/* TCP also waits once TCP_NOTSENT_LOWAT bytes are queued and unsent. */
+	lowat = tp->notsent_lowat ? (__s32)(tp->notsent_lowat - (tp->write_seq - tp->snd_nxt)) : (__s32)n;
+	if (s->sk_sndbuf - s->sk_wmem_queued < (__s32)need || lowat < (__s32)n) {
+		set_denied(st, L7_R_NO_ROOM);
+		return 0;
+	}
+	if (!mem_allows(tp, need)) {
 		set_denied(st, L7_R_NO_MEMORY);
 		return 0;
 	}

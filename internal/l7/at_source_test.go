@@ -234,12 +234,7 @@ func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 	t.Run("a client with egress rules of its own for the port is judged at the server's socket for ingress", func(t *testing.T) {
 		const both = 8081
 		e.judge(t, both, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
-		if err := e.l.SetEgressPort(e.cliAddr, both, 2); err != nil {
-			t.Fatal(err)
-		}
-		if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: both, Egress: true}, []string{`method="GET"`}); err != nil {
-			t.Fatal(err)
-		}
+		e.judgeEgress(t, e.cliAddr, both, `method="GET"`)
 		e.startServer(t, both, false)
 		got := e.runClientEnv(t, both, false, 0, status, req("GET", "/allowed/s7"))
 		if len(got) < 2 || got[1] != `status 200 "ok"` {

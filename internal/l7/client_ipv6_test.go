@@ -19,12 +19,7 @@ func TestPrivilegedClientSideOverIPv6(t *testing.T) {
 	t.Setenv("L7_TEST_SERVER_QUIET", "1")
 	events := collectEvents(t, e.l)
 	const egressPort, ingressPort, peer = 8092, 8093, 5000
-	if err := e.l.SetEgressPort(e.cliAddr6, egressPort, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: egressPort, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
-		t.Fatal(err)
-	}
+	e.judgeEgress(t, e.cliAddr6, egressPort, `method="GET" path="/allowed(/.*)?"`)
 	if err := e.l.SetPort(e.srvAddr6, ingressPort, 1); err != nil {
 		t.Fatal(err)
 	}

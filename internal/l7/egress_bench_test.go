@@ -24,12 +24,7 @@ func BenchmarkClientSideUpload(b *testing.B) {
 	b.Setenv("L7_TEST_SERVER_QUIET", "1")
 	e := newTestEnv(b)
 	const judged, plain = 8090, 8094
-	if err := e.l.SetEgressPort(e.cliAddr, judged, 2); err != nil {
-		b.Fatal(err)
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: judged, Egress: true}, []string{`method="POST" path="/upload"`}); err != nil {
-		b.Fatal(err)
-	}
+	e.judgeEgress(b, e.cliAddr, judged, `method="POST" path="/upload"`)
 	e.startServer(b, judged, false)
 	e.startServer(b, plain, false)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))

@@ -212,14 +212,24 @@ func sockaddr4(addr string) (*unix.SockaddrInet4, error) {
 	return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}, nil
 }
 
+// socket4 opens a TCP socket (with the extra type flags, e.g. SOCK_NONBLOCK) for the IPv4
+// address:port addr, and returns it with addr as a sockaddr.
+func socket4(addr string, flags int) (int, *unix.SockaddrInet4, error) {
+	sa, err := sockaddr4(addr)
+	if err != nil {
+		return -1, nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|flags, 0)
+	if err != nil {
+		return -1, nil, err
+	}
+	return fd, sa, nil
+}
+
 // dialFastOpenConnect connects to an IPv4 address:port with TCP_FASTOPEN_CONNECT: connect returns at
 // once and the first write rides on the SYN. That write is first, if given, else the caller's.
 func dialFastOpenConnect(addr string, first []byte) (net.Conn, error) {
-	sa, err := sockaddr4(addr)
-	if err != nil {
-		return nil, err
-	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, sa, err := socket4(addr, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -244,11 +254,7 @@ func dialFastOpenConnect(addr string, first []byte) (net.Conn, error) {
 // a blocking socket (without a Fast Open cookie for the server the SYN carries no data); without, a
 // non-blocking connect followed by a blocking write.
 func dialWritingEarly(addr string, first []byte, fastOpen bool) (net.Conn, error) {
-	sa, err := sockaddr4(addr)
-	if err != nil {
-		return nil, err
-	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, sa, err := socket4(addr, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -413,22 +419,10 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 	e := newTestEnv(t)
 	events := collectEvents(t, e.l)
 	const port = 8090
-	if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: port, Egress: true}, []string{
-		`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload(-c)?"`,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.judgeEgress(t, e.cliAddr, port, `method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload(-c)?"`)
 	e.startServer(t, port, false) // not an ingress L7 port: only the client side judges
 	const mptcpPort = 8091
-	if err := e.l.SetEgressPort(e.cliAddr, mptcpPort, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: mptcpPort, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
-		t.Fatal(err)
-	}
+	e.judgeEgress(t, e.cliAddr, mptcpPort, `method="GET" path="/allowed(/.*)?"`)
 	e.startServer(t, mptcpPort, true)
 	t.Run("a client connection denied by egress rules is reset by ResetDenied", func(t *testing.T) {
 		done := make(chan []string)
@@ -535,12 +529,7 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 		// is full, so the first SYN is dropped and the connection completes with the SYN sent
 		// again a second later, once the queue has room.
 		const slowPort = 8092
-		if err := e.l.SetEgressPort(e.cliAddr, slowPort, 2); err != nil {
-			t.Fatal(err)
-		}
-		if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: slowPort, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
-			t.Fatal(err)
-		}
+		e.judgeEgress(t, e.cliAddr, slowPort, `method="GET" path="/allowed(/.*)?"`)
 		release := e.startFullServer(t, slowPort)
 		for _, mode := range []string{"sendto", "early"} {
 			p := uint16(port)

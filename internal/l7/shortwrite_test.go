@@ -16,11 +16,7 @@ import (
 // dialNonBlocking connects a non-blocking TCP socket to addr (IPv4) with SO_SNDBUF sndbuf (0: the
 // default) and waits until it is writable; writable waits for that again. The caller closes fd.
 func dialNonBlocking(addr string, sndbuf int) (fd int, writable func(), err error) {
-	sa, err := sockaddr4(addr)
-	if err != nil {
-		return -1, nil, err
-	}
-	fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	fd, sa, err := socket4(addr, unix.SOCK_NONBLOCK)
 	if err != nil {
 		return -1, nil, err
 	}
@@ -157,12 +153,7 @@ func TestPrivilegedShortWritesCannotSmuggleARequest(t *testing.T) {
 	events := collectEvents(t, e.l)
 	rules := []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload"`}
 	const egressPort, ingressPort, peer = 8090, 8080, 5000
-	if err := e.l.SetEgressPort(e.cliAddr, egressPort, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: egressPort, Egress: true}, rules); err != nil {
-		t.Fatal(err)
-	}
+	e.judgeEgress(t, e.cliAddr, egressPort, rules...)
 	e.judge(t, ingressPort, peer, RuleSet{Rules: rules})
 	e.startServer(t, egressPort, false)
 	e.startServer(t, ingressPort, false)
@@ -427,12 +418,7 @@ func TestPrivilegedHeaderBlocksTCPCouldTakeInPartAreRefused(t *testing.T) {
 	e := newTestEnv(t)
 	events := collectEvents(t, e.l)
 	const port = 8090
-	if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: port, Egress: true}, []string{`method="GET" path="/allowed(/.*)?"`}); err != nil {
-		t.Fatal(err)
-	}
+	e.judgeEgress(t, e.cliAddr, port, `method="GET" path="/allowed(/.*)?"`)
 	e.startServer(t, port, false)
 	block := func(target string) string {
 		return "GET " + target + " HTTP/1.1\r\nHost: server\r\nX-Pad: " + strings.Repeat("p", 7000) + "\r\n\r\n"

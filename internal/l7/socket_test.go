@@ -278,6 +278,18 @@ func (e *testEnv) judge(t testing.TB, port uint16, peer uint32, rs RuleSet) {
 	}
 }
 
+// judgeEgress gives the client endpoint (2, at addr: the client's IPv4 or IPv6 address) egress HTTP
+// rules on port: its connections to that port are judged at the client's socket.
+func (e *testEnv) judgeEgress(t testing.TB, addr netip.Addr, port uint16, rules ...string) {
+	t.Helper()
+	if err := e.l.SetEgressPort(addr, port, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: port, Egress: true}, rules); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // startServer starts the server process on (server IPv4 address, port) in the server namespace and
 // the test cgroup.
 func (e *testEnv) startServer(t testing.TB, port uint16, mptcp bool) {

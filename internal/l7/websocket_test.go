@@ -235,12 +235,7 @@ func TestPrivilegedWebSocketUpgradesAtTheClient(t *testing.T) {
 	})
 	t.Run("egress rules", func(t *testing.T) {
 		const port = 8090
-		if err := e.l.SetEgressPort(e.cliAddr, port, 2); err != nil {
-			t.Fatal(err)
-		}
-		if err := e.l.SetRules(RuleKey{EndpointID: 2, Port: port, Egress: true}, rules); err != nil {
-			t.Fatal(err)
-		}
+		e.judgeEgress(t, e.cliAddr, port, rules...)
 		e.startServer(t, port, false)
 		got := e.runClientEnv(t, port, false, 0, ws, upgradeReq("/ws", "websocket"), wsFrame, wsFrame)
 		if strings.Join(got, "|") != "status 101|echo ok|echo ok" {
