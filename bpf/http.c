@@ -101,9 +101,12 @@ struct {
 /* l7_config[0], bits: L7_CFG_PASS delivers allowed messages with SK_PASS
  * instead of redirecting them to the socket's own ingress
  * (l7.Options.DeliverByPass); L7_CFG_AT_SOURCE judges the ingress rules of a
- * local server at its local clients' sockets (l7.Options.JudgeAtSource). */
+ * local server at its local clients' sockets (l7.Options.JudgeAtSource);
+ * L7_CFG_BEFORE_TCP judges a server's requests at its pod's interfaces
+ * (l7_fast) where the agent attached that program (l7.Options.JudgeBeforeTCP). */
 #define L7_CFG_PASS 1
 #define L7_CFG_AT_SOURCE 2
+#define L7_CFG_BEFORE_TCP 4
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -185,6 +188,37 @@ struct {
 	__type(value, struct l7_scratch);
 } l7_pending SEC(".maps");
 
+/*
+ * Judging before TCP (l7_fast, L7_CFG_BEFORE_TCP). A server's connection in
+ * a network namespace listed here (by cookie; the agent lists one once
+ * l7_fast is attached to every interface in it) is judged segment by segment
+ * by l7_fast on its way in, before TCP; its socket goes into l7_fast_socks,
+ * a SOCKHASH without programs (so that a reader blocked in recv is woken by
+ * the SOCKHASH's own receive path if the connection is handed to l7_socks
+ * later), and l7_fast_conns finds the connection's state from a segment's
+ * addresses.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(max_entries, 4096);
+} l7_fast_netns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, __u64); /* socket cookie */
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} l7_fast_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct l7_tuple); /* as the server sees it */
+	__type(value, struct l7_fast_conn);
+	__uint(max_entries, 65536);
+} l7_fast_conns SEC(".maps");
+
 static __always_inline __u32 config(void)
 {
 	__u32 zero = 0, *c = bpf_map_lookup_elem(&l7_config, &zero);
@@ -237,6 +271,7 @@ struct l7_btf_anchor {
 	struct l7_event event;
 	enum l7_event_verdict event_verdict;
 	struct sock_common sock_common;
+	struct l7_fast_conn fast_conn;
 };
 struct l7_btf_anchor l7_btf_anchor SEC(".portcullis.btf_anchor");
 
@@ -409,6 +444,60 @@ static __always_inline void set_denied(struct l7_sock_state *st, __u32 reason)
 	count(reason);
 }
 
+/* The segment that established the connection carries data: the first
+ * request came with the ACK that completed the handshake (or in the SYN,
+ * TCP Fast Open). It reached l7_fast before the connection had state, so it
+ * was not judged there: such a connection is judged at its socket, whose
+ * verdict program sees the segment once sock_ops returns. Read from the
+ * segment's TCP header (skb_data to skb_data_end) against its length; a
+ * header that cannot be read counts as data. */
+static __always_inline int handshake_data(struct bpf_sock_ops *ops)
+{
+	__u8 *data, *end;
+
+	asm volatile("%[p] = *(u64 *)(%[ops] + %[off])"
+		     : [p] "=r"(data)
+		     : [ops] "r"(ops), [off] "i"(__builtin_offsetof(struct bpf_sock_ops, skb_data)));
+	asm volatile("%[p] = *(u64 *)(%[ops] + %[off])"
+		     : [p] "=r"(end)
+		     : [ops] "r"(ops), [off] "i"(__builtin_offsetof(struct bpf_sock_ops, skb_data_end)));
+	if ((void *)(data + 13) > (void *)end)
+		return 1;
+	return ops->skb_len > (__u32)(data[12] >> 4) * 4;
+}
+
+/*
+ * Puts a server's new connection (its state just written) in the judging
+ * before TCP, when l7_fast sits on every interface of its network namespace
+ * and the handshake brought no data: the socket goes into l7_fast_socks (no
+ * programs) instead of l7_socks, and l7_fast_conns finds its state from a
+ * segment's addresses. 0 when it cannot be: the caller puts the socket in
+ * l7_socks as usual. Until L7_SF_FAST is set the guard drops the
+ * connection's data (neither stamped by l7_fast nor in l7_socks): a segment
+ * that races this is sent again by the client's TCP.
+ */
+static __always_inline int judge_before_tcp(struct bpf_sock_ops *ops, const struct l7_tuple *tk, __u64 cookie)
+{
+	struct l7_fast_conn fc = {.cookie = cookie};
+	struct l7_sock_state *st;
+	__u64 netns;
+
+	if (!(config() & L7_CFG_BEFORE_TCP))
+		return 0;
+	netns = bpf_get_netns_cookie(ops);
+	if (!bpf_map_lookup_elem(&l7_fast_netns, &netns) || handshake_data(ops))
+		return 0;
+	st = bpf_map_lookup_elem(&l7_state, &cookie);
+	if (!st || bpf_map_update_elem(&l7_fast_conns, tk, &fc, BPF_ANY))
+		return 0;
+	if (bpf_sock_hash_update(ops, &l7_fast_socks, &cookie, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&l7_fast_conns, tk);
+		return 0;
+	}
+	st->flags |= L7_SF_FAST;
+	return 1;
+}
+
 SEC("sockops")
 int l7_sockops(struct bpf_sock_ops *ops)
 {
@@ -438,6 +527,7 @@ int l7_sockops(struct bpf_sock_ops *ops)
 				if (old)
 					upgrade_set(old, 0);
 				bpf_map_delete_elem(&l7_egress_state, &tk);
+				bpf_map_delete_elem(&l7_fast_conns, &tk);
 				swap_tuple(&sv, &tk);
 				bpf_map_delete_elem(&l7_at_source, &sv);
 			}
@@ -548,6 +638,8 @@ int l7_sockops(struct bpf_sock_ops *ops)
 		return 1;
 	}
 	bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+	if (!egress && judge_before_tcp(ops, &tk, cookie))
+		return 1;
 	if (bpf_sock_hash_update(ops, egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie, BPF_NOEXIST)) {
 		count(L7_R_INSERT_FAILED); /* the guards drop its data */
 		if (at_source) /* the server's socket judges instead */
@@ -1645,17 +1737,56 @@ static __always_inline int judged_bytes(struct __sk_buff *skb, const struct l7_t
 }
 
 /*
+ * The stamp l7_fast puts in skb->mark of a segment it judged and passed:
+ * FAST_STAMP, FAST_STAMP_REQUEST when a request starts in it, and the low 30
+ * bits of the sequence number after its last byte. The guard, which sees the
+ * same skb just before TCP does, lets a connection judged before TCP have
+ * only stamped data (and takes the stamp off): TCP then gets no byte l7_fast
+ * did not judge, whatever path a segment took (an interface without l7_fast,
+ * IP fragments reassembled after it, a segment it only passed on).
+ */
+#define FAST_STAMP 0x80000000u
+#define FAST_STAMP_REQUEST 0x40000000u
+#define FAST_STAMP_END 0x3fffffffu
+
+static __always_inline int fast_stamped(struct __sk_buff *skb, struct l7_sock_state *st, struct bpf_sock *sk,
+					__u32 th, __u32 data)
+{
+	__u32 mark = skb->mark, seq;
+
+	if ((mark & FAST_STAMP) && bpf_skb_load_bytes(skb, th + 4, &seq, 4) == 0 &&
+	    ((bpf_htonl(seq) + (skb->len - data)) & FAST_STAMP_END) == (mark & FAST_STAMP_END)) {
+		if (mark & FAST_STAMP_REQUEST) {
+			/* Where the server's answer to it starts (a later 403
+			 * is in order once it was written and acknowledged:
+			 * answer_in_order). */
+			struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+			if (tp)
+				st->snd_mark = tp->write_seq;
+		}
+		skb->mark = 0;
+		return 1;
+	}
+	count(L7_R_GUARD_DROP);
+	return 0;
+}
+
+/*
  * Drops data segments of a judged connection whose socket is not in its
  * SOCKHASH (failed insert, entry removed, MPTCP subflow, connection older
- * than the attachment). Ingress: (local address, local port) judged by
- * l7_socks; egress: (local address, remote port) judged by l7_egress_socks.
+ * than the attachment), unless the connection is judged before TCP and the
+ * segment carries l7_fast's stamp. Ingress: (local address, local port)
+ * judged by l7_socks; egress: (local address, remote port) judged by
+ * l7_egress_socks.
  */
 static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 {
 	struct l7_port_key pk = {};
 	struct bpf_sock *sk = skb->sk, *member;
-	__u32 th, data, family;
+	__u32 th = 0, data = 0, family;
 	__u64 cookie;
+	int offsets;
 
 	if (!sk)
 		return 1;
@@ -1681,7 +1812,8 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 	/* Only segments that carry data matter; handshake, ACKs, FIN and RST
 	 * pass so that a refused connection still closes. Headers that cannot
 	 * be read (IPv6 extension headers) count as data. */
-	if (tcp_offsets(skb, &th, &data) == 0 && skb->len <= data)
+	offsets = tcp_offsets(skb, &th, &data);
+	if (offsets == 0 && skb->len <= data)
 		return 1;
 	cookie = bpf_get_socket_cookie(skb);
 	member = bpf_map_lookup_elem(egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie);
@@ -1697,8 +1829,15 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 	if (!egress) {
 		/* Judged at the client's socket, as long as that socket is
 		 * still in l7_egress_socks, and only what it judged. */
+		struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 		struct l7_tuple t = {};
 
+		if (st && (st->flags & L7_SF_FAST)) {
+			if (offsets == 0)
+				return fast_stamped(skb, st, sk, th, data);
+			count(L7_R_GUARD_DROP);
+			return 0;
+		}
 		if (sk_tuple(sk, &t) == 0 && judged_at_source(&t))
 			return judged_bytes(skb, &t, 1);
 	}
@@ -1785,6 +1924,277 @@ int l7_guard_egress(struct __sk_buff *skb)
 	if (upgrades_pending())
 		upgrade_answer(skb, L7_EGRESS);
 	return guard(skb, L7_EGRESS);
+}
+
+/*
+ * Judging before TCP (l7_fast, tcx ingress on every interface of a server's
+ * network namespace; L7_CFG_BEFORE_TCP). A connection sock_ops put in it
+ * (L7_SF_FAST) is judged segment by segment as the segments come in, before
+ * TCP: a segment that starts where the last one passed ended and holds the
+ * rest of a Content-Length body and/or one whole header block whose rules
+ * allow it (with its body, or the start of it) is passed with a stamp the
+ * guard checks (FAST_STAMP), the state moved on, the request reported. The
+ * socket is in no SOCKHASH with programs: none of the SOCKHASH receive
+ * path's cost. Anything else (a header block in pieces, a denied request,
+ * pipelined requests, chunked bodies, a WebSocket upgrade, a retransmission,
+ * urgent data) hands the connection to its socket for good (l7_socks,
+ * l7_stream: the same framing state, rcv_seq where the segment should
+ * start), which judges the segment as direct delivery does. The hand-over
+ * happens only when TCP has received exactly what was passed and the
+ * application has read all of it (rcv_nxt = rcv_seq = copied_seq): the
+ * verdict program then starts from the byte l7_fast stopped at. Otherwise
+ * the segment is dropped and TCP sends it again. TCP drops a segment l7_fast
+ * passed only on error (checksum, memory): its bytes are then never passed
+ * again (a second version of them could be framed otherwise), and a
+ * connection whose TCP stays behind what was passed for FAST_STUCK_NS is
+ * denied (L7_R_FAST_LOST) and reset by the agent.
+ */
+#define ETH_HLEN 14
+#define TCPF_SYN 0x02
+#define TCPF_URG 0x20
+#define FAST_STUCK_NS (2ULL * 1000000000ULL)
+
+struct fast_seg {
+	struct l7_tuple tk;         /* the connection as the server sees it */
+	struct bpf_sock_tuple sock; /* the segment's addresses, for bpf_sk_lookup_tcp */
+	__u32 sock_len;
+	__u32 seq;
+	__u32 off; /* where its data starts (from the Ethernet header) */
+	__u32 len; /* data bytes, by the IP header's length */
+	__u32 flags;
+};
+
+/* 0 when the frame is a TCP segment over Ethernet, IPv4 (not a fragment) or
+ * IPv6 (no extension headers); anything else is passed on unjudged, and the
+ * guard keeps its data from a connection judged before TCP. */
+static __always_inline int fast_parse(struct __sk_buff *skb, struct fast_seg *p)
+{
+	__u32 l4, l3len, doff;
+	__u8 tcp[20];
+
+	if (skb->protocol == bpf_htons(0x0800)) {
+		__u8 ip[20];
+		__u32 a;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip)))
+			return -1;
+		if ((ip[0] >> 4) != 4 || (ip[0] & 0xf) < 5 || ip[9] != IPPROTO_TCP)
+			return -1;
+		if ((ip[6] & 0x3f) | ip[7])
+			return -1; /* a fragment: TCP gets it reassembled, without the stamp */
+		l4 = ETH_HLEN + (ip[0] & 0xf) * 4;
+		l3len = ((__u32)ip[2] << 8 | ip[3]) - (ip[0] & 0xf) * 4;
+		__builtin_memcpy(&a, ip + 12, 4);
+		p->sock.ipv4.saddr = a;
+		addr_v4(p->tk.remote, a);
+		__builtin_memcpy(&a, ip + 16, 4);
+		p->sock.ipv4.daddr = a;
+		addr_v4(p->tk.local, a);
+		p->sock_len = sizeof(p->sock.ipv4);
+	} else if (skb->protocol == bpf_htons(0x86dd)) {
+		__u8 ip[40];
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip)))
+			return -1;
+		if ((ip[0] >> 4) != 6 || ip[6] != IPPROTO_TCP)
+			return -1;
+		l4 = ETH_HLEN + 40;
+		l3len = (__u32)ip[4] << 8 | ip[5];
+		__builtin_memcpy(p->sock.ipv6.saddr, ip + 8, 16);
+		__builtin_memcpy(p->sock.ipv6.daddr, ip + 24, 16);
+		__builtin_memcpy(p->tk.remote, ip + 8, 16);
+		__builtin_memcpy(p->tk.local, ip + 24, 16);
+		p->sock_len = sizeof(p->sock.ipv6);
+	} else {
+		return -1;
+	}
+	if (bpf_skb_load_bytes(skb, l4, tcp, sizeof(tcp)))
+		return -1;
+	doff = (tcp[12] >> 4) * 4;
+	if (doff < 20 || l3len < doff || l3len > 0xffff)
+		return -1;
+	if (p->sock_len == sizeof(p->sock.ipv4)) {
+		__builtin_memcpy(&p->sock.ipv4.sport, tcp, 2);
+		__builtin_memcpy(&p->sock.ipv4.dport, tcp + 2, 2);
+	} else {
+		__builtin_memcpy(&p->sock.ipv6.sport, tcp, 2);
+		__builtin_memcpy(&p->sock.ipv6.dport, tcp + 2, 2);
+	}
+	p->tk.remote_port = (__u16)tcp[0] << 8 | tcp[1];
+	p->tk.local_port = (__u16)tcp[2] << 8 | tcp[3];
+	p->seq = (__u32)tcp[4] << 24 | (__u32)tcp[5] << 16 | (__u32)tcp[6] << 8 | tcp[7];
+	p->flags = tcp[13];
+	p->off = l4 + doff;
+	p->len = l3len - doff;
+	return 0;
+}
+
+/*
+ * Frames and judges the segment's data from the connection's state: the rest
+ * of a body, then at most one header block, whole, allowed, with its body or
+ * the start of it, and nothing after. On success the state moves past the
+ * segment and the request (if any) is reported: 1, or 2 when a request
+ * starts in it. -1: the segment is not one l7_fast passes (nothing changed,
+ * nothing reported).
+ */
+static __always_inline int fast_frame(struct __sk_buff *skb, struct l7_sock_state *st, const struct fast_seg *p)
+{
+	struct judge_out out = {};
+	__u64 rem = st->body_remaining, take;
+	__u32 phase = st->phase, pos = 0, len = p->len, slot;
+	__u64 t0;
+
+	if (phase == L7_PHASE_BODY) {
+		take = rem < len ? rem : len;
+		pos = take;
+		rem -= take;
+		if (rem == 0)
+			phase = L7_PHASE_HEADERS;
+	} else if (phase != L7_PHASE_HEADERS) {
+		return -1;
+	}
+	if (pos == len) {
+		st->phase = phase;
+		st->body_remaining = rem;
+		st->rcv_seq = p->seq + len;
+		return 1;
+	}
+	if (phase != L7_PHASE_HEADERS)
+		return -1;
+	t0 = bpf_ktime_get_ns();
+	slot = judge_at(skb, st, p->off + pos, len - pos, &out);
+	if (slot >= L7_SCRATCH_SLOTS)
+		return -1;
+	if (out.verdict != L7_ALLOW || !out.hdr_len || out.hdr_len > len - pos || out.chunked || out.websocket) {
+		slot_leave(slot);
+		return -1;
+	}
+	pos += out.hdr_len;
+	rem = out.body_len;
+	take = rem < len - pos ? rem : len - pos;
+	pos += take;
+	rem -= take;
+	if (pos != len) {
+		/* Another request in the same segment (pipelined): the
+		 * socket frames them, one verdict each. */
+		slot_leave(slot);
+		return -1;
+	}
+	emit(slot, &out, st, &p->tk, L7_EV_ALLOWED, 0, t0);
+	slot_leave(slot);
+	count(L7_R_ALLOWED);
+	st->requests++;
+	st->phase = rem ? L7_PHASE_BODY : L7_PHASE_HEADERS;
+	st->body_remaining = rem;
+	st->rcv_seq = p->seq + len;
+	return 2;
+}
+
+/* Hands the connection to its socket (l7_socks) if TCP holds exactly what
+ * was passed and the application has read it all; the segment then goes on
+ * to TCP unstamped, to be judged by l7_stream. Otherwise the segment is
+ * dropped. */
+static __always_inline int fast_hand_over(struct __sk_buff *skb, struct l7_sock_state *st, struct l7_fast_conn *fc,
+					  struct fast_seg *p)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+	int handed = 0;
+
+	if (p->sock_len == sizeof(p->sock.ipv4))
+		sk = bpf_sk_lookup_tcp(skb, &p->sock, sizeof(p->sock.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_tcp(skb, &p->sock, sizeof(p->sock.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk) {
+		count(L7_R_FAST_WAIT);
+		return TCX_DROP;
+	}
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		__u32 rcv_nxt = tp->rcv_nxt;
+
+		if (rcv_nxt != st->rcv_seq) {
+			/* Bytes passed that TCP has not received: still on
+			 * their way (another CPU, the socket's backlog), or
+			 * dropped by TCP. */
+			__u64 now = bpf_ktime_get_ns();
+
+			if (!fc->stuck_since)
+				fc->stuck_since = now;
+			else if (now - fc->stuck_since > FAST_STUCK_NS)
+				set_denied(st, L7_R_FAST_LOST);
+		} else if (tp->copied_seq == rcv_nxt) {
+			if (bpf_map_update_elem(&l7_socks, &fc->cookie, sk, BPF_NOEXIST) == 0)
+				handed = 1;
+			else
+				set_denied(st, L7_R_INSERT_FAILED);
+		}
+	}
+	bpf_sk_release(sk);
+	if (!handed) {
+		count(L7_R_FAST_WAIT);
+		return TCX_DROP;
+	}
+	__sync_fetch_and_and(&st->flags, ~L7_SF_FAST);
+	fc->stuck_since = 0;
+	count(L7_R_FAST_HANDED);
+	return TCX_NEXT;
+}
+
+/* One data segment of a connection judged before TCP (l7_fast holds it:
+ * L7_SF_FAST_BUSY). A global function, verified once. */
+__noinline int fast_segment(struct __sk_buff *skb, struct l7_sock_state *st, struct l7_fast_conn *fc,
+			    struct fast_seg *p)
+{
+	int r;
+
+	if (!skb || !st || !fc || !p)
+		return TCX_DROP;
+	if (p->seq == st->rcv_seq && !(p->flags & (TCPF_SYN | TCPF_URG))) {
+		r = fast_frame(skb, st, p);
+		if (r > 0) {
+			skb->mark = FAST_STAMP | (r == 2 ? FAST_STAMP_REQUEST : 0) | ((p->seq + p->len) & FAST_STAMP_END);
+			fc->stuck_since = 0;
+			count(L7_R_FAST_PASSED);
+			return TCX_NEXT;
+		}
+	}
+	return fast_hand_over(skb, st, fc, p);
+}
+
+SEC("tcx/ingress")
+int l7_fast(struct __sk_buff *skb)
+{
+	struct fast_seg p = {};
+	struct l7_fast_conn *fc;
+	struct l7_sock_state *st;
+	__u32 old;
+	int r;
+
+	if (fast_parse(skb, &p))
+		return TCX_NEXT;
+	fc = bpf_map_lookup_elem(&l7_fast_conns, &p.tk);
+	if (!fc)
+		return TCX_NEXT;
+	st = bpf_map_lookup_elem(&l7_state, &fc->cookie);
+	/* Handshake, ACKs, FIN and RST without data go on; so does everything
+	 * of a connection handed to its socket. */
+	if (!st || !(st->flags & L7_SF_FAST) || p.len == 0)
+		return TCX_NEXT;
+	if (st->denied) {
+		count(L7_R_STICKY);
+		return TCX_DROP;
+	}
+	old = __sync_fetch_and_or(&st->flags, L7_SF_FAST_BUSY);
+	if (old & L7_SF_FAST_BUSY) {
+		count(L7_R_FAST_WAIT);
+		return TCX_DROP;
+	}
+	r = TCX_NEXT;
+	if (old & L7_SF_FAST)
+		r = fast_segment(skb, st, fc, &p);
+	__sync_fetch_and_and(&st->flags, ~L7_SF_FAST_BUSY);
+	return r;
 }
 
 static __always_inline void swap_in_place(struct l7_tuple *t)

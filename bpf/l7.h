@@ -134,6 +134,21 @@ enum l7_phase {
  * if TCP took less, the rest of the body is to come again. */
 #define L7_SF_BODY_ENDED 64
 
+/* A server's connection judged before TCP (l7_fast, Options.JudgeBeforeTCP):
+ * its segments are judged at the pod's interfaces and the socket is in no
+ * SOCKHASH with programs; cleared when the connection is handed to
+ * l7_socks (l7_stream) for good. */
+#define L7_SF_FAST 128
+/* l7_fast is working on the connection (taken with an atomic or): a second
+ * CPU does not judge the same connection's segments at the same time. */
+#define L7_SF_FAST_BUSY 256
+
+/* l7_fast_conns[the connection as the server sees it]. */
+struct l7_fast_conn {
+	__u64 cookie;      /* the server socket's: the key of l7_state */
+	__u64 stuck_since; /* bpf_ktime_get_ns() of the first hand-over refused because TCP is behind what was judged */
+};
+
 /* l7_state[socket cookie]: per-connection state, created by sock_ops. */
 struct l7_sock_state {
 	__u64 body_remaining;
@@ -257,6 +272,10 @@ enum l7_reason {
 	L7_R_UNJUDGED_WRITE,   /* client connections judged at their socket that sent, or queued, bytes their sk_msg program never passed */
 	L7_R_NO_ROOM,          /* client connections judged at their socket denied: a header block or chunk-size line written with too little room in the send buffer to be sent whole */
 	L7_R_NO_MEMORY,        /* client connections judged at their socket denied: a header block or chunk-size line TCP's memory accounting could refuse to charge (mem_allows()) */
+	L7_R_FAST_PASSED,      /* segments judged before TCP and passed (l7_fast) */
+	L7_R_FAST_HANDED,      /* connections judged before TCP handed to the server's socket (l7_socks) */
+	L7_R_FAST_WAIT,        /* segments dropped before TCP: the connection could not be handed over yet (TCP had bytes unread or not yet received), or another CPU was judging it; TCP sends them again */
+	L7_R_FAST_LOST,        /* connections judged before TCP denied: TCP lost bytes that were judged, and their retransmission could not be judged in order */
 	L7_R_MAX,
 };
 

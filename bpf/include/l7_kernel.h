@@ -130,6 +130,15 @@ struct bpf_sock_ops {
 	__u32 bytes_received[2];
 	__u32 bytes_acked[2];
 	__u32 sk[2];
+	/* The segment of the callback (established callbacks: the one that
+	 * completed the handshake, the SYN with TCP Fast Open): skb_data to
+	 * skb_data_end is its TCP header, skb_len the whole segment. The
+	 * pointers are read with one 8-byte load each (handshake_data() in
+	 * http.c). */
+	__u32 skb_data[2];
+	__u32 skb_data_end[2];
+	__u32 skb_len;
+	__u32 skb_tcp_flags;
 };
 
 /* UAPI struct sk_msg_md. */
@@ -228,6 +237,29 @@ struct tcp_sock {
 } __attribute__((preserve_access_index));
 static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
 
+/* tc: the socket a segment is for (the judging before TCP, l7_fast). */
+struct bpf_sock_tuple {
+	union {
+		struct {
+			__u32 saddr;
+			__u32 daddr;
+			__u16 sport;
+			__u16 dport;
+		} ipv4;
+		struct {
+			__u32 saddr[4];
+			__u32 daddr[4];
+			__u16 sport;
+			__u16 dport;
+		} ipv6;
+	};
+};
+static struct bpf_sock *(*bpf_sk_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size, __u64 netns,
+					     __u64 flags) = (void *)84;
+#define BPF_F_CURRENT_NETNS (-1L)
+#define TCX_NEXT (-1)
+#define TCX_DROP 2
+
 /* kfuncs, resolved by name against the kernel's BTF at load time. */
 #define __ksym __attribute__((section(".ksyms")))
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
@@ -316,5 +348,6 @@ struct bpf_iter__tcp {
 
 #define bpf_ntohs(x) __builtin_bswap16(x)
 #define bpf_htonl(x) __builtin_bswap32(x)
+#define bpf_htons(x) __builtin_bswap16(x)
 
 #endif

@@ -39,9 +39,11 @@ type config struct {
 	httpHoldMax time.Duration
 	// httpAtSource judges a local server's ingress rules at its local clients' sockets.
 	httpAtSource bool
-	interval     time.Duration
-	metricsAddr  string
-	probeAddr    string
+	// httpBeforeTCP judges whole requests at the pod's interfaces, before TCP.
+	httpBeforeTCP bool
+	interval      time.Duration
+	metricsAddr   string
+	probeAddr     string
 }
 
 func main() {
@@ -56,6 +58,7 @@ func main() {
 	flag.StringVar(&c.httpDelivery, "http-delivery", "", "how the kernel frames requests at a server's socket on judged ports and hands allowed ones to the application: direct (the default on Linux 6.5 and later: the verdict program frames each received segment and passes allowed bytes at once), redirect (the default before 6.5: the kernel's stream parser frames, allowed requests go through the socket's backlog, about 15 to 20 µs more per request at one connection) or pass (stream parser and SK_PASS: this kernel loses requests with it; for measurements). See bpf/README.md, \"Deliveries\"")
 	flag.DurationVar(&c.httpHoldMax, "http-hold-max", l7.DefaultHoldMax, "with direct delivery, how long an incomplete request header block may wait for its end (a client sending it slowly) before the connection is denied and reset")
 	flag.BoolVar(&c.httpAtSource, "http-judge-at-source", false, "judge the ingress HTTP rules of a server on this node at the sockets of its clients on this node (their sk_msg program), for clients in pods where no process can hold CAP_NET_RAW or CAP_NET_ADMIN (every process's capability bounding set lacks both, as in Pod Security Standard restricted): allowed requests then cost no delivery hop. Off by default: the kernel's sk_msg send path has let a client's own writes past its socket's judge (it reuses a verdict after a short write); closed as far as known, but the server's socket judges what TCP received whatever the writes (docs/limitations.md). Other clients, and clients on other nodes, are judged at the server's socket")
+	flag.BoolVar(&c.httpBeforeTCP, "http-judge-before-tcp", true, "with direct delivery, judge a server's requests at its pod's interfaces as they come in, before TCP (a tcx program in the pod's network namespace), when each comes whole in its segments: such connections never enter the kernel's SOCKHASH receive path (about 5 µs a round trip); a connection with anything else (a header block in pieces, a denied request, pipelined requests, a chunked body) is handed to its socket's verdict program for the rest of its life. See bpf/README.md, \"Judging before TCP\"")
 	flag.DurationVar(&c.interval, "drift-check-interval", 5*time.Second, "how often the kernel is compared with the desired state and repaired")
 	flag.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
 	flag.StringVar(&c.probeAddr, "health-probe-bind-address", ":9963", "address of /healthz and /readyz (0 disables it)")
@@ -130,7 +133,12 @@ func run(c config) error {
 		delivery := httpDelivery(c.httpDelivery)
 		// The HTTP programs share the datapath's IP cache, and their sock_ops program sits on the
 		// cgroup that holds the node's pods.
-		http7, err = l7.Load(l7.Options{PinDir: filepath.Join(c.pinDir, "l7"), IPCache: dp.IPCacheMap(), Delivery: delivery, HoldMax: c.httpHoldMax, JudgeAtSource: c.httpAtSource})
+		if c.httpBeforeTCP && delivery != l7.DeliverDirect {
+			ctrl.Log.WithName("setup").Info("not judging before TCP: it hands connections to direct delivery", "delivery", delivery.String())
+			c.httpBeforeTCP = false
+		}
+		http7, err = l7.Load(l7.Options{PinDir: filepath.Join(c.pinDir, "l7"), IPCache: dp.IPCacheMap(), Delivery: delivery, HoldMax: c.httpHoldMax,
+			JudgeAtSource: c.httpAtSource, JudgeBeforeTCP: c.httpBeforeTCP})
 		if err != nil {
 			return fmt.Errorf("load the HTTP programs (run with --http=false to enforce L3/L4 only): %w", err)
 		}
@@ -170,6 +178,12 @@ func run(c config) error {
 	}
 	if resetter != nil {
 		if err := mgr.Add(resetter); err != nil {
+			return err
+		}
+	}
+	if http7 != nil && c.httpBeforeTCP {
+		// l7_fast on the interfaces of every pod's network namespace, never the node's own.
+		if err := mgr.Add(agent.NewBeforeTCPAttacher(http7, c.cgroupRoot, c.netns)); err != nil {
 			return err
 		}
 	}

@@ -65,8 +65,9 @@ type HTTPFlow struct {
 	HeaderMismatches []string `json:"headerMismatches,omitempty"`
 	// DecisionNanos is the time the kernel spent parsing the header block and matching the rules.
 	DecisionNanos int64 `json:"decisionNanoseconds"`
-	// JudgedAt is where an ingress request was judged: "server" (the server's socket) or "client"
-	// (the socket of a client on the same node, --http-judge-at-source); empty for egress.
+	// JudgedAt is where an ingress request was judged: "server" (on the server's side: its socket,
+	// or its pod's interfaces with --http-judge-before-tcp) or "client" (the socket of a client on
+	// the same node, --http-judge-at-source); empty for egress.
 	JudgedAt string `json:"judgedAt,omitempty"`
 }
 

@@ -3,7 +3,9 @@ package l7
 import (
 	"context"
 	"net"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,7 +37,7 @@ type deliveryMode struct {
 func newDeliveryBench(b *testing.B) *deliveryBench {
 	requireRoot(b)
 	b.Setenv("L7_TEST_SERVER_QUIET", "1")
-	e := newTestEnvOptions(b, Options{Delivery: DeliverDirect})
+	e := newTestEnvOptions(b, Options{Delivery: DeliverDirect, JudgeBeforeTCP: true})
 	const port, peer = 8080, 5000
 	e.judge(b, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
 	e.startServer(b, port, false)
@@ -56,6 +58,21 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 	busy := map[string]*ebpf.Program{"floor+1us": busyPass(b, 1000), "floor+2us": busyPass(b, 2000)}
 	use := func(name string, d Delivery) {
 		b.Helper()
+		// l7_fast sits on the server's interfaces only in its own mode: elsewhere it would add its
+		// look at every segment to the other modes.
+		cfg, srvNS := e.l.config&^configBeforeTCP, "/run/netns/"+e.srvNS
+		if err := e.l.DetachNetns(srvNS); err != nil {
+			b.Fatal(err)
+		}
+		if name == "before-tcp" {
+			cfg |= configBeforeTCP
+			if err := e.l.AttachNetns(srvNS); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := e.l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
+			b.Fatal(err)
+		}
 		if name == "none" {
 			if err := e.l.DeletePort(e.srvAddr, port); err != nil {
 				b.Fatal(err)
@@ -64,6 +81,13 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 		}
 		if err := e.l.attachSockhashPrograms(d); err != nil {
 			b.Fatal(err)
+		}
+		if name == "sockmap-no-programs" {
+			for _, typ := range []ebpf.AttachType{ebpf.AttachSkSKBStreamVerdict, ebpf.AttachSkSKBStreamParser} {
+				if _, err := detachAll(e.l.objs.L7Socks, typ); err != nil {
+					b.Fatal(err)
+				}
+			}
 		}
 		if p := map[string]*ebpf.Program{"sockmap-floor": passAll, "floor+1us": busy["floor+1us"], "floor+2us": busy["floor+2us"]}[name]; p != nil {
 			if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.l.objs.L7Socks.FD(), Program: p, Attach: ebpf.AttachSkSKBStreamVerdict}); err != nil {
@@ -79,9 +103,14 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { stats.Close() })
-	return &deliveryBench{e: e, use: use, passAll: passAll, busy: busy, rq: []byte(req("GET", "/allowed/quiet")),
-		modes: []deliveryMode{{"none", 0}, {"sockmap-floor", DeliverDirect}, {"floor+1us", DeliverDirect}, {"floor+2us", DeliverDirect},
-			{"direct", DeliverDirect}, {"redirect", DeliverRedirect}}}
+	modes := []deliveryMode{{"none", 0}, {"before-tcp", DeliverDirect}, {"sockmap-no-programs", DeliverDirect},
+		{"sockmap-floor", DeliverDirect}, {"floor+1us", DeliverDirect}, {"floor+2us", DeliverDirect},
+		{"direct", DeliverDirect}, {"redirect", DeliverRedirect}}
+	// PORTCULLIS_BENCH_MODES="none,direct,..." runs only those (more rounds in the same time).
+	if v := os.Getenv("PORTCULLIS_BENCH_MODES"); v != "" {
+		modes = slices.DeleteFunc(modes, func(m deliveryMode) bool { return !slices.Contains(strings.Split(v, ","), m.name) })
+	}
+	return &deliveryBench{e: e, use: use, passAll: passAll, busy: busy, rq: []byte(req("GET", "/allowed/quiet")), modes: modes}
 }
 
 // busyPass is a verdict program that spins for ns nanoseconds (by bpf_ktime_get_ns, at most 3,000
@@ -113,7 +142,7 @@ func busyPass(b *testing.B, ns int32) *ebpf.Program {
 func (d *deliveryBench) bpfTime(b *testing.B) map[string]time.Duration {
 	out := map[string]time.Duration{}
 	for name, progs := range map[string][]*ebpf.Program{
-		"sockmap-floor": {d.passAll}, "floor+1us": {d.busy["floor+1us"]}, "floor+2us": {d.busy["floor+2us"]},
+		"sockmap-floor": {d.passAll}, "floor+1us": {d.busy["floor+1us"]}, "floor+2us": {d.busy["floor+2us"]}, "before-tcp": {d.e.l.objs.L7Fast},
 		"direct": {d.e.l.objs.L7Stream}, "redirect": {d.e.l.objs.L7Parser, d.e.l.objs.L7Verdict},
 	} {
 		out[name] = runTime(b, progs...)
@@ -182,6 +211,8 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 		for name, runtime := range d.bpfTime(b) {
 			b.ReportMetric(float64(runtime.Nanoseconds())/float64(rounds*roundTrips), name+"-bpf-ns/req")
 		}
+		// The before-tcp connections stayed judged before TCP: none handed to its socket.
+		b.ReportMetric(float64(e.counter(b, ReasonFastHanded)+e.counter(b, ReasonFastWait)), "before-tcp-handed+waits")
 		base := pct(lat["none"], 50)
 		for _, m := range modes {
 			p50 := pct(lat[m.name], 50)

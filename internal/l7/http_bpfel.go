@@ -72,6 +72,12 @@ const (
 	httpL7EventVerdictL7EV_AUDITED httpL7EventVerdict = 3
 )
 
+type httpL7FastConn struct {
+	_          structs.HostLayout
+	Cookie     uint64
+	StuckSince uint64
+}
+
 type httpL7Header struct {
 	_        structs.HostLayout
 	NameLen  uint32
@@ -157,7 +163,11 @@ const (
 	httpL7ReasonL7R_UNJUDGED_WRITE     httpL7Reason = 35
 	httpL7ReasonL7R_NO_ROOM            httpL7Reason = 36
 	httpL7ReasonL7R_NO_MEMORY          httpL7Reason = 37
-	httpL7ReasonL7R_MAX                httpL7Reason = 38
+	httpL7ReasonL7R_FAST_PASSED        httpL7Reason = 38
+	httpL7ReasonL7R_FAST_HANDED        httpL7Reason = 39
+	httpL7ReasonL7R_FAST_WAIT          httpL7Reason = 40
+	httpL7ReasonL7R_FAST_LOST          httpL7Reason = 41
+	httpL7ReasonL7R_MAX                httpL7Reason = 42
 )
 
 type httpL7Rule struct {
@@ -320,6 +330,9 @@ const (
 	httpMapL7EgressSocks    = "l7_egress_socks"
 	httpMapL7EgressState    = "l7_egress_state"
 	httpMapL7Events         = "l7_events"
+	httpMapL7FastConns      = "l7_fast_conns"
+	httpMapL7FastNetns      = "l7_fast_netns"
+	httpMapL7FastSocks      = "l7_fast_socks"
 	httpMapL7Headers        = "l7_headers"
 	httpMapL7Ipcache        = "l7_ipcache"
 	httpMapL7Nesting        = "l7_nesting"
@@ -333,6 +346,7 @@ const (
 	httpMapL7TrustedNetns   = "l7_trusted_netns"
 	httpMapL7Upgrades       = "l7_upgrades"
 	httpProgL7Egress        = "l7_egress"
+	httpProgL7Fast          = "l7_fast"
 	httpProgL7Guard         = "l7_guard"
 	httpProgL7GuardEgress   = "l7_guard_egress"
 	httpProgL7Parser        = "l7_parser"
@@ -388,6 +402,7 @@ type httpSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpProgramSpecs struct {
 	L7Egress        *ebpf.ProgramSpec `ebpf:"l7_egress"`
+	L7Fast          *ebpf.ProgramSpec `ebpf:"l7_fast"`
 	L7Guard         *ebpf.ProgramSpec `ebpf:"l7_guard"`
 	L7GuardEgress   *ebpf.ProgramSpec `ebpf:"l7_guard_egress"`
 	L7Parser        *ebpf.ProgramSpec `ebpf:"l7_parser"`
@@ -411,6 +426,9 @@ type httpMapSpecs struct {
 	L7EgressSocks  *ebpf.MapSpec `ebpf:"l7_egress_socks"`
 	L7EgressState  *ebpf.MapSpec `ebpf:"l7_egress_state"`
 	L7Events       *ebpf.MapSpec `ebpf:"l7_events"`
+	L7FastConns    *ebpf.MapSpec `ebpf:"l7_fast_conns"`
+	L7FastNetns    *ebpf.MapSpec `ebpf:"l7_fast_netns"`
+	L7FastSocks    *ebpf.MapSpec `ebpf:"l7_fast_socks"`
 	L7Headers      *ebpf.MapSpec `ebpf:"l7_headers"`
 	L7Ipcache      *ebpf.MapSpec `ebpf:"l7_ipcache"`
 	L7Nesting      *ebpf.MapSpec `ebpf:"l7_nesting"`
@@ -460,6 +478,9 @@ type httpMaps struct {
 	L7EgressSocks  *ebpf.Map `ebpf:"l7_egress_socks"`
 	L7EgressState  *ebpf.Map `ebpf:"l7_egress_state"`
 	L7Events       *ebpf.Map `ebpf:"l7_events"`
+	L7FastConns    *ebpf.Map `ebpf:"l7_fast_conns"`
+	L7FastNetns    *ebpf.Map `ebpf:"l7_fast_netns"`
+	L7FastSocks    *ebpf.Map `ebpf:"l7_fast_socks"`
 	L7Headers      *ebpf.Map `ebpf:"l7_headers"`
 	L7Ipcache      *ebpf.Map `ebpf:"l7_ipcache"`
 	L7Nesting      *ebpf.Map `ebpf:"l7_nesting"`
@@ -484,6 +505,9 @@ func (m *httpMaps) Close() error {
 		m.L7EgressSocks,
 		m.L7EgressState,
 		m.L7Events,
+		m.L7FastConns,
+		m.L7FastNetns,
+		m.L7FastSocks,
 		m.L7Headers,
 		m.L7Ipcache,
 		m.L7Nesting,
@@ -511,6 +535,7 @@ type httpVariables struct {
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpPrograms struct {
 	L7Egress        *ebpf.Program `ebpf:"l7_egress"`
+	L7Fast          *ebpf.Program `ebpf:"l7_fast"`
 	L7Guard         *ebpf.Program `ebpf:"l7_guard"`
 	L7GuardEgress   *ebpf.Program `ebpf:"l7_guard_egress"`
 	L7Parser        *ebpf.Program `ebpf:"l7_parser"`
@@ -525,6 +550,7 @@ type httpPrograms struct {
 func (p *httpPrograms) Close() error {
 	return _HttpClose(
 		p.L7Egress,
+		p.L7Fast,
 		p.L7Guard,
 		p.L7GuardEgress,
 		p.L7Parser,

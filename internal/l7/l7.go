@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,6 +69,13 @@ type Options struct {
 	// connection's data if the client's socket ever leaves the judged set. Other clients are judged
 	// at the server's socket as before.
 	JudgeAtSource bool
+	// JudgeBeforeTCP judges the requests of a server's connections segment by segment at the
+	// interfaces of its network namespace (a tcx program, l7_fast), before TCP, where AttachNetns
+	// attached that program: a connection none of whose segments needs more than one segment's
+	// framing never enters the SOCKHASH receive path (about 5 µs a round trip on this project's
+	// machine, docs/benchmarks.md). Anything else hands the connection to its socket, which judges
+	// it as without this option (bpf/README.md, "Judging before TCP").
+	JudgeBeforeTCP bool
 }
 
 // DefaultHoldMax is Options.HoldMax's default.
@@ -147,8 +155,9 @@ func (d Delivery) String() string {
 
 // Bits of l7_config[0] (L7_CFG_* in bpf/http.c).
 const (
-	configPass     = 1
-	configAtSource = 2
+	configPass      = 1
+	configAtSource  = 2
+	configBeforeTCP = 4
 )
 
 // L7 is the loaded HTTP policy programs and maps. It is safe for concurrent use.
@@ -157,7 +166,9 @@ type L7 struct {
 	objs   httpObjects
 	pinDir string
 	cg     map[string][]link.Link // cgroup path → sock_ops and guard links
-	reset  *link.Iter             // l7_reset, read once per namespace by ResetDenied
+	// fast is the l7_fast links of each network namespace AttachNetns attached, by cookie.
+	fast  map[uint64]*netnsLinks
+	reset *link.Iter // l7_reset, read once per namespace by ResetDenied
 	// resetAtSource is l7_reset_at_source, read by ResetAtSource.
 	resetAtSource *link.Iter
 	tab           *tables
@@ -182,6 +193,8 @@ func Load(opts Options) (_ *L7, err error) {
 		if err := DirectDeliverySupported(); err != nil {
 			return nil, fmt.Errorf("load l7: %w (use DeliverRedirect)", err)
 		}
+	} else if opts.JudgeBeforeTCP {
+		return nil, errors.New("load l7: judging before TCP hands connections to direct delivery: it needs DeliverDirect")
 	}
 	spec, err := loadHttp()
 	if err != nil {
@@ -215,7 +228,7 @@ func Load(opts Options) (_ *L7, err error) {
 	if opts.IPCache != nil {
 		collOpts.MapReplacements = map[string]*ebpf.Map{"l7_ipcache": opts.IPCache}
 	}
-	l := &L7{pinDir: opts.PinDir, cg: map[string][]link.Link{}}
+	l := &L7{pinDir: opts.PinDir, cg: map[string][]link.Link{}, fast: map[uint64]*netnsLinks{}}
 	if err := spec.LoadAndAssign(&l.objs, &collOpts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -244,6 +257,9 @@ func Load(opts Options) (_ *L7, err error) {
 	}
 	if opts.JudgeAtSource {
 		cfg |= configAtSource
+	}
+	if opts.JudgeBeforeTCP {
+		cfg |= configBeforeTCP
 	}
 	l.delivery, l.config = opts.Delivery, cfg
 	if err := l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
@@ -609,27 +625,32 @@ func (l *L7) DeleteIdentity(prefix netip.Prefix) error {
 	return nil
 }
 
-// Sockets returns the socket cookies in the ingress (or egress) SOCKHASH: connections being judged.
+// Sockets returns the socket cookies of the connections being judged: the ingress (or egress)
+// SOCKHASH's, and on the ingress side those judged before TCP (Options.JudgeBeforeTCP).
 func (l *L7) Sockets(egress bool) ([]uint64, error) {
-	var out []uint64
-	var k uint64
-	m := l.objs.L7Socks
+	ms := []*ebpf.Map{l.objs.L7Socks, l.objs.L7FastSocks}
 	if egress {
-		m = l.objs.L7EgressSocks
+		ms = []*ebpf.Map{l.objs.L7EgressSocks}
 	}
-	it := m.Iterate()
-	var v uint64
-	for it.Next(&k, &v) {
-		out = append(out, k)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list l7 sockets: %w", err)
+	var out []uint64
+	for _, m := range ms {
+		var k, v uint64
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			if !slices.Contains(out, k) {
+				out = append(out, k)
+			}
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("list l7 sockets: %w", err)
+		}
 	}
 	return out, nil
 }
 
-// RemoveSocket removes a socket from the ingress (or egress) SOCKHASH; the guard then drops its
-// data. For tests and for repairing state; it is not an error when absent.
+// RemoveSocket removes a socket from the ingress (or egress) SOCKHASH, and a connection judged
+// before TCP from l7_fast_conns; the guard then drops its data. For tests and for repairing state;
+// it is not an error when absent.
 func (l *L7) RemoveSocket(cookie uint64, egress bool) error {
 	m := l.objs.L7Socks
 	if egress {
@@ -637,6 +658,26 @@ func (l *L7) RemoveSocket(cookie uint64, egress bool) error {
 	}
 	if err := m.Delete(&cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("remove socket %d from the l7 sockhash: %w", cookie, err)
+	}
+	if egress {
+		return nil
+	}
+	var k httpL7Tuple
+	var v httpL7FastConn
+	var gone []httpL7Tuple
+	it := l.objs.L7FastConns.Iterate()
+	for it.Next(&k, &v) {
+		if v.Cookie == cookie {
+			gone = append(gone, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list connections judged before TCP: %w", err)
+	}
+	for _, k := range gone {
+		if err := l.objs.L7FastConns.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove connection %d from l7_fast_conns: %w", cookie, err)
+		}
 	}
 	return nil
 }
@@ -670,6 +711,12 @@ func (l *L7) Close() error {
 		}
 	}
 	l.cg = map[string][]link.Link{}
+	for _, nl := range l.fast {
+		for _, lk := range nl.links {
+			lk.Close()
+		}
+	}
+	l.fast = map[uint64]*netnsLinks{}
 	if l.reset != nil {
 		if err := l.reset.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close the reset iterator: %w", err))
@@ -708,7 +755,8 @@ func (l *L7) Unpin() error {
 	var errs []error
 	for _, m := range []*ebpf.Map{l.objs.L7Counters, l.objs.L7DfaCells, l.objs.L7Dfas, l.objs.L7Headers,
 		l.objs.L7Ipcache, l.objs.L7Nesting, l.objs.L7Ports, l.objs.L7Rulesets, l.objs.L7Scans,
-		l.objs.L7Scratch, l.objs.L7Socks, l.objs.L7EgressSocks, l.objs.L7State, l.objs.L7EgressState, l.objs.L7AtSource, l.objs.L7TrustedNetns} {
+		l.objs.L7Scratch, l.objs.L7Socks, l.objs.L7EgressSocks, l.objs.L7State, l.objs.L7EgressState, l.objs.L7AtSource, l.objs.L7TrustedNetns,
+		l.objs.L7FastNetns, l.objs.L7FastSocks, l.objs.L7FastConns} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, err)

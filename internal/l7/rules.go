@@ -92,6 +92,22 @@ const (
 	// limit): a charge that fails makes TCP take it in part, as a full send buffer does. The
 	// connection is denied.
 	ReasonNoMemory
+	// ReasonFastPassed counts segments judged before TCP (Options.JudgeBeforeTCP) and passed. It is
+	// no request's reason.
+	ReasonFastPassed
+	// ReasonFastHanded counts connections judged before TCP handed to their server's socket (a
+	// header block in pieces, a denied request, pipelined requests, a chunked body, a WebSocket
+	// upgrade, a retransmission). It is no request's reason.
+	ReasonFastHanded
+	// ReasonFastWait counts segments of connections judged before TCP that were dropped for TCP to
+	// send again: the connection could not be handed to its socket yet (TCP had bytes the
+	// application had not read, or had not yet received all that was passed), or another CPU was
+	// judging the connection.
+	ReasonFastWait
+	// ReasonFastLost: a connection judged before TCP whose TCP lost bytes that were judged and
+	// passed (a checksum error, memory) and stayed behind them: their retransmission cannot be
+	// judged in order, so the connection is denied (and reset).
+	ReasonFastLost
 	numReasons
 )
 
@@ -100,7 +116,8 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"transfer-encoding", "duplicate-host", "sticky", "no-state", "busy", "state-failed", "insert-failed",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
 	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap", "urgent",
-	"denied-connections", "fast-open", "unjudged-write", "no-room", "no-memory"}
+	"denied-connections", "fast-open", "unjudged-write", "no-room", "no-memory", "fast-passed", "fast-handed",
+	"fast-wait", "fast-lost"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {

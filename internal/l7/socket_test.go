@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-dev/portcullis/internal/netns"
@@ -36,12 +37,21 @@ func TestHelperServerProcess(t *testing.T) {
 	}
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(os.Getenv("L7_TEST_SERVER_MPTCP") == "1")
+	var opts [][2]int
 	if os.Getenv("L7_TEST_SERVER_TFO") == "1" { // TCP Fast Open: data in the SYN (tfo_test.go)
-		lc.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN, 16) })
-			return errors.Join(err, serr)
-		}
+		opts = append(opts, [2]int{unix.TCP_FASTOPEN, 16})
+	}
+	if os.Getenv("L7_TEST_SERVER_DEFER") == "1" { // accept only with data: the first request completes the handshake
+		opts = append(opts, [2]int{unix.TCP_DEFER_ACCEPT, 5})
+	}
+	lc.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			for _, o := range opts {
+				serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, o[0], o[1]))
+			}
+		})
+		return errors.Join(err, serr)
 	}
 	network := os.Getenv("L7_TEST_SERVER_NET")
 	if network == "" {
@@ -58,6 +68,11 @@ func TestHelperServerProcess(t *testing.T) {
 	if os.Getenv("L7_TEST_SERVER_SPLICE") == "1" { // reads with splice(2) (splice_test.go)
 		fmt.Println("ready")
 		spliceServer(ln)
+		os.Exit(0)
+	}
+	if os.Getenv("L7_TEST_SERVER_BLOCKING") == "1" { // blocking read(2) (beforetcp_test.go)
+		fmt.Println("ready")
+		blockingServer(ln)
 		os.Exit(0)
 	}
 	var mu sync.Mutex
@@ -116,12 +131,56 @@ func spliceServer(ln net.Listener) {
 				if err != nil {
 					return
 				}
-				for _, line := range strings.Split(string(buf[:k]), "\r\n") {
-					if f := strings.Fields(line); len(f) == 3 && strings.HasPrefix(f[2], "HTTP/") {
-						fmt.Printf("seen %s %s 0 -\n", f[0], f[1])
-						c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
-					}
+				answerRequestLines(c, buf[:k])
+			}
+		}()
+	}
+}
+
+// answerRequestLines prints a "seen METHOD TARGET 0 -" line and writes a 200 for each request line
+// in b (requests without bodies, each read whole).
+func answerRequestLines(c net.Conn, b []byte) {
+	for _, line := range strings.Split(string(b), "\r\n") {
+		if f := strings.Fields(line); len(f) == 3 && strings.HasPrefix(f[2], "HTTP/") {
+			fmt.Printf("seen %s %s 0 -\n", f[0], f[1])
+			c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+		}
+	}
+}
+
+// blockingServer serves connections that it reads with blocking read(2) calls, as a
+// thread-per-connection server does (Go's own reads never block in the kernel: they wait in
+// epoll): the reader is asleep in the socket's receive path when a request arrives.
+func blockingServer(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			f, err := c.(*net.TCPConn).File() // a blocking duplicate of the socket
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			fd := int(f.Fd())
+			if err := unix.SetNonblock(fd, false); err != nil {
+				return
+			}
+			buf := make([]byte, 4096)
+			for {
+				n, err := unix.Read(fd, buf)
+				if err == unix.EAGAIN {
+					// The SOCKHASH receive path answers a blocking read EAGAIN when it
+					// woke for bytes the verdict program then held (bpf/README.md,
+					// "Blocking readers"): read again.
+					continue
 				}
+				if err != nil || n <= 0 {
+					return
+				}
+				answerRequestLines(c, buf[:n])
 			}
 		}()
 	}
@@ -259,6 +318,20 @@ func newTestEnvOptions(t testing.TB, opts Options) *testEnv {
 	e.l = l
 	if err := l.AttachCgroup(e.cgroup); err != nil {
 		t.Fatal(err)
+	}
+	// PORTCULLIS_L7_TEST_BEFORE_TCP=1 runs the package's socket tests with the server's connections
+	// judged before TCP where they can be (they are handed to the socket for everything else).
+	if os.Getenv("PORTCULLIS_L7_TEST_BEFORE_TCP") == "1" && !opts.JudgeBeforeTCP && opts.Delivery == DeliverDirect {
+		l.config |= configBeforeTCP // Converge keeps it
+		if err := l.objs.L7Config.Update(uint32(0), l.config, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+		opts.JudgeBeforeTCP = true
+	}
+	if opts.JudgeBeforeTCP {
+		if err := l.AttachNetns("/run/netns/" + e.srvNS); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return e
 }

@@ -1,0 +1,83 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/portcullis-dev/portcullis/internal/l7"
+	"github.com/portcullis-dev/portcullis/internal/netns"
+)
+
+// BeforeTCPAttacher keeps the judging before TCP (--http-judge-before-tcp, l7.Options.JudgeBeforeTCP)
+// attached in every pod's network namespace: once a second it finds the namespaces of the processes
+// under the cgroup the HTTP programs sit on, attaches l7_fast to the interfaces of each (new pods,
+// new interfaces), and detaches it from namespaces whose pods are gone. Until a pod's namespace is
+// attached its server connections are judged at their socket. The node's own namespace (the
+// agent's, and the one given as exclude) is never attached: its interfaces carry other pods'
+// traffic on its way to theirs. It is a manager Runnable.
+type BeforeTCPAttacher struct {
+	l7         *l7.L7
+	cgroupRoot string
+	exclude    []string
+	interval   time.Duration
+	failed     map[uint64]string // the last error logged per namespace
+}
+
+// NewBeforeTCPAttacher returns a BeforeTCPAttacher for the pods under cgroupRoot, never attaching in
+// the namespaces at the paths in exclude ("" entries are ignored) nor in the agent's own.
+func NewBeforeTCPAttacher(l *l7.L7, cgroupRoot string, exclude ...string) *BeforeTCPAttacher {
+	return &BeforeTCPAttacher{l7: l, cgroupRoot: cgroupRoot, exclude: append(exclude, "/proc/self/ns/net"), interval: time.Second,
+		failed: map[uint64]string{}}
+}
+
+// Start attaches until ctx ends.
+func (a *BeforeTCPAttacher) Start(ctx context.Context) error {
+	skip := map[uint64]bool{}
+	for _, p := range a.exclude {
+		if p == "" {
+			continue
+		}
+		if c, err := netns.Cookie(p); err == nil {
+			skip[c] = true
+		}
+	}
+	tick := time.NewTicker(a.interval)
+	defer tick.Stop()
+	for {
+		a.scan(ctx, skip)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *BeforeTCPAttacher) scan(ctx context.Context, skip map[uint64]bool) {
+	alive := map[uint64]bool{}
+	for _, p := range podNetns(a.cgroupRoot) {
+		c, err := netns.Cookie(p)
+		if err != nil || skip[c] {
+			continue // the process is gone, or the node's namespace
+		}
+		alive[c] = true
+		if err := a.l7.AttachNetns(p); err != nil {
+			if a.failed[c] != err.Error() {
+				a.failed[c] = err.Error()
+				log.FromContext(ctx).Error(err, "attach the judging before TCP; the namespace's connections are judged at their socket", "netns", p)
+			}
+			continue
+		}
+		delete(a.failed, c)
+	}
+	for c := range a.failed {
+		if !alive[c] {
+			delete(a.failed, c)
+		}
+	}
+	if err := a.l7.PruneNetns(alive); err != nil {
+		log.FromContext(ctx).Error(err, "detach the judging before TCP from namespaces that went away")
+	}
+}
