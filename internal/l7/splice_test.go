@@ -2,6 +2,7 @@ package l7
 
 import (
 	"io"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -63,6 +64,26 @@ func TestPrivilegedSplicingServers(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		if e.sawTarget("/secret-splice-at-source") {
 			t.Fatal("the server saw /secret-splice-at-source")
+		}
+	})
+	t.Run("judged before TCP, requests that come whole reach it", func(t *testing.T) {
+		// The socket's verdict program never runs for such a connection: TCP's receive queue,
+		// which splice reads, gets the segments l7_fast passed.
+		if err := e.l.objs.L7Config.Update(uint32(0), uint32(configBeforeTCP), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.l.AttachNetns("/run/netns/" + e.srvNS); err != nil {
+			t.Fatal(err)
+		}
+		c := e.dial(t, port, false)
+		e.acceptOne(t)
+		time.Sleep(200 * time.Millisecond) // accepted, and splicing
+		for _, target := range []string{"/allowed/splice-before-tcp-1", "/allowed/splice-before-tcp-2"} {
+			writeParts(t, c, req("GET", target))
+			expectStatuses(t, c, http.StatusOK)
+		}
+		if n := e.counter(t, ReasonFastHanded); n != 0 {
+			t.Fatalf("%d connections handed to their socket", n)
 		}
 	})
 }

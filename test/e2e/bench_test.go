@@ -393,6 +393,10 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 			agentCPU, requests := map[string]float64{}, map[string]float64{}
 			const lost = `portcullis_http_datapath_total{reason="event-lost"}`
 			lost0 := metric(b, "node-a", lost)
+			// Where the server node judged: segments before TCP, connections handed to the socket
+			// (--http-judge-before-tcp, the default: wrk's requests come one per segment).
+			const fastPassed, fastHanded = `portcullis_http_datapath_total{reason="fast-passed"}`, `portcullis_http_datapath_total{reason="fast-handed"}`
+			passed0, handed0 := metric(b, "node-a", fastPassed), metric(b, "node-a", fastHanded)
 			for range b.N {
 				// A first short run, not counted: the first measured run of a sub-benchmark came out
 				// up to a quarter slower than the rest.
@@ -458,6 +462,8 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 			b.ReportMetric(base.rps, "none-req/s")
 			// Flow events the server node's ring could not take (the agent reads too slowly).
 			b.ReportMetric(metric(b, "node-a", lost)-lost0, "events-lost")
+			b.ReportMetric(metric(b, "node-a", fastPassed)-passed0, "before-tcp-segments")
+			b.ReportMetric(metric(b, "node-a", fastHanded)-handed0, "handed-to-socket")
 		})
 	}
 }
