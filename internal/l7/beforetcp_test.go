@@ -20,6 +20,18 @@ func newBeforeTCPEnv(t testing.TB) *testEnv {
 	return newTestEnvOptions(t, Options{Delivery: DeliverDirect, JudgeBeforeTCP: true})
 }
 
+// startBeforeTCPServer is newBeforeTCPEnv with the helper server on port 8080 in the mode its
+// environment variable mode (set to 1) asks for, GET /allowed/... allowed from the client.
+func startBeforeTCPServer(t *testing.T, mode string) *testEnv {
+	t.Helper()
+	requireRoot(t)
+	t.Setenv(mode, "1")
+	e := newBeforeTCPEnv(t)
+	e.judge(t, 8080, 5000, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
+	e.startServer(t, 8080, false)
+	return e
+}
+
 // fastCounts are the counters that tell where a connection judged before TCP was judged.
 type fastCounts struct{ passed, handed, wait, guard uint64 }
 
@@ -158,12 +170,8 @@ func TestPrivilegedJudgedBeforeTCP(t *testing.T) {
 // SOCKHASH with programs only then would leave the reader asleep in TCP's own receive path, which
 // never looks at what the verdict program queued.
 func TestPrivilegedJudgedBeforeTCPWakesBlockingReaders(t *testing.T) {
-	requireRoot(t)
-	t.Setenv("L7_TEST_SERVER_BLOCKING", "1")
-	e := newBeforeTCPEnv(t)
-	const port, peer = 8080, 5000
-	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
-	e.startServer(t, port, false)
+	e := startBeforeTCPServer(t, "L7_TEST_SERVER_BLOCKING")
+	const port = 8080
 	before := e.fastCounts(t)
 	c := e.dial(t, port, false)
 	writeParts(t, c, req("GET", "/allowed/first"))
@@ -182,12 +190,8 @@ func TestPrivilegedJudgedBeforeTCPWakesBlockingReaders(t *testing.T) {
 // ACK, so the data segment's ACK does it; TCP Fast Open is tfo_test.go). That segment met l7_fast
 // before the connection had state: such a connection is judged at its socket from its first byte.
 func TestPrivilegedJudgedBeforeTCPLeavesHandshakeDataToTheSocket(t *testing.T) {
-	requireRoot(t)
-	t.Setenv("L7_TEST_SERVER_DEFER", "1")
-	e := newBeforeTCPEnv(t)
-	const port, peer = 8080, 5000
-	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
-	e.startServer(t, port, false)
+	e := startBeforeTCPServer(t, "L7_TEST_SERVER_DEFER")
+	const port = 8080
 	before := e.fastCounts(t)
 	c := e.dial(t, port, false)
 	writeParts(t, c, req("GET", "/secret/first"))

@@ -110,32 +110,7 @@ func (in *injector) send(t *testing.T, seq uint32, data string) {
 // sendFlags sends data as the segment starting at seq with the given TCP flags.
 func (in *injector) sendFlags(t *testing.T, seq uint32, data string, flags byte) {
 	t.Helper()
-	src, dst := in.src.IP.To4(), in.dst.IP.To4()
-	pkt := make([]byte, 40+len(data))
-	ip, tcp := pkt[:20], pkt[20:]
-	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_TCP // IPv4, 20-byte header; TTL; protocol
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(pkt)))
-	copy(ip[12:], src)
-	copy(ip[16:], dst)
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(checksum(0, ip)))
-	binary.BigEndian.PutUint16(tcp[0:], uint16(in.src.Port))
-	binary.BigEndian.PutUint16(tcp[2:], uint16(in.dst.Port))
-	binary.BigEndian.PutUint32(tcp[4:], seq)
-	binary.BigEndian.PutUint32(tcp[8:], in.ack)
-	tcp[12], tcp[13] = 5<<4, flags // 20-byte header
-	binary.BigEndian.PutUint16(tcp[14:], 0xffff)
-	copy(tcp[20:], data)
-	pseudo := make([]byte, 12)
-	copy(pseudo, src)
-	copy(pseudo[4:], dst)
-	pseudo[9] = unix.IPPROTO_TCP
-	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(tcp)))
-	binary.BigEndian.PutUint16(tcp[16:], ^uint16(checksum(checksum(0, pseudo), tcp)))
-	to := &unix.SockaddrInet4{}
-	copy(to.Addr[:], dst)
-	if err := unix.Sendto(in.fd, pkt, 0, to); err != nil {
-		t.Fatalf("inject %d bytes at %d: %v", len(data), seq, err)
-	}
+	in.sendRaw(t, seq, nil, data, flags, 0)
 }
 
 // TCP may queue a segment that starts before what it has already received (a retransmission that

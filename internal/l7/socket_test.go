@@ -103,38 +103,31 @@ func TestHelperServerProcess(t *testing.T) {
 // io.Copy between two TCP connections reads, instead of read(2): one "seen METHOD TARGET 0 -" line
 // and a 200 for each request line in what it reads (requests without bodies, each read whole).
 func spliceServer(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
+	serveEach(ln, func(c net.Conn) {
+		rc, err := c.(syscall.Conn).SyscallConn()
+		var p [2]int
+		if err != nil || unix.Pipe2(p[:], unix.O_CLOEXEC) != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			rc, err := c.(syscall.Conn).SyscallConn()
-			var p [2]int
-			if err != nil || unix.Pipe2(p[:], unix.O_CLOEXEC) != nil {
+		defer unix.Close(p[0])
+		defer unix.Close(p[1])
+		buf := make([]byte, 4096)
+		for {
+			var n int64
+			var serr error
+			if err := rc.Read(func(fd uintptr) bool {
+				n, serr = unix.Splice(int(fd), nil, p[1], nil, len(buf), unix.SPLICE_F_NONBLOCK)
+				return serr != unix.EAGAIN
+			}); err != nil || serr != nil || n <= 0 {
 				return
 			}
-			defer unix.Close(p[0])
-			defer unix.Close(p[1])
-			buf := make([]byte, 4096)
-			for {
-				var n int64
-				var serr error
-				if err := rc.Read(func(fd uintptr) bool {
-					n, serr = unix.Splice(int(fd), nil, p[1], nil, len(buf), unix.SPLICE_F_NONBLOCK)
-					return serr != unix.EAGAIN
-				}); err != nil || serr != nil || n <= 0 {
-					return
-				}
-				k, err := unix.Read(p[0], buf[:n])
-				if err != nil {
-					return
-				}
-				answerRequestLines(c, buf[:k])
+			k, err := unix.Read(p[0], buf[:n])
+			if err != nil {
+				return
 			}
-		}()
-	}
+			answerRequestLines(c, buf[:k])
+		}
+	})
 }
 
 // answerRequestLines prints a "seen METHOD TARGET 0 -" line and writes a 200 for each request line
@@ -152,6 +145,36 @@ func answerRequestLines(c net.Conn, b []byte) {
 // thread-per-connection server does (Go's own reads never block in the kernel: they wait in
 // epoll): the reader is asleep in the socket's receive path when a request arrives.
 func blockingServer(ln net.Listener) {
+	serveEach(ln, func(c net.Conn) {
+		f, err := c.(*net.TCPConn).File() // a blocking duplicate of the socket
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		fd := int(f.Fd())
+		if err := unix.SetNonblock(fd, false); err != nil {
+			return
+		}
+		buf := make([]byte, 4096)
+		for {
+			n, err := unix.Read(fd, buf)
+			if err == unix.EAGAIN {
+				// The SOCKHASH receive path answers a blocking read EAGAIN when it
+				// woke for bytes the verdict program then held (bpf/README.md,
+				// "Blocking readers"): read again.
+				continue
+			}
+			if err != nil || n <= 0 {
+				return
+			}
+			answerRequestLines(c, buf[:n])
+		}
+	})
+}
+
+// serveEach accepts connections and serves each with serve in a goroutine of its own, closing it
+// after.
+func serveEach(ln net.Listener, serve func(net.Conn)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -159,29 +182,7 @@ func blockingServer(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			f, err := c.(*net.TCPConn).File() // a blocking duplicate of the socket
-			if err != nil {
-				return
-			}
-			defer f.Close()
-			fd := int(f.Fd())
-			if err := unix.SetNonblock(fd, false); err != nil {
-				return
-			}
-			buf := make([]byte, 4096)
-			for {
-				n, err := unix.Read(fd, buf)
-				if err == unix.EAGAIN {
-					// The SOCKHASH receive path answers a blocking read EAGAIN when it
-					// woke for bytes the verdict program then held (bpf/README.md,
-					// "Blocking readers"): read again.
-					continue
-				}
-				if err != nil || n <= 0 {
-					return
-				}
-				answerRequestLines(c, buf[:n])
-			}
+			serve(c)
 		}()
 	}
 }
