@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -87,6 +88,35 @@ func TestPrivilegedJudgedBeforeTCP(t *testing.T) {
 		// The requests are reported as any judged request is.
 		if ev := events.wait(t, "/allowed/3"); ev.Verdict != VerdictAllowed || ev.Method != "GET" || ev.Port != port ||
 			ev.Local.Addr() != e.srvAddr || ev.Remote.Addr() != e.cliAddr || ev.Rule != 0 {
+			t.Fatalf("event %+v", ev)
+		}
+	})
+
+	t.Run("IPv6", func(t *testing.T) {
+		const port6 = 8086
+		e.startServerAt(t, "tcp6", netip.AddrPortFrom(e.srvAddr6, port6).String(), false)
+		if err := e.l.SetPort(e.srvAddr6, port6, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.l.SetRuleSet(RuleKey{EndpointID: 1, PeerIdentity: peer, Port: port6}, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.l.SetIdentity(netip.PrefixFrom(e.cliAddr6, 128), peer); err != nil {
+			t.Fatal(err)
+		}
+		before := e.fastCounts(t)
+		c := e.dialAddr(t, netip.AddrPortFrom(e.srvAddr6, port6), false)
+		writeParts(t, c, req("GET", "/allowed/v6"))
+		expectStatuses(t, c, http.StatusOK)
+		writeParts(t, c, req("GET", "/secret/v6"))
+		expectStatuses(t, c, http.StatusForbidden)
+		if e.sawTarget("/secret/v6") {
+			t.Fatal("the server saw /secret/v6")
+		}
+		if d := e.fastCounts(t).sub(before); d.passed != 1 || d.handed != 1 {
+			t.Fatalf("counters moved by %+v: want one segment passed before TCP, then one hand-over", d)
+		}
+		if ev := events.wait(t, "/allowed/v6"); ev.Local.Addr() != e.srvAddr6 || ev.Remote.Addr() != e.cliAddr6 {
 			t.Fatalf("event %+v", ev)
 		}
 	})
@@ -328,6 +358,22 @@ func TestPrivilegedJudgedBeforeTCPGivesTCPOnlyWhatItJudged(t *testing.T) {
 		}
 		if d := e.fastCounts(t).sub(before); d.passed != 1 || d.wait < 1 || d.handed != 0 {
 			t.Fatalf("counters moved by %+v: want the first passed, the second dropped", d)
+		}
+		// The client's own next request comes where TCP stands, behind what was passed: it is
+		// dropped each time TCP sends it, and after 2 s the connection is denied and reset.
+		lost := e.counter(t, ReasonFastLost)
+		writeParts(t, c, req("GET", "/allowed/after-the-loss"))
+		waitUntil(t, func() bool { return e.counter(t, ReasonFastLost) > lost }, func() string {
+			return "the connection whose TCP lost judged bytes was never denied"
+		})
+		if err := e.l.ResetDenied("/run/netns/" + e.srvNS); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := readResponses(c, 1, 3*time.Second); n != 0 || err == nil {
+			t.Fatalf("%d responses (%v), want the connection reset", n, err)
+		}
+		if e.sawTarget("/allowed/after-the-loss") {
+			t.Fatal("the server saw a request TCP took behind bytes it lost")
 		}
 	})
 

@@ -211,6 +211,12 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 		for name, runtime := range d.bpfTime(b) {
 			b.ReportMetric(float64(runtime.Nanoseconds())/float64(rounds*roundTrips), name+"-bpf-ns/req")
 		}
+		if st, err := e.l.objs.L7Fast.Stats(); err == nil {
+			b.ReportMetric(float64(st.RunCount)/float64(rounds*roundTrips), "before-tcp-runs/req")
+		}
+		if st, err := e.l.objs.L7Stream.Stats(); err == nil {
+			b.ReportMetric(float64(st.RunCount)/float64(rounds*roundTrips), "direct-runs/req")
+		}
 		// The before-tcp connections stayed judged before TCP: none handed to its socket.
 		b.ReportMetric(float64(e.counter(b, ReasonFastHanded)+e.counter(b, ReasonFastWait)), "before-tcp-handed+waits")
 		base := pct(lat["none"], 50)
