@@ -52,6 +52,10 @@ func runChecks(t *testing.T, checks []check) {
 func TestPrivilegedSeedScenarios(t *testing.T) {
 	needLab(t)
 	settle(t)
+	// The agents judge whole requests before TCP (--http-judge-before-tcp, the default): the seed's
+	// allowed requests come whole, so the nodes' agents count segments judged there.
+	const fastPassed = `portcullis_http_datapath_total{reason="fast-passed"}`
+	fast0 := metric(t, "node-a", fastPassed) + metric(t, "node-b", fastPassed)
 	ran, l7 := 0, 0
 	for _, ch := range labcluster.SeedChecks() {
 		if ch.Pending() != "" {
@@ -83,6 +87,9 @@ func TestPrivilegedSeedScenarios(t *testing.T) {
 	}
 	if ran < 14 || l7 < 6 {
 		t.Errorf("only %d seed checks ran (%d judged by HTTP rules)", ran, l7)
+	}
+	if n := metric(t, "node-a", fastPassed) + metric(t, "node-b", fastPassed) - fast0; n < 1 {
+		t.Errorf("%v segments judged before TCP: the agents did not judge before TCP", n)
 	}
 }
 
