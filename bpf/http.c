@@ -1768,6 +1768,9 @@ static __always_inline int fast_stamped(struct __sk_buff *skb, struct l7_sock_st
 		skb->mark = 0;
 		return 1;
 	}
+	if (!(st->flags & L7_SF_FAST_UNSTAMPED))
+		__sync_fetch_and_or(&st->flags, L7_SF_FAST_UNSTAMPED);
+	count(L7_R_FAST_UNSTAMPED);
 	count(L7_R_GUARD_DROP);
 	return 0;
 }
@@ -2770,6 +2773,31 @@ static __always_inline struct l7_sock_state *egress_state_of(struct sock_common 
  * bpf_sock_destroy is only callable from socket iterators, so user space
  * reads this iterator (per network namespace) after denies.
  */
+/*
+ * A connection judged before TCP whose segments reached the guard without
+ * l7_fast's stamp (L7_SF_FAST_UNSTAMPED: they come past l7_fast, which never
+ * finds the connection) is handed to its socket from here, as l7_fast would
+ * hand it: the connection held (L7_SF_FAST_BUSY) first, then only once TCP
+ * holds exactly what was passed and the application has read it. The
+ * client's TCP sends the dropped segment again, to the verdict program.
+ */
+static __always_inline void hand_over_unstamped(struct sock_common *sk, struct l7_sock_state *st, __u64 cookie)
+{
+	struct tcp_sock *tp;
+	__u32 old;
+
+	old = __sync_fetch_and_or(&st->flags, L7_SF_FAST_BUSY);
+	if (old & L7_SF_FAST_BUSY)
+		return;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if ((old & L7_SF_FAST) && tp && tp->rcv_nxt == st->rcv_seq && tp->copied_seq == st->rcv_seq &&
+	    bpf_map_update_elem(&l7_socks, &cookie, sk, BPF_NOEXIST) == 0) {
+		__sync_fetch_and_and(&st->flags, ~(L7_SF_FAST | L7_SF_FAST_UNSTAMPED));
+		count(L7_R_FAST_HANDED);
+	}
+	__sync_fetch_and_and(&st->flags, ~L7_SF_FAST_BUSY);
+}
+
 SEC("iter/tcp")
 int l7_reset(struct bpf_iter__tcp *ctx)
 {
@@ -2781,6 +2809,10 @@ int l7_reset(struct bpf_iter__tcp *ctx)
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
 	st = bpf_map_lookup_elem(&l7_state, &cookie);
+	if (st && (st->flags & L7_SF_FAST_UNSTAMPED) && !st->denied) {
+		hand_over_unstamped(sk, st, cookie);
+		return 0;
+	}
 	if (!st)
 		st = egress_state_of(sk);
 	if (!st)

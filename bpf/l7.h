@@ -142,6 +142,11 @@ enum l7_phase {
 /* l7_fast is working on the connection (taken with an atomic or): a second
  * CPU does not judge the same connection's segments at the same time. */
 #define L7_SF_FAST_BUSY 256
+/* The guard dropped a data segment of the connection that l7_fast had not
+ * stamped (an interface without l7_fast, NAT in the pod's namespace toward
+ * the port: l7_fast never finds the connection). l7_reset hands it to its
+ * socket; the agent reads that iterator when L7_R_FAST_UNSTAMPED moves. */
+#define L7_SF_FAST_UNSTAMPED 512
 
 /* l7_fast_conns[the connection as the server sees it]. */
 struct l7_fast_conn {
@@ -276,6 +281,7 @@ enum l7_reason {
 	L7_R_FAST_HANDED,      /* connections judged before TCP handed to the server's socket (l7_socks) */
 	L7_R_FAST_WAIT,        /* segments dropped before TCP: the connection could not be handed over yet (TCP had bytes unread or not yet received), or another CPU was judging it; TCP sends them again */
 	L7_R_FAST_LOST,        /* connections judged before TCP denied: TCP lost bytes that were judged, and their retransmission could not be judged in order */
+	L7_R_FAST_UNSTAMPED,   /* data segments of connections judged before TCP that reached the guard without l7_fast's stamp (dropped; the connection is handed to its socket by l7_reset) */
 	L7_R_MAX,
 };
 

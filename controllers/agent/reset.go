@@ -27,7 +27,9 @@ const answerGrace = 2 * time.Second
 // reset once the grace is over), once a second while an incomplete header block is held (one
 // held longer than l7.Options.HoldMax is denied and reset), and within a second of a deny that
 // reported no request (urgent data, a segment direct delivery could not cut: the kernel's
-// denied-connections counter moved). It is a manager Runnable.
+// denied-connections counter moved). The same iterator hands to their socket the connections judged
+// before TCP whose segments came past l7_fast (its fast-unstamped counter moved): a sweep within a
+// second. It is a manager Runnable.
 type Resetter struct {
 	l7         resetKernel
 	cgroupRoot string
@@ -43,7 +45,7 @@ type Resetter struct {
 type resetKernel interface {
 	ResetDenied(netnsPath string) error
 	Holding() bool
-	DeniedConnections() (uint64, error)
+	SweepCount() (uint64, error)
 }
 
 // NewResetter returns a Resetter for the pods whose processes live under cgroupRoot (the cgroup the
@@ -54,7 +56,7 @@ func NewResetter(l *l7.L7, cgroupRoot string) *Resetter {
 
 func newResetter(k resetKernel, cgroupRoot string) *Resetter {
 	r := &Resetter{l7: k, cgroupRoot: cgroupRoot, kick: make(chan struct{}, 1), namespaces: podNetns}
-	r.denied, _ = k.DeniedConnections()
+	r.denied, _ = k.SweepCount()
 	return r
 }
 
@@ -103,9 +105,10 @@ func (r *Resetter) run(ctx context.Context, period time.Duration) error {
 	}
 }
 
-// deniedMoved reports whether the kernel denied a connection since it was last asked.
+// deniedMoved reports whether the kernel denied a connection, or got a segment of a connection
+// judged before TCP past l7_fast, since it was last asked (l7.L7.SweepCount).
 func (r *Resetter) deniedMoved() bool {
-	n, err := r.l7.DeniedConnections()
+	n, err := r.l7.SweepCount()
 	if err != nil {
 		return true // sweep: a sweep too many costs little
 	}

@@ -30,7 +30,7 @@ func (f *fakeResetKernel) Holding() bool {
 	return f.holding
 }
 
-func (f *fakeResetKernel) DeniedConnections() (uint64, error) {
+func (f *fakeResetKernel) SweepCount() (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.denied, nil

@@ -377,6 +377,43 @@ func TestPrivilegedJudgedBeforeTCPGivesTCPOnlyWhatItJudged(t *testing.T) {
 		}
 	})
 
+	t.Run("segments that come past l7_fast", func(t *testing.T) {
+		// l7_fast gone from the server's interfaces under a live connection (as with NAT in the
+		// pod's namespace, which l7_fast never matches): the guard drops what it did not stamp, and
+		// the next sweep hands the connection to its socket, which judges TCP's retransmission.
+		c, _, _ := connect(t, req("GET", "/allowed/before-detach"))
+		before := e.fastCounts(t)
+		unstamped := e.counter(t, ReasonFastUnstamped)
+		srvNS := "/run/netns/" + e.srvNS
+		if err := e.l.DetachNetns(srvNS); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := e.l.AttachNetns(srvNS); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		writeParts(t, c, req("GET", "/allowed/past-l7-fast"))
+		waitUntil(t, func() bool { return e.counter(t, ReasonFastUnstamped) > unstamped }, func() string {
+			return "the guard never saw the unstamped segment"
+		})
+		if e.sawTarget("/allowed/past-l7-fast") {
+			t.Fatal("the server saw a request l7_fast never judged")
+		}
+		if err := e.l.ResetDenied(srvNS); err != nil { // the agent's sweep
+			t.Fatal(err)
+		}
+		expectStatuses(t, c, http.StatusOK)
+		writeParts(t, c, req("GET", "/secret/past-l7-fast"))
+		expectStatuses(t, c, http.StatusForbidden)
+		if e.sawTarget("/secret/past-l7-fast") {
+			t.Fatal("the server saw /secret/past-l7-fast")
+		}
+		if d := e.fastCounts(t).sub(before); d.handed != 1 {
+			t.Fatalf("counters moved by %+v: want one hand-over", d)
+		}
+	})
+
 	t.Run("fragments", func(t *testing.T) {
 		c, in, x := connect(t, req("GET", "/allowed/frag"))
 		before := e.fastCounts(t)

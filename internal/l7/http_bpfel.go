@@ -167,7 +167,8 @@ const (
 	httpL7ReasonL7R_FAST_HANDED        httpL7Reason = 39
 	httpL7ReasonL7R_FAST_WAIT          httpL7Reason = 40
 	httpL7ReasonL7R_FAST_LOST          httpL7Reason = 41
-	httpL7ReasonL7R_MAX                httpL7Reason = 42
+	httpL7ReasonL7R_FAST_UNSTAMPED     httpL7Reason = 42
+	httpL7ReasonL7R_MAX                httpL7Reason = 43
 )
 
 type httpL7Rule struct {

@@ -394,6 +394,18 @@ func (l *L7) DeniedConnections() (uint64, error) {
 	return l.counter(ReasonDeniedConnections)
 }
 
+// SweepCount moves whenever the agent should read l7_reset (ResetDenied) in each pod's namespace:
+// a connection was denied (DeniedConnections), or a connection judged before TCP got a segment past
+// l7_fast (fast-unstamped), which l7_reset hands to its socket.
+func (l *L7) SweepCount() (uint64, error) {
+	denied, err := l.counter(ReasonDeniedConnections)
+	if err != nil {
+		return 0, err
+	}
+	unstamped, err := l.counter(ReasonFastUnstamped)
+	return denied + unstamped, err
+}
+
 // counter sums the kernel's per-CPU counter for r.
 func (l *L7) counter(r Reason) (uint64, error) {
 	var per []uint64
@@ -408,9 +420,10 @@ func (l *L7) counter(r Reason) (uint64, error) {
 }
 
 // ResetDenied resets (TCP RST, from the server's side) every denied connection in the network
-// namespace at netnsPath ("" for the caller's own). Until then a denied client only sees its
-// request go unanswered. The agent calls it for an endpoint's namespace when the denied counters
-// move, or on a short period.
+// namespace at netnsPath ("" for the caller's own), and hands to their socket the connections judged
+// before TCP whose segments came past l7_fast. Until then a denied client only sees its request go
+// unanswered. The agent calls it for an endpoint's namespace when SweepCount moves, or on a short
+// period.
 func (l *L7) ResetDenied(netnsPath string) error {
 	if err := l.readIterIn(l.reset, netnsPath); err != nil {
 		return fmt.Errorf("reset denied connections in %q: %w", netnsPath, err)

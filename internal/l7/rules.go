@@ -108,6 +108,10 @@ const (
 	// passed (a checksum error, memory) and stayed behind them: their retransmission cannot be
 	// judged in order, so the connection is denied (and reset).
 	ReasonFastLost
+	// ReasonFastUnstamped counts data segments of connections judged before TCP that reached TCP's
+	// guard without l7_fast's stamp (an interface without it, NAT in the pod's namespace toward the
+	// port): dropped, and the connection is handed to its socket by the next ResetDenied.
+	ReasonFastUnstamped
 	numReasons
 )
 
@@ -117,7 +121,7 @@ var reasonNames = [...]string{"none", "allowed", "no-rule-match", "no-rule-set",
 	"guard-drop", "message-passed", "message-dropped", "reset", "bad-chunk", "audited", "forbidden",
 	"event-lost", "held-too-long", "ahead", "upgraded", "dot-segment", "escaped-slash", "overlap", "urgent",
 	"denied-connections", "fast-open", "unjudged-write", "no-room", "no-memory", "fast-passed", "fast-handed",
-	"fast-wait", "fast-lost"}
+	"fast-wait", "fast-lost", "fast-unstamped"}
 
 // String returns the reason in kebab case, as the counters are named.
 func (r Reason) String() string {
