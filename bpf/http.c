@@ -1830,17 +1830,18 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 		return sk_tuple(sk, &t) == 0 && judged_bytes(skb, &t, 0);
 	}
 	if (!egress) {
-		/* Judged at the client's socket, as long as that socket is
-		 * still in l7_egress_socks, and only what it judged. */
 		struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 		struct l7_tuple t = {};
 
+		/* Judged before TCP: only what l7_fast stamped. */
 		if (st && (st->flags & L7_SF_FAST)) {
 			if (offsets == 0)
 				return fast_stamped(skb, st, sk, th, data);
 			count(L7_R_GUARD_DROP);
 			return 0;
 		}
+		/* Judged at the client's socket, as long as that socket is
+		 * still in l7_egress_socks, and only what it judged. */
 		if (sk_tuple(sk, &t) == 0 && judged_at_source(&t))
 			return judged_bytes(skb, &t, 1);
 	}
