@@ -38,7 +38,7 @@ type Resetter struct {
 
 	mu            sync.Mutex
 	answeredUntil time.Time
-	denied        uint64 // the kernel's denied-connections count at the last sweep
+	sweepCount    uint64 // l7.L7.SweepCount at the last sweep
 }
 
 // resetKernel is what the Resetter needs of *l7.L7.
@@ -56,7 +56,7 @@ func NewResetter(l *l7.L7, cgroupRoot string) *Resetter {
 
 func newResetter(k resetKernel, cgroupRoot string) *Resetter {
 	r := &Resetter{l7: k, cgroupRoot: cgroupRoot, kick: make(chan struct{}, 1), namespaces: podNetns}
-	r.denied, _ = k.SweepCount()
+	r.sweepCount, _ = k.SweepCount()
 	return r
 }
 
@@ -87,9 +87,9 @@ func (r *Resetter) run(ctx context.Context, period time.Duration) error {
 		case <-ctx.Done():
 			return nil
 		case <-r.kick:
-			r.deniedMoved() // this sweep covers the denies counted so far
+			r.sweepCountMoved() // this sweep covers the denies counted so far
 		case <-tick.C:
-			moved := r.deniedMoved()
+			moved := r.sweepCountMoved()
 			r.mu.Lock()
 			due := time.Now().Before(r.answeredUntil)
 			r.mu.Unlock()
@@ -105,17 +105,17 @@ func (r *Resetter) run(ctx context.Context, period time.Duration) error {
 	}
 }
 
-// deniedMoved reports whether the kernel denied a connection, or got a segment of a connection
+// sweepCountMoved reports whether the kernel denied a connection, or got a segment of a connection
 // judged before TCP past l7_fast, since it was last asked (l7.L7.SweepCount).
-func (r *Resetter) deniedMoved() bool {
+func (r *Resetter) sweepCountMoved() bool {
 	n, err := r.l7.SweepCount()
 	if err != nil {
 		return true // sweep: a sweep too many costs little
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	moved := n != r.denied
-	r.denied = n
+	moved := n != r.sweepCount
+	r.sweepCount = n
 	return moved
 }
 

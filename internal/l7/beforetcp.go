@@ -132,8 +132,10 @@ func (l *L7) PruneNetns(alive map[uint64]bool) error {
 			errs = append(errs, l.detachFast(cookie))
 		}
 	}
-	// Pins an earlier agent left for namespaces that went away while no agent ran.
-	if l.pinDir != "" {
+	// Pins an earlier agent left for namespaces that went away while no agent ran: once, on the
+	// first prune (later pins are this agent's, unpinned by detachFast).
+	if l.pinDir != "" && !l.prunedPins {
+		l.prunedPins = true
 		dir := filepath.Join(l.pinDir, "tcx-links")
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {

@@ -109,10 +109,7 @@ func TestPrivilegedJudgedBeforeTCP(t *testing.T) {
 		writeParts(t, c, req("GET", "/allowed/v6"))
 		expectStatuses(t, c, http.StatusOK)
 		writeParts(t, c, req("GET", "/secret/v6"))
-		expectStatuses(t, c, http.StatusForbidden)
-		if e.sawTarget("/secret/v6") {
-			t.Fatal("the server saw /secret/v6")
-		}
+		e.expectForbidden(t, c, "/secret/v6")
 		if d := e.fastCounts(t).sub(before); d.passed != 1 || d.handed != 1 {
 			t.Fatalf("counters moved by %+v: want one segment passed before TCP, then one hand-over", d)
 		}
@@ -127,10 +124,7 @@ func TestPrivilegedJudgedBeforeTCP(t *testing.T) {
 		writeParts(t, c, req("GET", "/allowed/before-deny"))
 		expectStatuses(t, c, http.StatusOK)
 		writeParts(t, c, req("GET", "/secret"))
-		expectStatuses(t, c, http.StatusForbidden)
-		if e.sawTarget("/secret") {
-			t.Fatal("the server saw /secret")
-		}
+		e.expectForbidden(t, c, "/secret")
 		if d := e.fastCounts(t).sub(before); d.handed != 1 {
 			t.Fatalf("counters moved by %+v: want one hand-over", d)
 		}
@@ -148,10 +142,7 @@ func TestPrivilegedJudgedBeforeTCP(t *testing.T) {
 		// The same, denied: the pieces never reach the server.
 		r = req("GET", "/secret/in-pieces")
 		writeParts(t, c, r[:7], r[7:])
-		expectStatuses(t, c, http.StatusForbidden)
-		if e.sawTarget("/secret/in-pieces") {
-			t.Fatal("the server saw /secret/in-pieces")
-		}
+		e.expectForbidden(t, c, "/secret/in-pieces")
 		if d := e.fastCounts(t).sub(before); d.handed != 1 {
 			t.Fatalf("counters moved by %+v: want one hand-over", d)
 		}
@@ -186,10 +177,7 @@ func TestPrivilegedJudgedBeforeTCP(t *testing.T) {
 		e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/other"`}})
 		defer e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`, `method="POST" path="/upload(/.*)?"`}})
 		writeParts(t, c, req("GET", "/allowed/after-change"))
-		expectStatuses(t, c, http.StatusForbidden)
-		if e.sawTarget("/allowed/after-change") {
-			t.Fatal("the server saw a request the new rules deny")
-		}
+		e.expectForbidden(t, c, "/allowed/after-change")
 	})
 }
 
@@ -225,10 +213,7 @@ func TestPrivilegedJudgedBeforeTCPLeavesHandshakeDataToTheSocket(t *testing.T) {
 	before := e.fastCounts(t)
 	c := e.dial(t, port, false)
 	writeParts(t, c, req("GET", "/secret/first"))
-	expectStatuses(t, c, http.StatusForbidden)
-	if e.sawTarget("/secret/first") {
-		t.Fatal("the server saw the denied request that completed the handshake")
-	}
+	e.expectForbidden(t, c, "/secret/first")
 	c2 := e.dial(t, port, false)
 	writeParts(t, c2, req("GET", "/allowed/first"))
 	expectStatuses(t, c2, http.StatusOK)
@@ -405,10 +390,7 @@ func TestPrivilegedJudgedBeforeTCPGivesTCPOnlyWhatItJudged(t *testing.T) {
 		}
 		expectStatuses(t, c, http.StatusOK)
 		writeParts(t, c, req("GET", "/secret/past-l7-fast"))
-		expectStatuses(t, c, http.StatusForbidden)
-		if e.sawTarget("/secret/past-l7-fast") {
-			t.Fatal("the server saw /secret/past-l7-fast")
-		}
+		e.expectForbidden(t, c, "/secret/past-l7-fast")
 		if d := e.fastCounts(t).sub(before); d.handed != 1 {
 			t.Fatalf("counters moved by %+v: want one hand-over", d)
 		}

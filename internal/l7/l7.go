@@ -167,8 +167,10 @@ type L7 struct {
 	pinDir string
 	cg     map[string][]link.Link // cgroup path → sock_ops and guard links
 	// fast is the l7_fast links of each network namespace AttachNetns attached, by cookie.
-	fast  map[uint64]*netnsLinks
-	reset *link.Iter // l7_reset, read once per namespace by ResetDenied
+	fast map[uint64]*netnsLinks
+	// prunedPins: PruneNetns has removed the l7_fast link pins an earlier agent left.
+	prunedPins bool
+	reset      *link.Iter // l7_reset, read once per namespace by ResetDenied
 	// resetAtSource is l7_reset_at_source, read by ResetAtSource.
 	resetAtSource *link.Iter
 	tab           *tables
