@@ -1787,6 +1787,7 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 {
 	struct l7_port_key pk = {};
 	struct bpf_sock *sk = skb->sk, *member;
+	struct l7_sock_state *st;
 	__u32 th = 0, data = 0, family;
 	__u64 cookie;
 	int offsets;
@@ -1819,6 +1820,21 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 	if (offsets == 0 && skb->len <= data)
 		return 1;
 	cookie = bpf_get_socket_cookie(skb);
+	if (!egress) {
+		/* Judged before TCP: only what l7_fast stamped. Looked at
+		 * before the SOCKHASH (one lookup less for each of such a
+		 * connection's segments): l7_fast clears the flag after it
+		 * put the socket in l7_socks, in the run that hands the
+		 * connection over; a segment that comes past l7_fast in
+		 * between is dropped here, and TCP sends it again. */
+		st = bpf_map_lookup_elem(&l7_state, &cookie);
+		if (st && (st->flags & L7_SF_FAST)) {
+			if (offsets == 0)
+				return fast_stamped(skb, st, sk, th, data);
+			count(L7_R_GUARD_DROP);
+			return 0;
+		}
+	}
 	member = bpf_map_lookup_elem(egress ? (void *)&l7_egress_socks : (void *)&l7_socks, &cookie);
 	if (member) {
 		struct l7_tuple t = {};
@@ -1830,16 +1846,8 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 		return sk_tuple(sk, &t) == 0 && judged_bytes(skb, &t, 0);
 	}
 	if (!egress) {
-		struct l7_sock_state *st = bpf_map_lookup_elem(&l7_state, &cookie);
 		struct l7_tuple t = {};
 
-		/* Judged before TCP: only what l7_fast stamped. */
-		if (st && (st->flags & L7_SF_FAST)) {
-			if (offsets == 0)
-				return fast_stamped(skb, st, sk, th, data);
-			count(L7_R_GUARD_DROP);
-			return 0;
-		}
 		/* Judged at the client's socket, as long as that socket is
 		 * still in l7_egress_socks, and only what it judged. */
 		if (sk_tuple(sk, &t) == 0 && judged_at_source(&t))

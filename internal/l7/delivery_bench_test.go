@@ -4,7 +4,9 @@ import (
 	"context"
 	"net"
 	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +48,21 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
 	go func() {
+		// PORTCULLIS_BENCH_READER_CPU=n: the reader runs on CPU n (the agent's reader is off
+		// the requests' path; with client and server pinned to one CPU, it would otherwise add
+		// its time to every round trip).
+		if v := os.Getenv("PORTCULLIS_BENCH_READER_CPU"); v != "" {
+			cpu, err := strconv.Atoi(v)
+			if err == nil {
+				var set unix.CPUSet
+				set.Set(cpu)
+				runtime.LockOSThread()
+				err = unix.SchedSetaffinity(0, &set)
+			}
+			if err != nil {
+				b.Errorf("PORTCULLIS_BENCH_READER_CPU=%s: %v", v, err)
+			}
+		}
 		for range e.l.ReadEvents(ctx) {
 		}
 	}()
@@ -183,12 +200,20 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 	// alike.
 	const rounds, roundTrips = 40, 1000
 	buf := make([]byte, 4096)
+	pct := func(ds []time.Duration, p int) time.Duration {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		return s[len(s)*p/100]
+	}
 	for range b.N {
 		lat := map[string][]time.Duration{}
 		busy := map[string]time.Duration{}
+		roundP50 := map[string][]time.Duration{} // each round's median, for the paired estimate
+		guardTime := map[string]time.Duration{}  // the guard's run time in each mode's rounds
 		for r := 0; r < rounds; r++ {
 			for _, m := range modes {
 				use(m.name, m.delivery)
+				guard0 := runTime(b, e.l.objs.L7Guard, e.l.objs.L7GuardEgress)
 				c := e.dial(b, port, false)
 				start := time.Now()
 				for i := 0; i < roundTrips; i++ {
@@ -199,13 +224,10 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 					lat[m.name] = append(lat[m.name], time.Since(t0))
 				}
 				busy[m.name] += time.Since(start)
+				guardTime[m.name] += runTime(b, e.l.objs.L7Guard, e.l.objs.L7GuardEgress) - guard0
+				roundP50[m.name] = append(roundP50[m.name], pct(lat[m.name][len(lat[m.name])-roundTrips:], 50))
 				c.Close()
 			}
-		}
-		pct := func(ds []time.Duration, p int) time.Duration {
-			s := slices.Clone(ds)
-			slices.Sort(s)
-			return s[len(s)*p/100]
 		}
 		// The programs' own time per request, from the kernel's BPF statistics.
 		for name, runtime := range d.bpfTime(b) {
@@ -226,7 +248,15 @@ func BenchmarkServerSideDelivery(b *testing.B) {
 			b.ReportMetric(float64(p50.Nanoseconds())/1e3, m.name+"-p50-µs")
 			b.ReportMetric(float64(pct(lat[m.name], 99).Nanoseconds())/1e3, m.name+"-p99-µs")
 			b.ReportMetric(float64((p50-base).Nanoseconds())/1e3, m.name+"-added-p50-µs")
+			// The paired estimate: the median over rounds of (this mode's median − none's
+			// median in the same round), which a drift of the machine between rounds leaves out.
+			diffs := make([]time.Duration, rounds)
+			for r := range diffs {
+				diffs[r] = roundP50[m.name][r] - roundP50["none"][r]
+			}
+			b.ReportMetric(float64(pct(diffs, 50).Nanoseconds())/1e3, m.name+"-paired-added-p50-µs")
 			b.ReportMetric(busy["none"].Seconds()/busy[m.name].Seconds(), m.name+"-ratio")
+			b.ReportMetric(float64(guardTime[m.name].Nanoseconds())/float64(rounds*roundTrips), m.name+"-guard-ns/req")
 		}
 	}
 }

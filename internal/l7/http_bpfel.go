@@ -267,7 +267,6 @@ type httpScan struct {
 		End     uint32
 	}
 	Key           httpL7RulesetKey
-	Rs            httpL7Ruleset
 	_             [4]byte
 	Method        uint64
 	Version       uint64
@@ -317,6 +316,9 @@ type httpScan struct {
 	}
 	PathMaybe  uint32
 	PathDenied uint32
+	HdrReqs    uint32
+	Pad        uint32
+	Rs         httpL7Ruleset
 }
 
 // Names of all BPF objects in the ELF.
