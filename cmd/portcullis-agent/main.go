@@ -182,7 +182,8 @@ func run(c config) error {
 		}
 	}
 	if http7 != nil && c.httpBeforeTCP {
-		// l7_fast on the interfaces of every pod's network namespace, never the node's own.
+		// l7_fast on the interfaces of the network namespace of every pod with HTTP rules on its
+		// ingress, never the node's own.
 		if err := mgr.Add(agent.NewBeforeTCPAttacher(http7, c.cgroupRoot, c.netns)); err != nil {
 			return err
 		}

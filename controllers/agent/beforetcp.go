@@ -11,10 +11,13 @@ import (
 )
 
 // BeforeTCPAttacher keeps the judging before TCP (--http-judge-before-tcp, l7.Options.JudgeBeforeTCP)
-// attached in every pod's network namespace: once a second it finds the namespaces of the processes
-// under the cgroup the HTTP programs sit on, attaches l7_fast to the interfaces of each (new pods,
-// new interfaces), and detaches it from namespaces whose pods are gone. Until a pod's namespace is
-// attached its server connections are judged at their socket. The node's own namespace (the
+// attached in the network namespace of every pod with HTTP rules on its ingress: once a second it
+// finds the namespaces of the processes under the cgroup the HTTP programs sit on, attaches l7_fast
+// to the interfaces of each that holds an address with a judged port (new pods, new interfaces, new
+// rules), and detaches it from namespaces whose pods are gone or hold no judged port any more (the
+// ports are removed first, so the guard no longer asks for l7_fast's stamp there). Until a pod's
+// namespace is attached its server connections are judged at their socket; other pods' segments
+// never meet l7_fast. The node's own namespace (the
 // agent's, and the one given as exclude) is never attached: its interfaces carry other pods'
 // traffic on its way to theirs. It is a manager Runnable.
 type BeforeTCPAttacher struct {
@@ -56,6 +59,11 @@ func (a *BeforeTCPAttacher) Start(ctx context.Context) error {
 }
 
 func (a *BeforeTCPAttacher) scan(ctx context.Context, skip map[uint64]bool) {
+	judged, err := a.l7.JudgedAddrs()
+	if err != nil {
+		log.FromContext(ctx).Error(err, "find the pods with HTTP rules on their ingress")
+		return
+	}
 	alive := map[uint64]bool{}
 	for _, p := range podNetns(a.cgroupRoot) {
 		c, err := netns.Cookie(p)
@@ -63,7 +71,7 @@ func (a *BeforeTCPAttacher) scan(ctx context.Context, skip map[uint64]bool) {
 			continue // the process is gone, or the node's namespace
 		}
 		alive[c] = true
-		if err := a.l7.AttachNetns(p); err != nil {
+		if _, err := a.l7.SyncNetns(p, judged); err != nil {
 			if a.failed[c] != err.Error() {
 				a.failed[c] = err.Error()
 				log.FromContext(ctx).Error(err, "attach the judging before TCP; the namespace's connections are judged at their socket", "netns", p)

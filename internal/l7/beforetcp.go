@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -28,12 +29,64 @@ type netnsLinks struct {
 // so; its connections stay judged at their socket. With a pin directory the links are pinned, and
 // the next agent adopts them.
 func (l *L7) AttachNetns(path string) error {
+	_, err := l.attachNetns(path, nil)
+	return err
+}
+
+// SyncNetns is AttachNetns for a namespace that holds an address with a judged port (SetPort; judged
+// is JudgedAddrs), and DetachNetns for one that holds none: l7_fast then looks only at the segments
+// of pods with HTTP rules on their ingress. It reports whether l7_fast is attached there.
+func (l *L7) SyncNetns(path string, judged map[netip.Addr]bool) (bool, error) {
+	return l.attachNetns(path, judged)
+}
+
+// JudgedAddrs is the set of local addresses with a port whose accepted connections are judged (the
+// ingress entries of l7_ports), IPv4 addresses unmapped.
+func (l *L7) JudgedAddrs() (map[netip.Addr]bool, error) {
+	out := map[netip.Addr]bool{}
+	var k httpL7PortKey
+	var v httpL7PortValue
+	it := l.objs.L7Ports.Iterate()
+	for it.Next(&k, &v) {
+		if k.Direction == 0 {
+			out[netip.AddrFrom16(k.Addr).Unmap()] = true
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read l7 ports: %w", err)
+	}
+	return out, nil
+}
+
+// attachNetns attaches l7_fast in the namespace at path; with judged non-nil, only when one of the
+// namespace's addresses is in it (and detaches it otherwise).
+func (l *L7) attachNetns(path string, judged map[netip.Addr]bool) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	path = filepath.Clean(path)
 	cookie, err := netns.Cookie(path)
 	if err != nil {
-		return fmt.Errorf("attach l7_fast in %s: %w", path, err)
+		return false, fmt.Errorf("attach l7_fast in %s: %w", path, err)
+	}
+	if judged != nil {
+		var has bool
+		if err := netns.Do(path, func() error {
+			addrs, err := net.InterfaceAddrs()
+			if err != nil {
+				return err
+			}
+			for _, a := range addrs {
+				if p, err := netip.ParsePrefix(a.String()); err == nil && judged[p.Addr().Unmap()] {
+					has = true
+				}
+			}
+			return nil
+		}); err != nil {
+			return false, fmt.Errorf("addresses of %s: %w", path, err)
+		}
+		if !has {
+			return false, l.detachFast(cookie)
+		}
 	}
 	nl := l.fast[cookie]
 	if nl == nil {
@@ -63,15 +116,15 @@ func (l *L7) AttachNetns(path string) error {
 	})
 	l.fast[cookie] = nl
 	if err != nil {
-		return fmt.Errorf("attach l7_fast in %s: %w", path, err)
+		return false, fmt.Errorf("attach l7_fast in %s: %w", path, err)
 	}
 	if len(unsupported) > 0 {
-		return fmt.Errorf("attach l7_fast in %s: interfaces %v are neither Ethernet nor loopback: its connections stay judged at their socket", path, unsupported)
+		return false, fmt.Errorf("attach l7_fast in %s: interfaces %v are neither Ethernet nor loopback: its connections stay judged at their socket", path, unsupported)
 	}
 	if err := l.objs.L7FastNetns.Update(cookie, uint32(1), ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("list %s for judging before TCP: %w", path, err)
+		return false, fmt.Errorf("list %s for judging before TCP: %w", path, err)
 	}
-	return nil
+	return true, nil
 }
 
 // fastLinkPin is where the l7_fast link of one interface of one network namespace is pinned.

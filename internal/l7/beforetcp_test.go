@@ -12,6 +12,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // newBeforeTCPEnv is newTestEnv with the judging before TCP on (Options.JudgeBeforeTCP) and l7_fast
@@ -425,4 +427,68 @@ func mapLen(t testing.TB, m *ebpf.Map) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// SyncNetns attaches l7_fast only in a namespace that holds an address with a judged port, and
+// takes it away once the namespace holds none: the client's namespace (no judged port) is never
+// attached; the server's is attached once its port is judged, and its connections are then judged
+// before TCP; with the port no longer judged it is detached and its segments meet no l7_fast.
+func TestPrivilegedJudgingBeforeTCPOnlyWhereJudged(t *testing.T) {
+	requireRoot(t)
+	e := newBeforeTCPEnv(t)
+	const port, peer = 8080, 5000
+	srvNS, cliNS := "/run/netns/"+e.srvNS, "/run/netns/"+e.cliNS
+	if err := e.l.DetachNetns(srvNS); err != nil {
+		t.Fatal(err)
+	}
+	e.startServer(t, port, false)
+	sync := func(path string, want bool) {
+		t.Helper()
+		judged, err := e.l.JudgedAddrs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := e.l.SyncNetns(path, judged)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cookie, err := netns.Cookie(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v uint32
+		listed := e.l.objs.L7FastNetns.Lookup(cookie, &v) == nil
+		if got != want || listed != want || (e.l.fast[cookie] != nil) != want {
+			t.Fatalf("SyncNetns(%s) = %v, listed %v, links %v; want %v (judged addresses %v)", path, got, listed, e.l.fast[cookie] != nil, want, judged)
+		}
+	}
+	// Nothing judged yet: neither namespace.
+	sync(srvNS, false)
+	sync(cliNS, false)
+
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
+	sync(srvNS, true)
+	sync(cliNS, false)
+	before := e.fastCounts(t)
+	c := e.dial(t, port, false)
+	writeParts(t, c, req("GET", "/allowed/attached"))
+	expectStatuses(t, c, http.StatusOK)
+	if got := e.fastCounts(t).sub(before); got.passed == 0 || got.handed != 0 {
+		t.Fatalf("a request to a judged port in an attached namespace: counters moved by %+v, want it passed before TCP", got)
+	}
+	c.Close()
+
+	// The port is no longer judged: the namespace holds no judged address and is detached, and a
+	// new connection's requests go to the server without meeting l7_fast.
+	if err := e.l.DeletePort(e.srvAddr, port); err != nil {
+		t.Fatal(err)
+	}
+	sync(srvNS, false)
+	before = e.fastCounts(t)
+	c = e.dial(t, port, false)
+	writeParts(t, c, req("GET", "/anything/unjudged"))
+	expectStatuses(t, c, http.StatusOK)
+	if got := e.fastCounts(t).sub(before); got != (fastCounts{}) {
+		t.Fatalf("a request to a port no longer judged: counters moved by %+v, want none", got)
+	}
 }
