@@ -173,7 +173,14 @@ func run(c config) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	if _, err := agent.Setup(mgr, agent.Options{NodeName: c.nodeName, DriftCheckInterval: c.interval, Datapath: dp, Netns: c.netns, Flows: flows, L7: http7}); err != nil {
+	var beforeTCP *agent.BeforeTCPAttacher
+	if http7 != nil && c.httpBeforeTCP {
+		// l7_fast on the interfaces of the network namespace of every pod with HTTP rules on its
+		// ingress, never the node's own.
+		beforeTCP = agent.NewBeforeTCPAttacher(http7, c.cgroupRoot, c.netns)
+	}
+	if _, err := agent.Setup(mgr, agent.Options{NodeName: c.nodeName, DriftCheckInterval: c.interval, Datapath: dp, Netns: c.netns, Flows: flows,
+		L7: http7, BeforeTCP: beforeTCP}); err != nil {
 		return err
 	}
 	if resetter != nil {
@@ -181,10 +188,8 @@ func run(c config) error {
 			return err
 		}
 	}
-	if http7 != nil && c.httpBeforeTCP {
-		// l7_fast on the interfaces of the network namespace of every pod with HTTP rules on its
-		// ingress, never the node's own.
-		if err := mgr.Add(agent.NewBeforeTCPAttacher(http7, c.cgroupRoot, c.netns)); err != nil {
+	if beforeTCP != nil {
+		if err := mgr.Add(beforeTCP); err != nil {
 			return err
 		}
 	}

@@ -93,6 +93,10 @@ type Options struct {
 	// L7, when set, judges HTTP requests at the socket for the ports that have HTTP rules; its
 	// sock_ops program must already be attached to the node's (or pods') cgroup.
 	L7 *l7.L7
+	// BeforeTCP, when set, attaches the judging before TCP (started with the manager); each
+	// converge syncs it around setting the judged ports, so that a pod's connections are judged
+	// before TCP as soon as its port is judged.
+	BeforeTCP *BeforeTCPAttacher
 	// Flows, when set, receives the names of addresses and policies after every converge, and is
 	// started with the manager. Serve it at /flows (see cmd/portcullis-agent).
 	Flows *Flows
@@ -243,7 +247,7 @@ func (r *Reconciler) converge(ctx context.Context, np *v1alpha1.NodePolicy, low 
 		out.err, out.reason, out.message = err, ReasonMapUpdateFailed, err.Error()
 		return out
 	}
-	if n, err := r.convergeHTTP(low); err != nil {
+	if n, err := r.convergeHTTP(ctx, low); err != nil {
 		out.err, out.reason, out.message = err, ReasonMapUpdateFailed, err.Error()
 		return out
 	} else if n > 0 {

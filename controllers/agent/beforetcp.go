@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"net/netip"
+	"sync"
 	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -25,7 +27,10 @@ type BeforeTCPAttacher struct {
 	cgroupRoot string
 	exclude    []string
 	interval   time.Duration
-	failed     map[uint64]string // the last error logged per namespace
+
+	mu     sync.Mutex        // one scan at a time (the ticker's and a converge's)
+	skip   map[uint64]bool   // the node's namespaces, by cookie
+	failed map[uint64]string // the last error logged per namespace
 }
 
 // NewBeforeTCPAttacher returns a BeforeTCPAttacher for the pods under cgroupRoot, never attaching in
@@ -37,19 +42,10 @@ func NewBeforeTCPAttacher(l *l7.L7, cgroupRoot string, exclude ...string) *Befor
 
 // Start attaches until ctx ends.
 func (a *BeforeTCPAttacher) Start(ctx context.Context) error {
-	skip := map[uint64]bool{}
-	for _, p := range a.exclude {
-		if p == "" {
-			continue
-		}
-		if c, err := netns.Cookie(p); err == nil {
-			skip[c] = true
-		}
-	}
 	tick := time.NewTicker(a.interval)
 	defer tick.Stop()
 	for {
-		a.scan(ctx, skip)
+		a.Sync(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -58,16 +54,35 @@ func (a *BeforeTCPAttacher) Start(ctx context.Context) error {
 	}
 }
 
-func (a *BeforeTCPAttacher) scan(ctx context.Context, skip map[uint64]bool) {
+// Sync attaches and detaches now: in the namespaces holding an address with a judged port, or one of
+// also (the addresses about to get one: the agent calls it with them before it sets the ports, so
+// that the connections accepted from then on are judged before TCP, and again after).
+func (a *BeforeTCPAttacher) Sync(ctx context.Context, also ...netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.skip == nil {
+		a.skip = map[uint64]bool{}
+		for _, p := range a.exclude {
+			if p == "" {
+				continue
+			}
+			if c, err := netns.Cookie(p); err == nil {
+				a.skip[c] = true
+			}
+		}
+	}
 	judged, err := a.l7.JudgedAddrs()
 	if err != nil {
 		log.FromContext(ctx).Error(err, "find the pods with HTTP rules on their ingress")
 		return
 	}
+	for _, addr := range also {
+		judged[addr.Unmap()] = true
+	}
 	alive := map[uint64]bool{}
 	for _, p := range podNetns(a.cgroupRoot) {
 		c, err := netns.Cookie(p)
-		if err != nil || skip[c] {
+		if err != nil || a.skip[c] {
 			continue // the process is gone, or the node's namespace
 		}
 		alive[c] = true

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 
 	"github.com/portcullis-dev/portcullis/internal/l7"
 	"github.com/portcullis-dev/portcullis/internal/lowering"
@@ -10,7 +12,7 @@ import (
 // convergeHTTP makes the kernel's HTTP rule sets and judged ports equal to the lowering's. It compares
 // with the kernel itself (l7.Converge), so the drift check repairs rule sets and ports changed,
 // removed or added behind the agent's back, as it does for the L3/L4 maps.
-func (r *Reconciler) convergeHTTP(low lowering.Result) (changed int, err error) {
+func (r *Reconciler) convergeHTTP(ctx context.Context, low lowering.Result) (changed int, err error) {
 	h := r.opts.L7
 	if h == nil {
 		return 0, nil
@@ -26,10 +28,22 @@ func (r *Reconciler) convergeHTTP(low lowering.Result) (changed int, err error) 
 		r.opts.Flows.setHTTPOrigins(origins)
 	}
 	ports := make([]l7.Port, 0, len(low.HTTPPorts))
+	var judged []netip.Addr
 	for _, p := range low.HTTPPorts {
 		ports = append(ports, l7.Port{Addr: p.Addr, Port: p.Port, EndpointID: p.EndpointID, Egress: p.Egress})
+		if !p.Egress {
+			judged = append(judged, p.Addr)
+		}
+	}
+	// The judging before TCP first goes where ports are about to be judged (a connection accepted
+	// once its port is judged is then judged before TCP), and leaves where none is left after.
+	if r.opts.BeforeTCP != nil {
+		r.opts.BeforeTCP.Sync(ctx, judged...)
 	}
 	changed, err = h.Converge(ports, rules)
+	if r.opts.BeforeTCP != nil {
+		r.opts.BeforeTCP.Sync(ctx)
+	}
 	if err != nil {
 		return changed, fmt.Errorf("converge HTTP rules: %w", err)
 	}
