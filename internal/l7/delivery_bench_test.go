@@ -189,9 +189,13 @@ func runTime(b *testing.B, progs ...*ebpf.Program) time.Duration {
 // before they return it, to tell what a verdict program's own time adds (direct delivery's is
 // about 2 µs).
 // The modes alternate, rounds × one connection × roundTrips requests each; each reports its median
-// and p99 over all its round trips, its added p10 and median against "none", its request rate as a ratio
-// to "none", and the time its programs ran per request (the kernel's BPF statistics; the redirect
-// delivery's parser and verdict together). The flow events are read as the agent reads them. Run with -benchtime=1x (one iteration is the whole comparison); root.
+// and p99 over all its round trips, its added p10 and median against "none", the median over rounds
+// of its median minus "none"'s in the same round (paired), its request rate as a ratio to "none",
+// the time its programs ran per request (the kernel's BPF statistics; the redirect delivery's parser
+// and verdict together) and the guard's (which runs in every mode). The flow events are read as the
+// agent reads them (PORTCULLIS_BENCH_READER_CPU=n: on CPU n only). Run with -benchtime=1x (one
+// iteration is the whole comparison), and with -exec 'taskset -c 1' to keep client and server on one
+// CPU; root.
 func BenchmarkServerSideDelivery(b *testing.B) {
 	d := newDeliveryBench(b)
 	e, modes, use, rq := d.e, d.modes, d.use, d.rq
