@@ -192,7 +192,7 @@ struct scan {
 	struct pathm dm;
 	__u32 path_maybe, path_denied;
 	__u32 hdr_reqs; /* a rule of rs has header requirements */
-	__u32 pad;
+	__u32 mbit;     /* the method's L7_M_* bit */
 	/* A copy of the rule set taken once per request: a concurrent update
 	 * must not mix an old rule's header checks with a new rule's matching.
 	 * The tables it references are not reused for a second after release.
@@ -317,14 +317,32 @@ static __always_inline void path_byte(struct pathm *m, __u8 c)
 	seg_unit(m, c, 1);
 }
 
-/* Methods we judge; anything else (lower case, extension methods) is denied
- * rather than matched against a regex the author wrote for known methods. */
-static __always_inline int known_method(__u64 m)
+/* Methods we judge, as their L7_M_* bit; anything else (lower case,
+ * extension methods) is 0: denied rather than matched against a regex the
+ * author wrote for known methods. */
+static __always_inline __u32 known_method(__u64 m)
 {
-	return m == C3('G', 'E', 'T') || m == C3('P', 'U', 'T') || m == C4('P', 'O', 'S', 'T') ||
-	       m == C4('H', 'E', 'A', 'D') || m == C5('P', 'A', 'T', 'C', 'H') ||
-	       m == C5('T', 'R', 'A', 'C', 'E') || m == C6('D', 'E', 'L', 'E', 'T', 'E') ||
-	       m == C7('O', 'P', 'T', 'I', 'O', 'N', 'S') || m == C7('C', 'O', 'N', 'N', 'E', 'C', 'T');
+	switch (m) {
+	case C3('G', 'E', 'T'):
+		return L7_M_GET;
+	case C4('H', 'E', 'A', 'D'):
+		return L7_M_HEAD;
+	case C4('P', 'O', 'S', 'T'):
+		return L7_M_POST;
+	case C3('P', 'U', 'T'):
+		return L7_M_PUT;
+	case C6('D', 'E', 'L', 'E', 'T', 'E'):
+		return L7_M_DELETE;
+	case C5('P', 'A', 'T', 'C', 'H'):
+		return L7_M_PATCH;
+	case C7('O', 'P', 'T', 'I', 'O', 'N', 'S'):
+		return L7_M_OPTIONS;
+	case C5('T', 'R', 'A', 'C', 'E'):
+		return L7_M_TRACE;
+	case C7('C', 'O', 'N', 'N', 'E', 'C', 'T'):
+		return L7_M_CONNECT;
+	}
+	return 0;
 }
 
 static __always_inline struct l7_scratch *scratch(__u32 slot)
@@ -479,7 +497,7 @@ static __always_inline int scan_byte(struct scan *s, const struct l7_scratch *sc
 			s->method = (s->method << 8) | c;
 			return 0;
 		}
-		if (c == ' ' && known_method(s->method)) {
+		if (c == ' ' && (s->mbit = known_method(s->method))) {
 			s->st = ST_TARGET;
 			s->tstart = i + 1;
 			return 0;
@@ -772,8 +790,12 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 	mask = (all & ~(__u64)r->log_mask) << shift;
 	if ((s->seen & mask) != mask)
 		return 0;
-	if (!dfa_match(r->method_dfa, 0, s->mlen, s->slot))
+	if (r->methods & L7_METHODS_SET) {
+		if (!(r->methods & s->mbit))
+			return 0;
+	} else if (!dfa_match(r->method_dfa, 0, s->mlen, s->slot)) {
 		return 0;
+	}
 	if (r->path_dfa && (s->dm.found || s->dm.slash)) {
 		s->path_denied = 1;
 		return 0;

@@ -178,7 +178,7 @@ type httpL7Rule struct {
 	HostDfa   uint32
 	Nheaders  uint32
 	LogMask   uint32
-	Pad       uint32
+	Methods   uint32
 	Headers   [4]uint32
 }
 
@@ -317,7 +317,7 @@ type httpScan struct {
 	PathMaybe  uint32
 	PathDenied uint32
 	HdrReqs    uint32
-	Pad        uint32
+	Mbit       uint32
 	Rs         httpL7Ruleset
 }
 

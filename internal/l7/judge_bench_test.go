@@ -27,6 +27,14 @@ func BenchmarkJudge(b *testing.B) {
 	for i := range 100 {
 		hundred = append(hundred, fmt.Sprintf(`method="GET" path="/api/v1/resource%d/[0-9]+"`, i))
 	}
+	// A REST service's rules: sixteen paths under four methods (merged by method into four kernel
+	// rules), the request matching the last method's.
+	var rest []string
+	for i, m := range []string{"GET", "POST", "PUT", "DELETE"} {
+		for j := range 4 {
+			rest = append(rest, fmt.Sprintf(`method="%s" path="/v1/res%d(/[0-9]+)?"`, m, 4*i+j))
+		}
+	}
 	curl := "GET /private/metrics HTTP/1.1\r\nHost: metrics.svc.cluster.local:9090\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nX-Internal-Scraper: true\r\n\r\n"
 	cases := []struct {
 		name  string
@@ -39,6 +47,7 @@ func BenchmarkJudge(b *testing.B) {
 		{"one-rule-400B-header", []string{`method="GET" path="/allowed(/.*)?"`}, req("GET", "/allowed/quiet", "X-Pad: "+strings.Repeat("a", 400))},
 		{"one-rule-400B-path", []string{`method="GET" path="/allowed(/.*)?"`}, req("GET", "/allowed/quiet"+strings.Repeat("a", 400))},
 		{"one-rule-dotted-path", []string{`method="GET" path="/allowed(/.*)?"`}, req("GET", "/allowed/static/app.v2.min.js")},
+		{"rest-4-methods", rest, req("DELETE", "/v1/res15/7")},
 		{"one-rule-10-headers", []string{`method="GET" path="/allowed(/.*)?"`}, req("GET", "/allowed/quiet", "A: b", "C: d", "E: f", "G: h", "I: j", "K: l", "M: n", "O: p", "Q: r", "S: t")},
 	}
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))

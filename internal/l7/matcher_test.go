@@ -2,8 +2,13 @@ package l7
 
 import (
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/portcullis-dev/portcullis/internal/dfa"
 )
 
 var (
@@ -192,4 +197,81 @@ func FuzzKernelMatcher(f *testing.F) {
 	f.Fuzz(func(t *testing.T, set uint8, raw []byte) {
 		checkAgainstReference(t, l, int(set)%len(ruleSetPool), raw)
 	})
+}
+
+// A rule's method expression reaches the kernel as the set of the methods the scan accepts that it
+// matches: alternations and classes as the reference reads them, an expression that matches none
+// of them allows no request, and a rule set an earlier agent wrote (a method DFA, no set) is still
+// judged by walking that DFA.
+func TestPrivilegedMethodSets(t *testing.T) {
+	requireRoot(t)
+	l, err := Load(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	for _, tc := range []struct {
+		method  string
+		allowed []string
+	}{
+		{"GET", []string{"GET"}},
+		{"GET|HEAD", []string{"GET", "HEAD"}},
+		{"P(OST|UT|ATCH)", []string{"POST", "PUT", "PATCH"}},
+		{"[A-Z]+", Methods[:]},
+		{"get", nil}, // lower case: no method the scan accepts
+		{"PROPFIND", nil},
+	} {
+		key := RuleKey{EndpointID: 1, Port: 80}
+		if err := l.SetRules(key, []string{`method="` + tc.method + `" path="/x"`}); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range Methods {
+			want := Deny
+			if slices.Contains(tc.allowed, m) {
+				want = Allow
+			}
+			got, err := l.Judge(key, []byte(m+" /x HTTP/1.1\r\nHost: h\r\n\r\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Decision != want {
+				t.Errorf("method %q, request %s: %v (%v), want %v", tc.method, m, got.Decision, got.Reason, want)
+			}
+		}
+	}
+
+	// An earlier agent's rule set: method_dfa set, methods 0.
+	key := RuleKey{EndpointID: 2, Port: 80}
+	if err := l.SetRules(key, []string{`method="POST" path="/x"`}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := dfa.Compile("POST", dfa.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := l.internDFA("POST", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := key.kernel()
+	var rs httpL7Ruleset
+	if err := l.objs.L7Rulesets.Lookup(&k, &rs); err != nil {
+		t.Fatal(err)
+	}
+	if rs.Rules[0].Methods != methodsSet|1<<2 || rs.Rules[0].MethodDfa != 0 {
+		t.Fatalf("rule written as methods %#x, method DFA %d; want the set {POST} and no DFA", rs.Rules[0].Methods, rs.Rules[0].MethodDfa)
+	}
+	rs.Rules[0].Methods, rs.Rules[0].MethodDfa = 0, id
+	if err := l.objs.L7Rulesets.Update(&k, &rs, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	for m, want := range map[string]Decision{"POST": Allow, "GET": Deny, "PUT": Deny} {
+		got, err := l.Judge(key, []byte(m+" /x HTTP/1.1\r\nHost: h\r\n\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Decision != want {
+			t.Errorf("earlier agent's rule (method DFA POST), request %s: %v (%v), want %v", m, got.Decision, got.Reason, want)
+		}
+	}
 }

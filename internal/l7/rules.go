@@ -198,6 +198,28 @@ type CompiledRule struct {
 
 var errRule = errors.New("http rule cannot be enforced in the kernel")
 
+// Methods are the methods the kernel's scan accepts (any other request is denied before the rules
+// are looked at), in the order of their bits in a rule's method set (l7_rule.methods, L7_M_* in
+// bpf/l7.h).
+var Methods = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+
+// methodsSet marks l7_rule.methods as a method set (L7_METHODS_SET): without it, an earlier agent's
+// rule, the kernel walks method_dfa.
+const methodsSet = 1 << 31
+
+// methodSet is the kernel's form of a rule's method expression: the set of Methods it matches as a
+// whole. The scan accepts no other method, so the set decides exactly as the DFA would, without a
+// walk per rule and request.
+func methodSet(d *dfa.DFA) uint32 {
+	set := uint32(methodsSet)
+	for i, m := range Methods {
+		if d.Match([]byte(m)) {
+			set |= 1 << i
+		}
+	}
+	return set
+}
+
 // CompileRules lowers normalized HTTP rule strings (policy.HTTPRule.String form) for the kernel.
 // logHeader requirements do not decide; a mismatch is reported in the request's event.
 func CompileRules(rules []string) ([]CompiledRule, error) {
@@ -706,10 +728,13 @@ func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (wrote b
 	}
 	for i, r := range rules {
 		kr := &want.Rules[i]
+		if r.Method != nil {
+			kr.Methods = methodSet(r.Method)
+		}
 		for j, pair := range []struct {
 			d   *dfa.DFA
 			dst *uint32
-		}{{r.Method, &kr.MethodDfa}, {r.Path, &kr.PathDfa}, {r.Host, &kr.HostDfa}} {
+		}{1: {r.Path, &kr.PathDfa}, 2: {r.Host, &kr.HostDfa}} {
 			if pair.d == nil {
 				continue
 			}
