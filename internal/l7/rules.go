@@ -731,6 +731,7 @@ func (l *L7) setCompiled(key RuleKey, rules []CompiledRule, audit bool) (wrote b
 		if r.Method != nil {
 			kr.Methods = methodSet(r.Method)
 		}
+		// Path and host by their index in Patterns (0, the method, is a set above, not a DFA).
 		for j, pair := range []struct {
 			d   *dfa.DFA
 			dst *uint32
