@@ -36,12 +36,13 @@ func (r *Reconciler) convergeHTTP(ctx context.Context, low lowering.Result) (cha
 		}
 	}
 	// The judging before TCP first goes where ports are about to be judged (a connection accepted
-	// once its port is judged is then judged before TCP), and leaves where none is left after.
+	// once its port is judged is then judged before TCP), and leaves where none is left after: when
+	// the converge changed nothing, the first sync already saw the ports as they stay.
 	if r.opts.BeforeTCP != nil {
 		r.opts.BeforeTCP.Sync(ctx, judged...)
 	}
 	changed, err = h.Converge(ports, rules)
-	if r.opts.BeforeTCP != nil {
+	if r.opts.BeforeTCP != nil && (changed > 0 || err != nil) {
 		r.opts.BeforeTCP.Sync(ctx)
 	}
 	if err != nil {

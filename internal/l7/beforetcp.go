@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -68,32 +69,26 @@ func (l *L7) attachNetns(path string, judged map[netip.Addr]bool) (bool, error) 
 	if err != nil {
 		return false, fmt.Errorf("attach l7_fast in %s: %w", path, err)
 	}
-	if judged != nil {
-		var has bool
-		if err := netns.Do(path, func() error {
-			addrs, err := net.InterfaceAddrs()
-			if err != nil {
-				return err
-			}
-			for _, a := range addrs {
-				if p, err := netip.ParsePrefix(a.String()); err == nil && judged[p.Addr().Unmap()] {
-					has = true
-				}
-			}
-			return nil
-		}); err != nil {
-			return false, fmt.Errorf("addresses of %s: %w", path, err)
-		}
-		if !has {
-			return false, l.detachFast(cookie)
-		}
-	}
 	nl := l.fast[cookie]
 	if nl == nil {
 		nl = &netnsLinks{cookie: cookie, links: map[int]link.Link{}}
 	}
 	var unsupported []string
+	unjudged := false
 	err = netns.Do(path, func() error {
+		if judged != nil {
+			addrs, err := net.InterfaceAddrs()
+			if err != nil {
+				return fmt.Errorf("addresses: %w", err)
+			}
+			unjudged = !slices.ContainsFunc(addrs, func(a net.Addr) bool {
+				p, err := netip.ParsePrefix(a.String())
+				return err == nil && judged[p.Addr().Unmap()]
+			})
+			if unjudged {
+				return nil
+			}
+		}
 		ifs, err := net.Interfaces()
 		if err != nil {
 			return err
@@ -114,6 +109,9 @@ func (l *L7) attachNetns(path string, judged map[netip.Addr]bool) (bool, error) 
 		}
 		return nil
 	})
+	if unjudged {
+		return false, l.detachFast(cookie)
+	}
 	l.fast[cookie] = nl
 	if err != nil {
 		return false, fmt.Errorf("attach l7_fast in %s: %w", path, err)
