@@ -4,16 +4,20 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/types"
 
 	v1alpha1 "github.com/portcullis-dev/portcullis/api/v1alpha1"
@@ -73,7 +77,7 @@ func runWrk(b *testing.B, client, url string, conns int, d time.Duration) wrkRes
 		b.Fatal(err)
 	}
 	threads := min(conns, 2)
-	cmd := st.Pods[client].Command("wrk", "--latency", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), url)
+	cmd := st.Pods[client].Command(onClientCPU("wrk", "--latency", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), url)...)
 	var outBuf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &outBuf, &outBuf
 	err = cmd.Start()
@@ -333,7 +337,7 @@ backend be
 		b.Fatal(err)
 	}
 	pod := st.Pods[client]
-	cmd := exec.Command("nsenter", "--net="+pod.Netns, "--", "haproxy", "-db", "-f", cfg)
+	cmd := exec.Command("nsenter", append([]string{"--net=" + pod.Netns, "--"}, onClientCPU("haproxy", "-db", "-f", cfg)...)...)
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("haproxy: %v", err)
 	}
@@ -352,6 +356,7 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 		b.Fatal(err)
 	}
 	withoutSeedPolicies(b)
+	pinServer(b, "production/user-service")
 	url := fmt.Sprintf("http://%s:8080/bench", ip.IPv4)
 	// Both the server's socket judges (with --http-judge-at-source=true in PORTCULLIS_E2E_AGENT_ARGS,
 	// the same-node client's socket judges instead).
@@ -366,10 +371,170 @@ func BenchmarkLabHTTPRules(b *testing.B) {
 
 // benchRounds is how many times BenchmarkLabHTTPRules runs each mode, alternating: single runs of
 // one mode moved by ±10 % on this machine (L3/L4 alone from 0.87 to 1.37 of "none" in one round).
-const benchRounds = 7
+// Seven unless PORTCULLIS_BENCH_ROUNDS says otherwise.
+func benchRounds(b *testing.B) int {
+	return envInt(b, "PORTCULLIS_BENCH_ROUNDS", 7)
+}
 
-// benchRun is how long each measured wrk run of BenchmarkLabHTTPRules lasts.
-const benchRun = 3 * time.Second
+// benchConns is the wrk connection counts BenchmarkLabHTTPRules runs: 1 and 16 unless
+// PORTCULLIS_BENCH_CONNS (comma-separated) says otherwise.
+func benchConns(b *testing.B) []int {
+	v := os.Getenv("PORTCULLIS_BENCH_CONNS")
+	if v == "" {
+		return []int{1, 16}
+	}
+	var conns []int
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			b.Fatalf("PORTCULLIS_BENCH_CONNS=%q: want connection counts such as 1,16", v)
+		}
+		conns = append(conns, n)
+	}
+	return conns
+}
+
+func envInt(b *testing.B, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("%s=%q: want a positive number", name, v)
+	}
+	return n
+}
+
+// benchCPUs is PORTCULLIS_BENCH_CPUS="client:server": the CPU the client pod's load (wrk, HAProxy)
+// runs on and the CPU of the server pod's processes. Unpinned, which CPU each side and each hop's
+// softirq land on changes from run to run, and a request that waits on a wake-up across CPUs moves
+// a c=1 median by ±10 µs on this VM: "1:1" puts both on one CPU (every veth hop runs on the
+// sender's CPU, so a round trip's added time is the CPU time added on its path), "0:1" one each.
+func benchCPUs() (client, server string) {
+	client, server, _ = strings.Cut(os.Getenv("PORTCULLIS_BENCH_CPUS"), ":")
+	return client, server
+}
+
+// onClientCPU prefixes argv with taskset when PORTCULLIS_BENCH_CPUS pins the client.
+func onClientCPU(argv ...string) []string {
+	if cpu, _ := benchCPUs(); cpu != "" {
+		return append([]string{"taskset", "-c", cpu}, argv...)
+	}
+	return argv
+}
+
+// pinServer puts every thread of the pod's processes on the server CPU of PORTCULLIS_BENCH_CPUS
+// (threads created later inherit it), and back on every CPU when the benchmark ends.
+func pinServer(b *testing.B, ref string) {
+	b.Helper()
+	_, cpu := benchCPUs()
+	if cpu == "" {
+		return
+	}
+	n, err := strconv.Atoi(cpu)
+	if err != nil || n < 0 || n >= runtime.NumCPU() {
+		b.Fatalf("PORTCULLIS_BENCH_CPUS server CPU %q: want a CPU number below %d", cpu, runtime.NumCPU())
+	}
+	var one, all unix.CPUSet
+	one.Set(n)
+	for i := range runtime.NumCPU() {
+		all.Set(i)
+	}
+	setAll := func(set *unix.CPUSet) error {
+		st, err := cluster.State()
+		if err != nil {
+			return err
+		}
+		procs, err := os.ReadFile(filepath.Join(st.Pods[ref].Cgroup, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		pinned := 0
+		for _, pid := range strings.Fields(string(procs)) {
+			tasks, _ := os.ReadDir(filepath.Join("/proc", pid, "task"))
+			for _, t := range tasks {
+				tid, _ := strconv.Atoi(t.Name())
+				if err := unix.SchedSetaffinity(tid, set); err == nil {
+					pinned++
+				}
+			}
+		}
+		if pinned == 0 {
+			return fmt.Errorf("no thread of %s found in its cgroup", ref)
+		}
+		return nil
+	}
+	if err := setAll(&one); err != nil {
+		b.Fatalf("pinning %s: %v", ref, err)
+	}
+	b.Cleanup(func() {
+		if err := setAll(&all); err != nil {
+			b.Errorf("unpinning %s: %v", ref, err)
+		}
+	})
+	client, _ := benchCPUs()
+	b.Logf("client on CPU %q (empty: any), %s on CPU %d", client, ref, n)
+}
+
+// benchRun is how long each measured wrk run of BenchmarkLabHTTPRules lasts: three seconds unless
+// PORTCULLIS_BENCH_RUN says otherwise (wrk's shortest is 1s).
+func benchRun(b *testing.B) time.Duration {
+	v := os.Getenv("PORTCULLIS_BENCH_RUN")
+	if v == "" {
+		return 3 * time.Second
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Second || d%time.Second != 0 {
+		b.Fatalf("PORTCULLIS_BENCH_RUN=%q: want whole seconds such as 1s", v)
+	}
+	return d
+}
+
+// benchModes keeps of modes "none" and those named in PORTCULLIS_BENCH_MODES (comma-separated), all
+// when it is unset.
+func benchModes[M any](b *testing.B, modes []M, name func(M) string) []M {
+	v := os.Getenv("PORTCULLIS_BENCH_MODES")
+	if v == "" {
+		return modes
+	}
+	want := map[string]bool{"none": true}
+	for _, f := range strings.Split(v, ",") {
+		want[strings.TrimSpace(f)] = true
+	}
+	var out []M
+	for _, m := range modes {
+		if want[name(m)] {
+			out = append(out, m)
+			delete(want, name(m))
+		}
+	}
+	if len(want) > 0 {
+		b.Fatalf("PORTCULLIS_BENCH_MODES=%q: unknown modes %v", v, slices.Sorted(maps.Keys(want)))
+	}
+	return out
+}
+
+// medianCI95 is the median of sorted values and a distribution-free 95 % confidence interval for
+// the median of what they sample: the k-th smallest and k-th largest values, k the largest rank
+// with P(Binomial(n, ½) < k) ≤ 2.5 %. With fewer than six values the interval is min to max (it then
+// covers less than 95 %).
+func medianCI95(sorted []float64) (median, low, high float64) {
+	n := len(sorted)
+	median = sorted[n/2]
+	if n%2 == 0 {
+		median = (sorted[n/2-1] + sorted[n/2]) / 2
+	}
+	k, cdf, term := 1, 0.0, math.Pow(0.5, float64(n)) // term: P(X = j), X ~ Binomial(n, ½)
+	for j := 0; j < n/2; j++ {
+		if cdf += term; cdf > 0.025 {
+			break
+		}
+		k = j + 1 // P(X ≤ k-1) ≤ 2.5 %
+		term = term * float64(n-j) / float64(j+1)
+	}
+	return median, sorted[k-1], sorted[n-k]
+}
 
 // benchHTTPRules runs the five modes of BenchmarkLabHTTPRules from one client pod.
 func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
@@ -383,7 +548,8 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 		{"http-100-rules", fmt.Sprintf(benchHTTPPolicy, app, httpRules(100))},
 		{"haproxy", ""},
 	}
-	for _, conns := range []int{1, 16} {
+	modes = benchModes(b, modes, func(m struct{ name, policy string }) string { return m.name })
+	for _, conns := range benchConns(b) {
 		b.Run(fmt.Sprintf("c=%d", conns), func(b *testing.B) {
 			results := map[string][]wrkResult{}
 			// The kernel's own decision time per judged request, from the agent's histogram
@@ -402,7 +568,7 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 				// up to a quarter slower than the rest.
 				deleteYAML(b, "accesspolicy", "production", "bench-l4")
 				runWrk(b, client, url, conns, time.Second)
-				for round := 0; round < benchRounds; round++ {
+				for round := 0; round < benchRounds(b); round++ {
 					// Each round starts at another mode, so that no mode always runs right after
 					// a policy change or HAProxy's start.
 					for k := range modes {
@@ -422,12 +588,12 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 						sum0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum")
 						n0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_count")
 						cpu0 := metric(b, "node-a", "process_cpu_seconds_total")
-						r := runWrk(b, client, target, conns, benchRun)
+						r := runWrk(b, client, target, conns, benchRun(b))
 						results[m.name] = append(results[m.name], r)
 						stop()
 						time.Sleep(300 * time.Millisecond) // the agent reads allowed requests' events every 100 ms
 						agentCPU[m.name] += metric(b, "node-a", "process_cpu_seconds_total") - cpu0
-						requests[m.name] += r.rps * benchRun.Seconds()
+						requests[m.name] += r.rps * benchRun(b).Seconds()
 						decSum[m.name] += metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum") - sum0
 						decCount[m.name] += metric(b, "node-a", "portcullis_agent_http_decision_seconds_count") - n0
 					}
@@ -451,7 +617,14 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 				slices.Sort(paired)
 				slices.Sort(pairedP50)
 				b.ReportMetric(paired[len(paired)/2], m.name+"-paired-ratio")
-				b.ReportMetric(pairedP50[len(pairedP50)/2], m.name+"-paired-added-p50-µs")
+				// The paired added p50 with a 95 % confidence interval (from the spread of the
+				// rounds: more rounds, a narrower interval).
+				mid, low, high := medianCI95(pairedP50)
+				b.ReportMetric(mid, m.name+"-paired-added-p50-µs")
+				if m.name != "none" {
+					b.ReportMetric(low, m.name+"-paired-added-p50-ci95-low-µs")
+					b.ReportMetric(high, m.name+"-paired-added-p50-ci95-high-µs")
+				}
 				r := median(results[m.name])
 				b.ReportMetric(r.rps/base.rps, m.name+"-ratio")
 				b.ReportMetric(float64((r.p50 - base.p50).Microseconds()), m.name+"-added-p50-µs")
