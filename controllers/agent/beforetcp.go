@@ -9,7 +9,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/portcullis-dev/portcullis/internal/l7"
-	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
 // BeforeTCPAttacher keeps the judging before TCP (--http-judge-before-tcp, l7.Options.JudgeBeforeTCP)
@@ -28,16 +27,17 @@ type BeforeTCPAttacher struct {
 	exclude    []string
 	interval   time.Duration
 
-	mu     sync.Mutex        // one scan at a time (the ticker's and a converge's)
-	skip   map[uint64]bool   // the node's namespaces, by cookie
-	failed map[uint64]string // the last error logged per namespace
+	mu      sync.Mutex        // one scan at a time (the ticker's and a converge's)
+	skip    map[nsID]bool     // the node's namespaces
+	failed  map[uint64]string // the last error logged per namespace, by cookie
+	cookies netnsCookies
 }
 
 // NewBeforeTCPAttacher returns a BeforeTCPAttacher for the pods under cgroupRoot, never attaching in
 // the namespaces at the paths in exclude ("" entries are ignored) nor in the agent's own.
 func NewBeforeTCPAttacher(l *l7.L7, cgroupRoot string, exclude ...string) *BeforeTCPAttacher {
 	return &BeforeTCPAttacher{l7: l, cgroupRoot: cgroupRoot, exclude: append(exclude, "/proc/self/ns/net"), interval: time.Second,
-		failed: map[uint64]string{}}
+		failed: map[uint64]string{}, cookies: netnsCookies{}}
 }
 
 // Start attaches until ctx ends.
@@ -61,13 +61,13 @@ func (a *BeforeTCPAttacher) Sync(ctx context.Context, also ...netip.Addr) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.skip == nil {
-		a.skip = map[uint64]bool{}
+		a.skip = map[nsID]bool{}
 		for _, p := range a.exclude {
 			if p == "" {
 				continue
 			}
-			if c, err := netns.Cookie(p); err == nil {
-				a.skip[c] = true
+			if id, err := netnsID(p); err == nil {
+				a.skip[id] = true
 			}
 		}
 	}
@@ -80,13 +80,19 @@ func (a *BeforeTCPAttacher) Sync(ctx context.Context, also ...netip.Addr) {
 		judged[addr.Unmap()] = true
 	}
 	alive := map[uint64]bool{}
+	seen := map[nsID]bool{}
 	for _, p := range podNetns(a.cgroupRoot) {
-		c, err := netns.Cookie(p)
-		if err != nil || a.skip[c] {
+		id, err := netnsID(p)
+		if err != nil || a.skip[id] {
 			continue // the process is gone, or the node's namespace
 		}
+		c, err := a.cookies.of(id, p)
+		if err != nil {
+			continue
+		}
+		seen[id] = true
 		alive[c] = true
-		if _, err := a.l7.SyncNetns(p, judged); err != nil {
+		if _, err := a.l7.SyncNetns(p, c, judged); err != nil {
 			if a.failed[c] != err.Error() {
 				a.failed[c] = err.Error()
 				log.FromContext(ctx).Error(err, "attach the judging before TCP; the namespace's connections are judged at their socket", "netns", p)
@@ -100,6 +106,7 @@ func (a *BeforeTCPAttacher) Sync(ctx context.Context, also ...netip.Addr) {
 			delete(a.failed, c)
 		}
 	}
+	a.cookies.keep(func(id nsID) bool { return seen[id] })
 	if err := a.l7.PruneNetns(alive); err != nil {
 		log.FromContext(ctx).Error(err, "detach the judging before TCP from namespaces that went away")
 	}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -136,11 +135,10 @@ func podNetns(cgroupRoot string) []string {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			p := "/proc/" + strings.TrimSpace(sc.Text()) + "/ns/net"
-			var st syscall.Stat_t
-			if syscall.Stat(p, &st) != nil {
+			id, err := netnsID(p)
+			if err != nil {
 				continue // the process is gone
 			}
-			id := nsID{uint64(st.Dev), st.Ino}
 			if !seen[id] {
 				seen[id] = true
 				out = append(out, p)

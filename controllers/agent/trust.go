@@ -40,10 +40,8 @@ type TrustScanner struct {
 	trusted  int
 	// lost counts, for namespaces that were trusted, the consecutive scans that found a capable
 	// process in them.
-	lost map[nsID]int
-	// cookies caches the namespaces' cookies (stable for a namespace's life; reading one means
-	// entering the namespace).
-	cookies map[nsID]uint64
+	lost    map[nsID]int
+	cookies netnsCookies
 }
 
 // trustKernel is what the TrustScanner changes in the kernel (*l7.L7).
@@ -57,6 +55,41 @@ var _ trustKernel = (*l7.L7)(nil)
 // nsID names a network namespace while it exists.
 type nsID struct{ dev, ino uint64 }
 
+// netnsID is the identity of the network namespace at path (/proc/PID/ns/net).
+func netnsID(path string) (nsID, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return nsID{}, err
+	}
+	return nsID{uint64(st.Dev), st.Ino}, nil
+}
+
+// netnsCookies caches network namespaces' cookies: a cookie is stable for a namespace's life, and
+// reading one means entering the namespace.
+type netnsCookies map[nsID]uint64
+
+// of returns the cookie of the namespace id, reached at path.
+func (m netnsCookies) of(id nsID, path string) (uint64, error) {
+	if c, ok := m[id]; ok {
+		return c, nil
+	}
+	c, err := netns.Cookie(path)
+	if err != nil {
+		return 0, err
+	}
+	m[id] = c
+	return c, nil
+}
+
+// keep forgets the namespaces alive does not keep (gone: their identity can be reused).
+func (m netnsCookies) keep(alive func(nsID) bool) {
+	for id := range m {
+		if !alive(id) {
+			delete(m, id)
+		}
+	}
+}
+
 // netnsInfo is what a scan learnt of one network namespace.
 type netnsInfo struct {
 	path    string // /proc/PID/ns/net of one of its processes
@@ -65,7 +98,7 @@ type netnsInfo struct {
 
 // NewTrustScanner returns a TrustScanner reading procRoot (/proc).
 func NewTrustScanner(l *l7.L7, procRoot string) *TrustScanner {
-	return &TrustScanner{l7: l, proc: procRoot, interval: time.Second, trusted: -1, lost: map[nsID]int{}, cookies: map[nsID]uint64{}}
+	return &TrustScanner{l7: l, proc: procRoot, interval: time.Second, trusted: -1, lost: map[nsID]int{}, cookies: netnsCookies{}}
 }
 
 // Start scans until ctx ends.
@@ -84,23 +117,15 @@ func (s *TrustScanner) Start(ctx context.Context) error {
 
 func (s *TrustScanner) scan(ctx context.Context) {
 	namespaces := scanNetns(s.proc)
-	for id := range s.cookies {
-		if _, alive := namespaces[id]; !alive {
-			delete(s.cookies, id)
-		}
-	}
+	s.cookies.keep(func(id nsID) bool { _, alive := namespaces[id]; return alive })
 	cookies := map[uint64]bool{}
 	for id, ns := range namespaces {
 		if ns.capable {
 			continue
 		}
-		c, ok := s.cookies[id]
-		if !ok {
-			var err error
-			if c, err = netns.Cookie(ns.path); err != nil {
-				continue // the namespace's last process is gone
-			}
-			s.cookies[id] = c
+		c, err := s.cookies.of(id, ns.path)
+		if err != nil {
+			continue // the namespace's last process is gone
 		}
 		cookies[c] = true
 		s.lost[id] = 0
@@ -144,15 +169,14 @@ func scanNetns(procRoot string) map[nsID]netnsInfo {
 			continue
 		}
 		p := filepath.Join(procRoot, e.Name(), "ns", "net")
-		var st syscall.Stat_t
-		if syscall.Stat(p, &st) != nil {
+		id, err := netnsID(p)
+		if err != nil {
 			continue // gone, or a zombie
 		}
 		bnd, ok := capBnd(filepath.Join(procRoot, e.Name(), "status"))
 		if !ok {
 			continue
 		}
-		id := nsID{uint64(st.Dev), st.Ino}
 		capable := bnd&(1<<capNetRaw|1<<capNetAdmin) != 0
 		if ns, seen := out[id]; !seen {
 			out[id] = netnsInfo{path: p, capable: capable}

@@ -30,15 +30,21 @@ type netnsLinks struct {
 // so; its connections stay judged at their socket. With a pin directory the links are pinned, and
 // the next agent adopts them.
 func (l *L7) AttachNetns(path string) error {
-	_, err := l.attachNetns(path, nil)
+	cookie, err := netns.Cookie(filepath.Clean(path))
+	if err != nil {
+		return fmt.Errorf("attach l7_fast in %s: %w", path, err)
+	}
+	_, err = l.attachNetns(path, cookie, nil)
 	return err
 }
 
 // SyncNetns is AttachNetns for a namespace that holds an address with a judged port (SetPort; judged
 // is JudgedAddrs), and DetachNetns for one that holds none: l7_fast then looks only at the segments
-// of pods with HTTP rules on their ingress. It reports whether l7_fast is attached there.
-func (l *L7) SyncNetns(path string, judged map[netip.Addr]bool) (bool, error) {
-	return l.attachNetns(path, judged)
+// of pods with HTTP rules on their ingress. It reports whether l7_fast is attached there. cookie is
+// the namespace's (netns.Cookie; a caller that syncs every second keeps it rather than enter the
+// namespace once more to read it).
+func (l *L7) SyncNetns(path string, cookie uint64, judged map[netip.Addr]bool) (bool, error) {
+	return l.attachNetns(path, cookie, judged)
 }
 
 // JudgedAddrs is the set of local addresses with a port whose accepted connections are judged (the
@@ -59,23 +65,19 @@ func (l *L7) JudgedAddrs() (map[netip.Addr]bool, error) {
 	return out, nil
 }
 
-// attachNetns attaches l7_fast in the namespace at path; with judged non-nil, only when one of the
-// namespace's addresses is in it (and detaches it otherwise).
-func (l *L7) attachNetns(path string, judged map[netip.Addr]bool) (bool, error) {
+// attachNetns attaches l7_fast in the namespace at path, whose cookie is cookie; with judged non-nil,
+// only when one of the namespace's addresses is in it (and detaches it otherwise).
+func (l *L7) attachNetns(path string, cookie uint64, judged map[netip.Addr]bool) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	path = filepath.Clean(path)
-	cookie, err := netns.Cookie(path)
-	if err != nil {
-		return false, fmt.Errorf("attach l7_fast in %s: %w", path, err)
-	}
 	nl := l.fast[cookie]
 	if nl == nil {
 		nl = &netnsLinks{cookie: cookie, links: map[int]link.Link{}}
 	}
 	var unsupported []string
 	unjudged := false
-	err = netns.Do(path, func() error {
+	err := netns.Do(path, func() error {
 		if judged != nil {
 			addrs, err := net.InterfaceAddrs()
 			if err != nil {

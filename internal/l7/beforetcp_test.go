@@ -448,11 +448,11 @@ func TestPrivilegedJudgingBeforeTCPOnlyWhereJudged(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := e.l.SyncNetns(path, judged)
+		cookie, err := netns.Cookie(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cookie, err := netns.Cookie(path)
+		got, err := e.l.SyncNetns(path, cookie, judged)
 		if err != nil {
 			t.Fatal(err)
 		}
