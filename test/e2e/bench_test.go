@@ -125,6 +125,7 @@ func BenchmarkLabHTTPWithL4Policy(b *testing.B) {
 		b.Fatal(err)
 	}
 	withoutSeedPolicies(b)
+	pinServer(b, "production/user-service")
 	for _, tc := range []struct {
 		name   string
 		client string
@@ -394,6 +395,7 @@ func benchConns(b *testing.B) []int {
 	return conns
 }
 
+// envInt is the positive number in the environment variable name, def when it is unset.
 func envInt(b *testing.B, name string, def int) int {
 	v := os.Getenv(name)
 	if v == "" {
@@ -406,8 +408,8 @@ func envInt(b *testing.B, name string, def int) int {
 	return n
 }
 
-// benchCPUs is PORTCULLIS_BENCH_CPUS="client:server": the CPU the client pod's load (wrk, HAProxy)
-// runs on and the CPU of the server pod's processes. Unpinned, which CPU each side and each hop's
+// benchCPUs is PORTCULLIS_BENCH_CPUS="client:server" (both lab benchmarks that run wrk): the CPU the
+// client pod's load (wrk, HAProxy) runs on and the CPU of the server pod's processes. Unpinned, which CPU each side and each hop's
 // softirq land on changes from run to run, and a request that waits on a wake-up across CPUs moves
 // a c=1 median by ±10 µs on this VM: "1:1" puts both on one CPU (every veth hop runs on the
 // sender's CPU, so a round trip's added time is the CPU time added on its path), "0:1" one each.
