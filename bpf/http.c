@@ -2183,15 +2183,16 @@ int l7_fast(struct __sk_buff *skb)
 	__u32 old;
 	int r;
 
-	if (fast_parse(skb, &p))
+	/* Handshake, ACKs, FIN and RST without data go on (before the lookups:
+	 * a download's ACKs cost only the parse); so does everything of a
+	 * connection handed to its socket. */
+	if (fast_parse(skb, &p) || p.len == 0)
 		return TCX_NEXT;
 	fc = bpf_map_lookup_elem(&l7_fast_conns, &p.tk);
 	if (!fc)
 		return TCX_NEXT;
 	st = bpf_map_lookup_elem(&l7_state, &fc->cookie);
-	/* Handshake, ACKs, FIN and RST without data go on; so does everything
-	 * of a connection handed to its socket. */
-	if (!st || !(st->flags & L7_SF_FAST) || p.len == 0)
+	if (!st || !(st->flags & L7_SF_FAST))
 		return TCX_NEXT;
 	if (st->denied) {
 		count(L7_R_STICKY);
