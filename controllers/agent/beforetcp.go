@@ -81,10 +81,10 @@ func (a *BeforeTCPAttacher) Sync(ctx context.Context, also ...netip.Addr) {
 	}
 	alive := map[uint64]bool{}
 	seen := map[nsID]bool{}
-	for _, p := range podNetns(a.cgroupRoot) {
-		id, err := netnsID(p)
-		if err != nil || a.skip[id] {
-			continue // the process is gone, or the node's namespace
+	for _, ns := range podNamespaces(a.cgroupRoot) {
+		id, p := ns.id, ns.path
+		if a.skip[id] {
+			continue // the node's namespace
 		}
 		c, err := a.cookies.of(id, p)
 		if err != nil {

@@ -121,8 +121,23 @@ func (r *Resetter) sweepCountMoved() bool {
 // podNetns returns one /proc/PID/ns/net path for each network namespace that a process under
 // cgroupRoot is in.
 func podNetns(cgroupRoot string) []string {
-	seen := map[nsID]bool{}
 	var out []string
+	for _, ns := range podNamespaces(cgroupRoot) {
+		out = append(out, ns.path)
+	}
+	return out
+}
+
+// podNS is one network namespace of podNamespaces: its identity and a path to it.
+type podNS struct {
+	id   nsID
+	path string
+}
+
+// podNamespaces is podNetns with each namespace's identity.
+func podNamespaces(cgroupRoot string) []podNS {
+	seen := map[nsID]bool{}
+	var out []podNS
 	_ = filepath.WalkDir(cgroupRoot, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return nil
@@ -141,7 +156,7 @@ func podNetns(cgroupRoot string) []string {
 			}
 			if !seen[id] {
 				seen[id] = true
-				out = append(out, p)
+				out = append(out, podNS{id, p})
 			}
 		}
 		return nil
