@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -538,6 +539,33 @@ func medianCI95(sorted []float64) (median, low, high float64) {
 	return median, sorted[k-1], sorted[n-k]
 }
 
+// bpfRunTime is how long the BPF programs loaded on the machine have run so far, by program name
+// (the kernel's BPF statistics, which the caller has enabled; names as the kernel keeps them, cut
+// to 15 bytes). The lab's BPF programs are its agents' (both nodes); the machine loads no others
+// while a benchmark runs.
+func bpfRunTime(b *testing.B) map[string]time.Duration {
+	b.Helper()
+	out := map[string]time.Duration{}
+	var id ebpf.ProgramID
+	for {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return out // os.ErrNotExist: no more programs
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // unloaded since
+		}
+		st, err := p.Stats()
+		info, ierr := p.Info()
+		p.Close()
+		if err == nil && ierr == nil {
+			out[info.Name] += st.Runtime
+		}
+	}
+}
+
 // benchHTTPRules runs the five modes of BenchmarkLabHTTPRules from one client pod.
 func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 	modes := []struct {
@@ -565,6 +593,15 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 			// (--http-judge-before-tcp, the default: wrk's requests come one per segment).
 			const fastPassed, fastHanded = `portcullis_http_datapath_total{reason="fast-passed"}`, `portcullis_http_datapath_total{reason="fast-handed"}`
 			passed0, handed0 := metric(b, "node-a", fastPassed), metric(b, "node-a", fastHanded)
+			// The CPU time of every BPF program on the path, per request (the kernel's BPF
+			// statistics, on while this runs: about two clock reads more per program run, in
+			// every mode): a mode's added time without the round-trip latency's noise.
+			stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer stats.Close()
+			bpfTime := map[string]map[string]time.Duration{} // mode -> program name -> run time
 			for range b.N {
 				// A first short run, not counted: the first measured run of a sub-benchmark came out
 				// up to a quarter slower than the rest.
@@ -590,7 +627,14 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 						sum0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_sum")
 						n0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_count")
 						cpu0 := metric(b, "node-a", "process_cpu_seconds_total")
+						bpf0 := bpfRunTime(b)
 						r := runWrk(b, client, target, conns, benchRun(b))
+						if bpfTime[m.name] == nil {
+							bpfTime[m.name] = map[string]time.Duration{}
+						}
+						for name, t := range bpfRunTime(b) {
+							bpfTime[m.name][name] += t - bpf0[name]
+						}
 						results[m.name] = append(results[m.name], r)
 						stop()
 						time.Sleep(300 * time.Millisecond) // the agent reads allowed requests' events every 100 ms
@@ -633,6 +677,17 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 				b.ReportMetric(float64(r.p99.Microseconds()), m.name+"-p99-µs")
 				if requests[m.name] > 0 {
 					b.ReportMetric(agentCPU[m.name]/requests[m.name]*1e9, m.name+"-agent-cpu-ns/req")
+					var all time.Duration
+					var byProg []string
+					for _, name := range slices.Sorted(maps.Keys(bpfTime[m.name])) {
+						if t := bpfTime[m.name][name]; t > 0 {
+							all += t
+							byProg = append(byProg, fmt.Sprintf("%s %.0f", name, float64(t.Nanoseconds())/requests[m.name]))
+						}
+					}
+					b.Logf("%s BPF ns per request by program: %s", m.name, strings.Join(byProg, ", "))
+					b.ReportMetric(float64(all.Nanoseconds())/requests[m.name], m.name+"-bpf-ns/req")
+					b.ReportMetric(float64(bpfTime[m.name]["l7_fast"].Nanoseconds())/requests[m.name], m.name+"-l7-fast-ns/req")
 				}
 				if decCount[m.name] > 0 {
 					b.ReportMetric(decSum[m.name]/decCount[m.name]*1e9, m.name+"-decision-ns")
