@@ -103,10 +103,18 @@ struct {
  * (l7.Options.DeliverByPass); L7_CFG_AT_SOURCE judges the ingress rules of a
  * local server at its local clients' sockets (l7.Options.JudgeAtSource);
  * L7_CFG_BEFORE_TCP judges a server's requests at its pod's interfaces
- * (l7_fast) where the agent attached that program (l7.Options.JudgeBeforeTCP). */
+ * (l7_fast) where the agent attached that program (l7.Options.JudgeBeforeTCP).
+ * L7_CFG_INGRESS_PORTS / L7_CFG_EGRESS_PORTS: l7_ports may hold a key of that
+ * direction. The agent sets a bit before it inserts the first such key and
+ * clears it only once l7_ports holds none (Converge): without it the guards
+ * pass a segment without looking l7_ports up, which would miss anyway; a node
+ * without egress HTTP rules (the common case) saves the lookup on every
+ * segment its pods send, one without any on every segment. */
 #define L7_CFG_PASS 1
 #define L7_CFG_AT_SOURCE 2
 #define L7_CFG_BEFORE_TCP 4
+#define L7_CFG_INGRESS_PORTS 8
+#define L7_CFG_EGRESS_PORTS 16
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -1801,6 +1809,8 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 		return 1;
 	if (egress && urgent_mode(sk) && urgent_refused(skb, sk))
 		return 0;
+	if (!(config() & (egress ? L7_CFG_EGRESS_PORTS : L7_CFG_INGRESS_PORTS)))
+		return 1; /* no port of this direction is judged: the lookup below would miss */
 	family = sk->family;
 	{
 		__u32 s6[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/portcullis-dev/portcullis/internal/netns"
 )
 
@@ -16,7 +18,7 @@ import (
 func TestPrivilegedIngressRulesJudgedAtSource(t *testing.T) {
 	requireRoot(t)
 	e := newTestEnv(t)
-	if err := e.l.objs.L7Config.Update(uint32(0), uint32(configAtSource), 0); err != nil {
+	if err := e.l.setConfig(configAtSource); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("L7_TEST_SERVER_QUIET", "1") // GET /allowed/quiet is not reported by the server
@@ -345,4 +347,13 @@ func (e *testEnv) expectUnseen(t *testing.T, target string, reason Reason, befor
 	if e.counter(t, reason) == before {
 		t.Fatalf("the kernel counted no %s: what stopped %s?", reason, target)
 	}
+}
+
+// setConfig makes l7_config cfg, with the judged-port bits it has (what Load writes for the options
+// cfg stands for), and keeps the L7 in step, so that SetPort and Converge keep cfg.
+func (l *L7) setConfig(cfg uint32) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.config = cfg | l.config&(configIngressPorts|configEgressPorts)
+	return l.objs.L7Config.Update(uint32(0), l.config, ebpf.UpdateAny)
 }

@@ -13,7 +13,7 @@ import (
 func TestPrivilegedClientSideOverIPv6(t *testing.T) {
 	requireRoot(t)
 	e := newTestEnv(t)
-	if err := e.l.objs.L7Config.Update(uint32(0), uint32(configAtSource), 0); err != nil {
+	if err := e.l.setConfig(configAtSource); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("L7_TEST_SERVER_QUIET", "1")

@@ -71,13 +71,23 @@ func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err
 	}
 
 	wantPorts := map[httpL7PortKey]httpL7PortValue{}
+	var wantBits uint32
 	for _, p := range ports {
 		wantPorts[portKey(p.Addr, p.Port, p.Egress)] = httpL7PortValue{EndpointId: p.EndpointID}
+		wantBits |= portBit(p.Egress)
 	}
-	n, err = syncMap(l.objs.L7Ports, wantPorts, "l7 port")
-	changed += n
-	if err != nil {
+	// The guards look up the ports of a direction while l7_ports may hold one: its bit is set
+	// before the ports are written and cleared only once they are all gone.
+	if err := l.setPortBits(l.portBits() | wantBits); err != nil {
 		errs = append(errs, err)
+	} else {
+		n, err = syncMap(l.objs.L7Ports, wantPorts, "l7 port")
+		changed += n
+		if err != nil {
+			errs = append(errs, err)
+		} else if err := l.setPortBits(wantBits); err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	var rk httpL7RulesetKey

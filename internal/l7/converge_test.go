@@ -174,3 +174,75 @@ func TestPrivilegedConvergeRepairsProgramsAndConfig(t *testing.T) {
 		})
 	}
 }
+
+// The guards look l7_ports up only for a direction l7_config says may have judged ports: the bit is
+// set before the first port of its direction is written (SetPort, Converge), cleared once none is
+// left (Converge), put back when changed behind the agent's back, and read from the ports an
+// earlier agent pinned.
+func TestPrivilegedGuardsLookUpOnlyDirectionsWithPorts(t *testing.T) {
+	requireRoot(t)
+	dir := mountBPFFS(t)
+	l, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			l.Close()
+		}
+	})
+	bits := func(l *L7) uint32 {
+		t.Helper()
+		var cfg uint32
+		if err := l.objs.L7Config.Lookup(uint32(0), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg & (configIngressPorts | configEgressPorts)
+	}
+	want := func(l *L7, step string, b uint32) {
+		t.Helper()
+		if got := bits(l); got != b {
+			t.Fatalf("%s: port bits %#x, want %#x", step, got, b)
+		}
+	}
+	addr := netip.MustParseAddr("10.0.0.1")
+	want(l, "after load", 0)
+	if err := l.SetPort(addr, 80, 1); err != nil {
+		t.Fatal(err)
+	}
+	want(l, "SetPort", configIngressPorts)
+	in, out := Port{Addr: addr, Port: 80, EndpointID: 1}, Port{Addr: addr, Port: 443, EndpointID: 1, Egress: true}
+	if _, err := l.Converge([]Port{in, out}, nil); err != nil {
+		t.Fatal(err)
+	}
+	want(l, "ingress and egress ports", configIngressPorts|configEgressPorts)
+	if _, err := l.Converge([]Port{in}, nil); err != nil {
+		t.Fatal(err)
+	}
+	want(l, "the egress port removed", configIngressPorts)
+	// Cleared behind the agent's back, the bit would let the guards pass the data of judged
+	// connections unlooked-at: Converge puts it back.
+	if err := l.objs.L7Config.Update(uint32(0), uint32(0), ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := l.Converge([]Port{in}, nil); err != nil || n != 1 {
+		t.Fatalf("repair: %d changes, %v; want 1 (config)", n, err)
+	}
+	want(l, "repaired", configIngressPorts)
+	// A new agent finds the pinned port and sets its bit before it attaches anything.
+	closed = true
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l2.Unpin(); l2.Close() })
+	want(l2, "after a restart", configIngressPorts)
+	if _, err := l2.Converge(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	want(l2, "no ports", 0)
+}

@@ -87,7 +87,7 @@ func newDeliveryBench(b *testing.B) *deliveryBench {
 				b.Fatal(err)
 			}
 		}
-		if err := e.l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
+		if err := e.l.setConfig(cfg); err != nil {
 			b.Fatal(err)
 		}
 		if name == "none" {

@@ -158,7 +158,20 @@ const (
 	configPass      = 1
 	configAtSource  = 2
 	configBeforeTCP = 4
+	// configIngressPorts and configEgressPorts: l7_ports may hold a key of that direction; the
+	// guards look l7_ports up only then. Set before the first such key is written, cleared by
+	// Converge once l7_ports holds none.
+	configIngressPorts = 8
+	configEgressPorts  = 16
 )
+
+// portBit is the l7_config bit of judged ports of a direction.
+func portBit(egress bool) uint32 {
+	if egress {
+		return configEgressPorts
+	}
+	return configIngressPorts
+}
 
 // L7 is the loaded HTTP policy programs and maps. It is safe for concurrent use.
 type L7 struct {
@@ -263,6 +276,18 @@ func Load(opts Options) (_ *L7, err error) {
 	if opts.JudgeBeforeTCP {
 		cfg |= configBeforeTCP
 	}
+	// Ports an earlier agent left in pinned maps stay judged: their directions' bits go in first.
+	var pk httpL7PortKey
+	var pv httpL7PortValue
+	it := l.objs.L7Ports.Iterate()
+	for it.Next(&pk, &pv) {
+		cfg |= portBit(pk.Direction != 0)
+	}
+	if err := it.Err(); err != nil {
+		l.reset.Close()
+		l.resetAtSource.Close()
+		return nil, fmt.Errorf("list l7 ports: %w", err)
+	}
 	l.delivery, l.config = opts.Delivery, cfg
 	if err := l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
 		l.reset.Close()
@@ -347,6 +372,8 @@ func (l *L7) repairAttachments() (int, error) {
 			return n, err
 		}
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	var cfg uint32
 	if err := l.objs.L7Config.Lookup(uint32(0), &cfg); err != nil {
 		return n, fmt.Errorf("read l7 config: %w", err)
@@ -358,6 +385,28 @@ func (l *L7) repairAttachments() (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// setPortBits makes the judged-port bits of l7_config bits (the others stay).
+func (l *L7) setPortBits(bits uint32) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cfg := l.config&^(configIngressPorts|configEgressPorts) | bits
+	if cfg == l.config {
+		return nil
+	}
+	if err := l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write l7 config: %w", err)
+	}
+	l.config = cfg
+	return nil
+}
+
+// portBits is the judged-port bits l7_config has now.
+func (l *L7) portBits() uint32 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.config & (configIngressPorts | configEgressPorts)
 }
 
 // detachAll detaches whatever program of type typ is attached to the map m and returns how many
@@ -581,6 +630,10 @@ func (l *L7) setPort(addr netip.Addr, port uint16, endpointID uint32, egress boo
 	k := portKey(addr, port, egress)
 	want := httpL7PortValue{EndpointId: endpointID}
 	var have httpL7PortValue
+	// The guards must look the port up before sock_ops can judge a connection to it.
+	if err := l.setPortBits(l.portBits() | portBit(egress)); err != nil {
+		return fmt.Errorf("set l7 port %s: %w", netip.AddrPortFrom(addr, port), err)
+	}
 	if err := l.objs.L7Ports.Lookup(&k, &have); err == nil && have == want {
 		return nil
 	}

@@ -239,10 +239,10 @@ func TestPrivilegedShortWritesCannotSmuggleARequest(t *testing.T) {
 		}
 	})
 	t.Run("judged at source", func(t *testing.T) {
-		if err := e.l.objs.L7Config.Update(uint32(0), uint32(configAtSource), 0); err != nil {
+		if err := e.l.setConfig(configAtSource); err != nil {
 			t.Fatal(err)
 		}
-		defer e.l.objs.L7Config.Update(uint32(0), uint32(0), 0)
+		defer e.l.setConfig(0)
 		e.trustClient(t)
 		refused(t, ingressPort, "/secret-sw-source")
 		if _, ok := events.findFunc(func(ev Event) bool { return ev.Path == "/upload" && ev.AtSource }); !ok {

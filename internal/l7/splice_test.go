@@ -23,7 +23,7 @@ func TestPrivilegedSplicingServers(t *testing.T) {
 	t.Setenv("L7_TEST_SERVER_SPLICE", "1")
 	t.Setenv("L7_TEST_SERVER_GATED", "1")
 	e := newTestEnv(t)
-	if err := e.l.objs.L7Config.Update(uint32(0), uint32(configAtSource), 0); err != nil {
+	if err := e.l.setConfig(configAtSource); err != nil {
 		t.Fatal(err)
 	}
 	const port, peer = 8080, 5000
@@ -69,7 +69,7 @@ func TestPrivilegedSplicingServers(t *testing.T) {
 	t.Run("judged before TCP, requests that come whole reach it", func(t *testing.T) {
 		// The socket's verdict program never runs for such a connection: TCP's receive queue,
 		// which splice reads, gets the segments l7_fast passed.
-		if err := e.l.objs.L7Config.Update(uint32(0), uint32(configBeforeTCP), 0); err != nil {
+		if err := e.l.setConfig(configBeforeTCP); err != nil {
 			t.Fatal(err)
 		}
 		if err := e.l.AttachNetns("/run/netns/" + e.srvNS); err != nil {

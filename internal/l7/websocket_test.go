@@ -214,7 +214,7 @@ func TestPrivilegedWebSocketUpgradesAtTheClient(t *testing.T) {
 
 	t.Run("ingress rules judged at the client's socket", func(t *testing.T) {
 		const port, peer = 8080, 5000
-		if err := e.l.objs.L7Config.Update(uint32(0), uint32(configAtSource), 0); err != nil {
+		if err := e.l.setConfig(configAtSource); err != nil {
 			t.Fatal(err)
 		}
 		e.trustClient(t)
