@@ -78,14 +78,14 @@ func (l *L7) Converge(ports []Port, rules map[RuleKey]RuleSet) (changed int, err
 	}
 	// The guards look up the ports of a direction while l7_ports may hold one: its bit is set
 	// before the ports are written and cleared only once they are all gone.
-	if err := l.setPortBits(l.portBits() | wantBits); err != nil {
+	if err := l.setPortBits(wantBits, true); err != nil {
 		errs = append(errs, err)
 	} else {
 		n, err = syncMap(l.objs.L7Ports, wantPorts, "l7 port")
 		changed += n
 		if err != nil {
 			errs = append(errs, err)
-		} else if err := l.setPortBits(wantBits); err != nil {
+		} else if err := l.setPortBits(wantBits, false); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -387,11 +387,15 @@ func (l *L7) repairAttachments() (int, error) {
 	return n, nil
 }
 
-// setPortBits makes the judged-port bits of l7_config bits (the others stay).
-func (l *L7) setPortBits(bits uint32) error {
+// setPortBits makes the judged-port bits of l7_config bits (the others stay); with add, it adds
+// bits to those it has.
+func (l *L7) setPortBits(bits uint32, add bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	cfg := l.config&^(configIngressPorts|configEgressPorts) | bits
+	if add {
+		cfg |= l.config
+	}
 	if cfg == l.config {
 		return nil
 	}
@@ -400,13 +404,6 @@ func (l *L7) setPortBits(bits uint32) error {
 	}
 	l.config = cfg
 	return nil
-}
-
-// portBits is the judged-port bits l7_config has now.
-func (l *L7) portBits() uint32 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.config & (configIngressPorts | configEgressPorts)
 }
 
 // detachAll detaches whatever program of type typ is attached to the map m and returns how many
@@ -631,7 +628,7 @@ func (l *L7) setPort(addr netip.Addr, port uint16, endpointID uint32, egress boo
 	want := httpL7PortValue{EndpointId: endpointID}
 	var have httpL7PortValue
 	// The guards must look the port up before sock_ops can judge a connection to it.
-	if err := l.setPortBits(l.portBits() | portBit(egress)); err != nil {
+	if err := l.setPortBits(portBit(egress), true); err != nil {
 		return fmt.Errorf("set l7 port %s: %w", netip.AddrPortFrom(addr, port), err)
 	}
 	if err := l.objs.L7Ports.Lookup(&k, &have); err == nil && have == want {
