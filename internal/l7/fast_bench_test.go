@@ -127,23 +127,7 @@ func BenchmarkFastSegment(b *testing.B) {
 				seq += uint32(len(c.req))
 			}
 			run()
-			before, err := l.objs.L7Fast.Stats()
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ResetTimer()
-			for range b.N {
-				run()
-			}
-			after, err := l.objs.L7Fast.Stats()
-			if err != nil {
-				b.Fatal(err)
-			}
-			runs := after.RunCount - before.RunCount
-			if runs == 0 {
-				b.Fatal("no runs counted")
-			}
-			b.ReportMetric(float64((after.Runtime-before.Runtime).Nanoseconds())/float64(runs), "bpf-ns/segment")
+			reportRunTime(b, l.objs.L7Fast, "bpf-ns/segment", run)
 		})
 	}
 }

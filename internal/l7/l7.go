@@ -256,6 +256,18 @@ func Load(opts Options) (_ *L7, err error) {
 			l.objs.Close()
 		}
 	}()
+	// Ports an earlier agent left in pinned maps stay judged: their directions' bits go in l7_config
+	// with the rest below.
+	var portBits uint32
+	var pk httpL7PortKey
+	var pv httpL7PortValue
+	it := l.objs.L7Ports.Iterate()
+	for it.Next(&pk, &pv) {
+		portBits |= portBit(pk.Direction != 0)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list l7 ports: %w", err)
+	}
 	if err := l.attachSockhashPrograms(opts.Delivery); err != nil {
 		return nil, err
 	}
@@ -266,7 +278,7 @@ func Load(opts Options) (_ *L7, err error) {
 		l.resetAtSource.Close()
 		return nil, fmt.Errorf("create the l7 reset iterator: %w", err)
 	}
-	var cfg uint32
+	cfg := portBits
 	if opts.Delivery == DeliverPass {
 		cfg |= configPass
 	}
@@ -275,18 +287,6 @@ func Load(opts Options) (_ *L7, err error) {
 	}
 	if opts.JudgeBeforeTCP {
 		cfg |= configBeforeTCP
-	}
-	// Ports an earlier agent left in pinned maps stay judged: their directions' bits go in first.
-	var pk httpL7PortKey
-	var pv httpL7PortValue
-	it := l.objs.L7Ports.Iterate()
-	for it.Next(&pk, &pv) {
-		cfg |= portBit(pk.Direction != 0)
-	}
-	if err := it.Err(); err != nil {
-		l.reset.Close()
-		l.resetAtSource.Close()
-		return nil, fmt.Errorf("list l7 ports: %w", err)
 	}
 	l.delivery, l.config = opts.Delivery, cfg
 	if err := l.objs.L7Config.Update(uint32(0), cfg, ebpf.UpdateAny); err != nil {

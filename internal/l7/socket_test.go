@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-dev/portcullis/internal/netns"
@@ -323,8 +322,7 @@ func newTestEnvOptions(t testing.TB, opts Options) *testEnv {
 	// PORTCULLIS_L7_TEST_BEFORE_TCP=1 runs the package's socket tests with the server's connections
 	// judged before TCP where they can be (they are handed to the socket for everything else).
 	if os.Getenv("PORTCULLIS_L7_TEST_BEFORE_TCP") == "1" && !opts.JudgeBeforeTCP && opts.Delivery == DeliverDirect {
-		l.config |= configBeforeTCP // Converge keeps it
-		if err := l.objs.L7Config.Update(uint32(0), l.config, ebpf.UpdateAny); err != nil {
+		if err := l.setConfig(l.config | configBeforeTCP); err != nil { // Converge keeps it
 			t.Fatal(err)
 		}
 		opts.JudgeBeforeTCP = true
