@@ -566,6 +566,60 @@ func bpfRunTime(b *testing.B) map[string]time.Duration {
 	}
 }
 
+// busyTime is how long the machine's CPUs have been busy so far (everything but idle and iowait in
+// /proc/stat, all CPUs; in USER_HZ ticks of 10 ms, which is why callers sum it over many runs): with
+// the round trip pinned to one CPU, a mode's busy time per request is the CPU it costs the path,
+// BPF or not, plus the machine's background (the same in every mode).
+func busyTime(b *testing.B) time.Duration {
+	b.Helper()
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		b.Fatalf("/proc/stat: unexpected first line %q", line)
+	}
+	var ticks int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 {
+			continue // idle, iowait
+		}
+		if i >= 8 {
+			break // guest time is counted in user already
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/stat: %q: %v", line, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// perfRecord starts `perf record` on every CPU into dir/name.data when PORTCULLIS_BENCH_PERF=dir
+// (compare modes with perf report -i); the returned function stops it.
+func perfRecord(b *testing.B, name string) func() {
+	b.Helper()
+	dir := os.Getenv("PORTCULLIS_BENCH_PERF")
+	if dir == "" {
+		return func() {}
+	}
+	name = strings.ReplaceAll(b.Name()+"-"+name, "/", "-")
+	cmd := exec.Command("perf", "record", "-a", "-q", "-o", filepath.Join(dir, name+".data"))
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("PORTCULLIS_BENCH_PERF: %v", err)
+	}
+	return func() {
+		cmd.Process.Signal(os.Interrupt)
+		// perf writes its file on SIGINT and exits with it.
+		if err := cmd.Wait(); err != nil && cmd.ProcessState.ExitCode() != -1 {
+			b.Logf("perf record %s: %v", name, err)
+		}
+	}
+}
+
 // benchHTTPRules runs the five modes of BenchmarkLabHTTPRules from one client pod.
 func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 	modes := []struct {
@@ -602,6 +656,7 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 			}
 			defer stats.Close()
 			bpfTime := map[string]map[string]time.Duration{} // mode -> program name -> run time
+			busy := map[string]time.Duration{}
 			for range b.N {
 				// A first short run, not counted: the first measured run of a sub-benchmark came out
 				// up to a quarter slower than the rest.
@@ -628,7 +683,11 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 						n0 := metric(b, "node-a", "portcullis_agent_http_decision_seconds_count")
 						cpu0 := metric(b, "node-a", "process_cpu_seconds_total")
 						bpf0 := bpfRunTime(b)
+						busy0 := busyTime(b)
+						stopPerf := perfRecord(b, fmt.Sprintf("c%d-%s-%d", conns, m.name, round))
 						r := runWrk(b, client, target, conns, benchRun(b))
+						stopPerf()
+						busy[m.name] += busyTime(b) - busy0
 						if bpfTime[m.name] == nil {
 							bpfTime[m.name] = map[string]time.Duration{}
 						}
@@ -688,6 +747,7 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 					b.Logf("%s BPF ns per request by program: %s", m.name, strings.Join(byProg, ", "))
 					b.ReportMetric(float64(all.Nanoseconds())/requests[m.name], m.name+"-bpf-ns/req")
 					b.ReportMetric(float64(bpfTime[m.name]["l7_fast"].Nanoseconds())/requests[m.name], m.name+"-l7-fast-ns/req")
+					b.ReportMetric(float64(busy[m.name].Nanoseconds())/requests[m.name], m.name+"-cpu-ns/req")
 				}
 				if decCount[m.name] > 0 {
 					b.ReportMetric(decSum[m.name]/decCount[m.name]*1e9, m.name+"-decision-ns")
