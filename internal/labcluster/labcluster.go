@@ -74,6 +74,7 @@ type Cluster struct {
 	Kubeconfig string
 
 	opts         Options
+	ownStateDir  bool // Up made StateDir: Down removes it
 	stopOperator func()
 	mu           sync.Mutex
 	agents       map[string]*agentProc
@@ -97,12 +98,13 @@ func Up(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.DriftCheckInterval == 0 {
 		opts.DriftCheckInterval = 2 * time.Second
 	}
-	if opts.StateDir == "" {
+	own := opts.StateDir == ""
+	if own {
 		if opts.StateDir, err = os.MkdirTemp("", "portcullis-lab-"); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
 	}
-	c := &Cluster{opts: opts, agents: map[string]*agentProc{}, ports: map[string]int{}}
+	c := &Cluster{opts: opts, ownStateDir: own, agents: map[string]*agentProc{}, ports: map[string]int{}}
 	defer func() {
 		if err != nil {
 			_ = c.Down()
@@ -319,8 +321,12 @@ func (c *Cluster) AgentGet(ctx context.Context, node, path string) ([]byte, erro
 	return io.ReadAll(resp.Body)
 }
 
+// StateDir is the directory of the kubeconfig and the agents' logs.
+func (c *Cluster) StateDir() string { return c.opts.StateDir }
+
 // Down stops the agents and the operator, removes the network, and stops the control plane. The
-// agents' pins live in the network's bpffs directories, which go with it.
+// agents' pins live in the network's bpffs directories, which go with it. A state directory that Up
+// made is removed too (read the agents' logs before).
 func (c *Cluster) Down() error {
 	var errs []error
 	for node := range c.agents {
@@ -337,6 +343,10 @@ func (c *Cluster) Down() error {
 	if c.CP != nil {
 		errs = append(errs, c.CP.Stop(context.Background()))
 		c.CP = nil
+	}
+	if c.ownStateDir {
+		errs = append(errs, os.RemoveAll(c.opts.StateDir))
+		c.ownStateDir = false
 	}
 	return errors.Join(errs...)
 }

@@ -111,6 +111,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "lab down:", err)
 		code = 1
 	}
+	if _, err := os.Stat(cluster.StateDir()); !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "lab down left its state directory %s (%v)\n", cluster.StateDir(), err)
+		code = 1
+	}
 	return code
 }
 
