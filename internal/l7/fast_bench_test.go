@@ -57,10 +57,7 @@ func BenchmarkFastSegment(b *testing.B) {
 			}
 		}
 	}()
-	var hundred []string
-	for i := range 100 {
-		hundred = append(hundred, fmt.Sprintf(`method="GET" path="/api/v1/resource%d/[0-9]+"`, i))
-	}
+	hundred := hundredPathRules()
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatal(err)

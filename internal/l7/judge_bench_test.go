@@ -23,10 +23,7 @@ func BenchmarkJudge(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer l.Close()
-	var hundred []string
-	for i := range 100 {
-		hundred = append(hundred, fmt.Sprintf(`method="GET" path="/api/v1/resource%d/[0-9]+"`, i))
-	}
+	hundred := hundredPathRules()
 	// A REST service's rules: sixteen paths under four methods (merged by method into four kernel
 	// rules), the request matching the last method's.
 	var rest []string
@@ -71,6 +68,15 @@ func BenchmarkJudge(b *testing.B) {
 			})
 		})
 	}
+}
+
+// hundredPathRules are 100 GET rules with regular expressions over different paths (/api/v1/resourceN/…).
+func hundredPathRules() []string {
+	var rules []string
+	for i := range 100 {
+		rules = append(rules, fmt.Sprintf(`method="GET" path="/api/v1/resource%d/[0-9]+"`, i))
+	}
+	return rules
 }
 
 // reportRunTime runs run b.N times and reports prog's own run time per run of prog (the kernel's

@@ -566,6 +566,49 @@ func bpfRunTime(b *testing.B) map[string]time.Duration {
 	}
 }
 
+// bpfPerRequest is the BPF time per request of a mode's runs (all programs, in ns) and the same by
+// program, as a log line.
+func bpfPerRequest(times map[string]time.Duration, requests float64) (float64, string) {
+	var all time.Duration
+	var byProg []string
+	for _, name := range slices.Sorted(maps.Keys(times)) {
+		if t := times[name]; t > 0 {
+			all += t
+			byProg = append(byProg, fmt.Sprintf("%s %.0f", name, float64(t.Nanoseconds())/requests))
+		}
+	}
+	return float64(all.Nanoseconds()) / requests, strings.Join(byProg, ", ")
+}
+
+// benchMode is a mode of the HTTP-rules benchmarks: the policy put on user-service ("" for none).
+type benchMode struct{ name, policy string }
+
+func (m benchMode) modeName() string { return m.name }
+
+// policyModes are the modes both HTTP-rules benchmarks compare, with app the client's label.
+func policyModes(app string) []benchMode {
+	return []benchMode{
+		{"none", ""},
+		{"l4", fmt.Sprintf(benchPolicy, app)},
+		{"http-allow-all", fmt.Sprintf(benchHTTPPolicy, app, "        - {}\n")},
+		{"http-100-rules", fmt.Sprintf(benchHTTPPolicy, app, httpRules(100))},
+	}
+}
+
+// use puts the mode's policy in place (the previous mode's away) and waits until both nodes
+// enforce it.
+func (m benchMode) use(b *testing.B) {
+	b.Helper()
+	deleteYAML(b, "accesspolicy", "production", "bench-l4")
+	if m.policy == "" {
+		return
+	}
+	if err := cluster.ApplyYAML(context.Background(), []byte(m.policy)); err != nil {
+		b.Fatal(err)
+	}
+	waitConverged(b)
+}
+
 // busyTime is how long the machine's CPUs have been busy so far (user, nice, system, irq and softirq
 // in /proc/stat, all CPUs; in USER_HZ ticks of 10 ms, which is why callers sum it over many runs): with
 // the round trip pinned to one CPU, a mode's busy time per request is the CPU it costs the path,
@@ -622,17 +665,7 @@ func perfRecord(b *testing.B, name string) func() {
 
 // benchHTTPRules runs the five modes of BenchmarkLabHTTPRules from one client pod.
 func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
-	modes := []struct {
-		name   string
-		policy string
-	}{
-		{"none", ""},
-		{"l4", fmt.Sprintf(benchPolicy, app)},
-		{"http-allow-all", fmt.Sprintf(benchHTTPPolicy, app, "        - {}\n")},
-		{"http-100-rules", fmt.Sprintf(benchHTTPPolicy, app, httpRules(100))},
-		{"haproxy", ""},
-	}
-	modes = benchModes(b, modes, func(m struct{ name, policy string }) string { return m.name })
+	modes := benchModes(b, append(policyModes(app), benchMode{"haproxy", ""}), benchMode.modeName)
 	for _, conns := range benchConns(b) {
 		b.Run(fmt.Sprintf("c=%d", conns), func(b *testing.B) {
 			results := map[string][]wrkResult{}
@@ -667,15 +700,9 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 					// a policy change or HAProxy's start.
 					for k := range modes {
 						m := modes[(round+k)%len(modes)]
-						deleteYAML(b, "accesspolicy", "production", "bench-l4")
+						m.use(b)
 						target := url
 						stop := func() {}
-						if m.policy != "" {
-							if err := cluster.ApplyYAML(context.Background(), []byte(m.policy)); err != nil {
-								b.Fatal(err)
-							}
-							waitConverged(b)
-						}
 						if m.name == "haproxy" {
 							target, stop = startHAProxy(b, client, serverIP)
 						}
@@ -736,16 +763,9 @@ func benchHTTPRules(b *testing.B, client, app, url, serverIP string) {
 				b.ReportMetric(float64(r.p99.Microseconds()), m.name+"-p99-µs")
 				if requests[m.name] > 0 {
 					b.ReportMetric(agentCPU[m.name]/requests[m.name]*1e9, m.name+"-agent-cpu-ns/req")
-					var all time.Duration
-					var byProg []string
-					for _, name := range slices.Sorted(maps.Keys(bpfTime[m.name])) {
-						if t := bpfTime[m.name][name]; t > 0 {
-							all += t
-							byProg = append(byProg, fmt.Sprintf("%s %.0f", name, float64(t.Nanoseconds())/requests[m.name]))
-						}
-					}
-					b.Logf("%s BPF ns per request by program: %s", m.name, strings.Join(byProg, ", "))
-					b.ReportMetric(float64(all.Nanoseconds())/requests[m.name], m.name+"-bpf-ns/req")
+					all, byProg := bpfPerRequest(bpfTime[m.name], requests[m.name])
+					b.Logf("%s BPF ns per request by program: %s", m.name, byProg)
+					b.ReportMetric(all, m.name+"-bpf-ns/req")
 					b.ReportMetric(float64(bpfTime[m.name]["l7_fast"].Nanoseconds())/requests[m.name], m.name+"-l7-fast-ns/req")
 					b.ReportMetric(float64(busy[m.name].Nanoseconds())/requests[m.name], m.name+"-cpu-ns/req")
 				}

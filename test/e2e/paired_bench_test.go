@@ -2,10 +2,8 @@ package e2e_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net/netip"
 	"os"
 	"runtime"
@@ -30,13 +28,11 @@ type pairedJob struct {
 }
 
 type pairedResult struct {
-	N        int     `json:"n"` // requests to each server
-	AP50     float64 `json:"a_p50_ns"`
-	BP50     float64 `json:"b_p50_ns"`
-	AMean    float64 `json:"a_mean_ns"`
-	BMean    float64 `json:"b_mean_ns"`
-	DiffP50  float64 `json:"diff_p50_ns"` // median of the pairs' differences (A - B)
-	ATrimmed float64 `json:"a_trimmed_ns"`
+	N     int     `json:"n"` // requests to each server
+	AP50  float64 `json:"a_p50_ns"`
+	BP50  float64 `json:"b_p50_ns"`
+	AMean float64 `json:"a_mean_ns"`
+	BMean float64 `json:"b_mean_ns"`
 }
 
 // TestHelperPairedClient is not a test: it is BenchmarkLabHTTPRulesPaired's client, run inside a
@@ -86,19 +82,11 @@ func TestHelperPairedClient(t *testing.T) {
 			lat[i] = append(lat[i], float64(d.Nanoseconds()))
 		}
 	}
-	n := min(len(lat[0]), len(lat[1]))
-	diffs := make([]float64, n)
-	for k := range n {
-		diffs[k] = lat[0][k] - lat[1][k]
-	}
-	res := pairedResult{N: n, AMean: meanOf(lat[0]), BMean: meanOf(lat[1])}
-	slices.Sort(diffs)
-	res.DiffP50 = diffs[n/2]
+	res := pairedResult{N: min(len(lat[0]), len(lat[1])), AMean: meanOf(lat[0]), BMean: meanOf(lat[1])}
 	for i := range lat {
 		slices.Sort(lat[i])
 	}
 	res.AP50, res.BP50 = lat[0][len(lat[0])/2], lat[1][len(lat[1])/2]
-	res.ATrimmed = meanOf(lat[0][:len(lat[0])*9/10])
 	out, _ := json.Marshal(res)
 	fmt.Printf("PAIRED %s\n", out)
 }
@@ -215,12 +203,7 @@ func BenchmarkLabHTTPRulesPaired(b *testing.B) {
 }
 
 func benchPaired(b *testing.B, client, app string, job pairedJob) {
-	modes := benchModes(b, []struct{ name, policy string }{
-		{"none", ""},
-		{"l4", fmt.Sprintf(benchPolicy, app)},
-		{"http-allow-all", fmt.Sprintf(benchHTTPPolicy, app, "        - {}\n")},
-		{"http-100-rules", fmt.Sprintf(benchHTTPPolicy, app, httpRules(100))},
-	}, func(m struct{ name, policy string }) string { return m.name })
+	modes := benchModes(b, policyModes(app), benchMode.modeName)
 	spec, err := json.Marshal(job)
 	if err != nil {
 		b.Fatal(err)
@@ -266,12 +249,10 @@ func benchPaired(b *testing.B, client, app string, job pairedJob) {
 		for round := 0; round < benchRounds(b); round++ {
 			for k := range modes {
 				m := modes[(round+k)%len(modes)]
-				deleteYAML(b, "accesspolicy", "production", "bench-l4")
-				if m.policy != "" {
-					if err := cluster.ApplyYAML(context.Background(), []byte(m.policy)); err != nil {
-						b.Fatal(err)
-					}
-					waitConverged(b)
+				m.use(b)
+				if !withStats {
+					results[m.name] = append(results[m.name], run())
+					continue
 				}
 				bpf0 := bpfRunTime(b)
 				r := run()
@@ -299,17 +280,10 @@ func benchPaired(b *testing.B, client, app string, job pairedJob) {
 			rounds = append(rounds, fmt.Sprintf("A %s B %s (n %d)", µs(r.AP50), µs(r.BP50), r.N))
 		}
 		b.Logf("%s p50 by round, µs: %s", m.name, strings.Join(rounds, ", "))
-		var byProg []string
-		var all time.Duration
-		for _, name := range slices.Sorted(maps.Keys(bpfTime[m.name])) {
-			if t := bpfTime[m.name][name]; t > 0 {
-				all += t
-				byProg = append(byProg, fmt.Sprintf("%s %.0f", name, float64(t.Nanoseconds())/requests[m.name]))
-			}
-		}
 		if withStats {
-			b.Logf("%s BPF ns per request (A and B together) by program: %s", m.name, strings.Join(byProg, ", "))
-			b.ReportMetric(float64(all.Nanoseconds())/requests[m.name], m.name+"-bpf-ns/req")
+			all, byProg := bpfPerRequest(bpfTime[m.name], requests[m.name])
+			b.Logf("%s BPF ns per request (A and B together) by program: %s", m.name, byProg)
+			b.ReportMetric(all, m.name+"-bpf-ns/req")
 		}
 		if m.name == "none" {
 			continue
