@@ -63,10 +63,19 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1 << 20);
-	__uint(map_flags, BPF_F_MMAPABLE); /* the agent compares its tables in place */
-} l7_dfa_cells SEC(".maps");
+	__type(value, struct l7_cell_block);
+	__uint(max_entries, L7_DFA_CELLS / L7_CELLS_PER_BLOCK);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the agent writes and compares its tables in place */
+} l7_dfa_blocks SEC(".maps");
+
+/* Cell i of the DFA tables; 0 (dead, no match) past the table. */
+static __always_inline __u32 dfa_cell(__u32 i)
+{
+	__u32 blk = i / L7_CELLS_PER_BLOCK;
+	struct l7_cell_block *b = bpf_map_lookup_elem(&l7_dfa_blocks, &blk);
+
+	return b ? b->cells[i % L7_CELLS_PER_BLOCK] : 0;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -707,7 +716,7 @@ static int walk_cb(__u32 unused, struct scan_ctx *x)
 	const struct l7_scratch *sc = x->sc;
 	const struct l7_dfa *d = x->d;
 	struct walk *w;
-	__u32 k, idx, *next;
+	__u32 k, idx, next;
 
 	if (!s || !sc || !d)
 		return 1;
@@ -717,12 +726,12 @@ static int walk_cb(__u32 unused, struct scan_ctx *x)
 		if (w->pos >= w->end)
 			return 1;
 		idx = w->base + w->state * w->ncls + d->classes[sc->buf[w->pos & SCAN_MASK]];
-		next = bpf_map_lookup_elem(&l7_dfa_cells, &idx);
-		if (!next || *next == 0 || *next >= w->nstates) {
+		next = dfa_cell(idx);
+		if (next == 0 || next >= w->nstates) {
 			w->state = 0; /* dead, or a corrupt table: no match */
 			return 1;
 		}
-		w->state = *next;
+		w->state = next;
 		w->pos++;
 	}
 	return 0;
@@ -735,7 +744,7 @@ static __noinline int dfa_match(__u32 id, __u32 start, __u32 len, __u32 slot)
 	struct scan_ctx x = {};
 	struct l7_dfa *d;
 	struct walk *wp;
-	__u32 idx, *acc;
+	__u32 idx;
 
 	if (id == 0)
 		return 1;
@@ -763,8 +772,7 @@ static __noinline int dfa_match(__u32 id, __u32 start, __u32 len, __u32 slot)
 	if (wp->state == 0)
 		return 0;
 	idx = wp->base + wp->nstates * wp->ncls + wp->state;
-	acc = bpf_map_lookup_elem(&l7_dfa_cells, &idx);
-	return acc && *acc;
+	return dfa_cell(idx) != 0;
 }
 
 /* bpf_loop callback: does rule idx allow the request? */

@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -228,12 +227,8 @@ func (l *L7) repairTablesLocked() (int, error) {
 			if same && l.objs.L7Dfas.Lookup(id, &desc) == nil && desc == want.desc {
 				continue
 			}
-			keys := make([]uint32, len(want.cells))
-			for i := range keys {
-				keys[i] = want.desc.Base + uint32(i)
-			}
-			if _, err := l.objs.L7DfaCells.BatchUpdate(keys, want.cells, nil); err != nil {
-				errs = append(errs, fmt.Errorf("repair dfa %d cells: %w", id, err))
+			if err := l.writeCells(want.desc.Base, want.cells); err != nil {
+				errs = append(errs, fmt.Errorf("repair dfa %d: %w", id, err))
 				continue
 			}
 			if err := l.objs.L7Dfas.Update(id, &want.desc, ebpf.UpdateAny); err != nil {
@@ -255,25 +250,4 @@ func (l *L7) repairTablesLocked() (int, error) {
 		n++
 	}
 	return n, errors.Join(errs...)
-}
-
-// cellsEqual reports whether the kernel's cells from base on are want, reading the memory-mapped
-// array (no system call per cell).
-func (l *L7) cellsEqual(base uint32, want []uint32) (bool, error) {
-	mm, err := l.objs.L7DfaCells.Memory()
-	if err != nil {
-		return false, fmt.Errorf("map dfa cells: %w", err)
-	}
-	// Array elements are laid out every round_up(value size, 8) bytes.
-	const stride = 8
-	buf := make([]byte, stride*len(want))
-	if _, err := mm.ReadAt(buf, int64(base)*stride); err != nil {
-		return false, fmt.Errorf("read dfa cells: %w", err)
-	}
-	for i, w := range want {
-		if binary.NativeEndian.Uint32(buf[stride*i:]) != w {
-			return false, nil
-		}
-	}
-	return true, nil
 }

@@ -76,14 +76,15 @@ func TestPrivilegedConvergeRepairsRuleSetsAndPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	nt := d.Nstates * uint32(d.Nclasses)
-	for i := uint32(0); i < nt+d.Nstates; i++ {
-		v := uint32(d.Start)
-		if i >= nt {
-			v = 1
+	tampered := make([]uint16, nt+d.Nstates)
+	for i := range tampered {
+		tampered[i] = d.Start
+		if uint32(i) >= nt {
+			tampered[i] = 1
 		}
-		if err := l.objs.L7DfaCells.Update(d.Base+i, v, 0); err != nil {
-			t.Fatal(err)
-		}
+	}
+	if err := l.writeCells(d.Base, tampered); err != nil {
+		t.Fatal(err)
 	}
 	other := []byte("GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
 	if r, _ := l.Judge(k1, other); r.Decision != Allow {

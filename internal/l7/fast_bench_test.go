@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -39,8 +40,9 @@ func fastFrame(client, server netip.AddrPort, seq uint32, payload []byte) []byte
 // BPF_PROG_TEST_RUN of a request segment: each run's segment starts where the last one ended, so
 // every run takes the path of a keep-alive connection's next request, passed with its stamp (checked
 // on every run). The events are read as the agent reads them. Cases as BenchmarkJudge's: wrk-like
-// against one rule, and against 100 path rules with regular expressions. The lab's per-request
-// figure (-decision-ns, from the events) covers only the judge part. Root.
+// against one rule, and against 100 path rules with regular expressions; and a browser-like request
+// of 1 KiB. The lab's per-request figure (-decision-ns, from the events) covers only the judge
+// part. Root.
 func BenchmarkFastSegment(b *testing.B) {
 	requireRoot(b)
 	l, err := Load(Options{})
@@ -66,20 +68,39 @@ func BenchmarkFastSegment(b *testing.B) {
 	wrk := func(path string) []byte {
 		return []byte("GET " + path + " HTTP/1.1\r\nHost: 10.244.1.5:8080\r\n\r\n")
 	}
-	// Cold: 32 MiB written between runs, more than this machine's last-level cache, so that each
-	// run finds the programs' code and maps out of the caches, as a request does after the server,
-	// the client and the network stack ran on the CPU since the last one.
-	evict := make([]byte, 32<<20)
+	// Memory written between runs, so that each run finds the programs' code and maps out of the
+	// caches, as a request does after the server, the client and the network stack ran on the CPU
+	// since the last one: "-l2" writes 2 MiB (more than this machine's 512 KiB L2: the code and
+	// maps come from the shared L3, as they mostly do in the lab), "-cold" 32 MiB (more than its
+	// L3: from memory).
+	const l2, cold = 2 << 20, 32 << 20
+	evict := make([]byte, cold)
+	oneRule := []string{`method="GET" path="/bench(/.*)?"`}
+	// A request as a browser or an instrumented service client sends it: 1 KiB of headers, most
+	// of it a bearer token.
+	browser := []byte("GET /api/v1/users/12345?include=profile,settings HTTP/1.1\r\n" +
+		"Host: user-service.production.svc.cluster.local:8080\r\n" +
+		"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\n" +
+		"Accept: application/json, text/plain, */*\r\n" +
+		"Accept-Encoding: gzip, deflate, br\r\n" +
+		"Accept-Language: en-US,en;q=0.9\r\n" +
+		"Authorization: Bearer " + strings.Repeat("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9", 18) + "\r\n" +
+		"X-Request-Id: 3f2b6c1e-8d4a-4b7e-9f0a-1c2d3e4f5a6b\r\n" +
+		"Connection: keep-alive\r\n\r\n")
+	browserRule := []string{`method="GET" path="/api/v1/users/[0-9]+"`}
 	for i, c := range []struct {
 		name  string
 		rules []string
 		req   []byte
-		cold  bool
+		evict int
 	}{
-		{"one-rule", []string{`method="GET" path="/bench(/.*)?"`}, wrk("/bench"), false},
-		{"100-regex-paths", hundred, wrk("/api/v1/resource99/12345"), false},
-		{"one-rule-cold", []string{`method="GET" path="/bench(/.*)?"`}, wrk("/bench"), true},
-		{"100-regex-paths-cold", hundred, wrk("/api/v1/resource99/12345"), true},
+		{"one-rule", oneRule, wrk("/bench"), 0},
+		{"100-regex-paths", hundred, wrk("/api/v1/resource99/12345"), 0},
+		{"browser-1KiB", browserRule, browser, 0},
+		{"one-rule-l2", oneRule, wrk("/bench"), l2},
+		{"100-regex-paths-l2", hundred, wrk("/api/v1/resource99/12345"), l2},
+		{"one-rule-cold", oneRule, wrk("/bench"), cold},
+		{"100-regex-paths-cold", hundred, wrk("/api/v1/resource99/12345"), cold},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			client := netip.MustParseAddrPort(fmt.Sprintf("10.244.0.7:%d", 40000+i))
@@ -106,8 +127,8 @@ func BenchmarkFastSegment(b *testing.B) {
 			seq := uint32(seq0)
 			var out [48]uint32 // struct __sk_buff (192 bytes) after the run: mark is its third field
 			run := func() {
-				if c.cold {
-					for k := 0; k < len(evict); k += 64 {
+				if c.evict > 0 {
+					for k := 0; k < c.evict; k += 64 {
 						evict[k]++
 					}
 				}

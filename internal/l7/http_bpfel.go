@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type httpL7CellBlock struct {
+	_     structs.HostLayout
+	Cells [32]uint16
+}
+
 type httpL7Decision uint32
 
 const (
@@ -328,7 +333,7 @@ const (
 	httpMapL7AtSource       = "l7_at_source"
 	httpMapL7Config         = "l7_config"
 	httpMapL7Counters       = "l7_counters"
-	httpMapL7DfaCells       = "l7_dfa_cells"
+	httpMapL7DfaBlocks      = "l7_dfa_blocks"
 	httpMapL7Dfas           = "l7_dfas"
 	httpMapL7EgressSocks    = "l7_egress_socks"
 	httpMapL7EgressState    = "l7_egress_state"
@@ -424,7 +429,7 @@ type httpMapSpecs struct {
 	L7AtSource     *ebpf.MapSpec `ebpf:"l7_at_source"`
 	L7Config       *ebpf.MapSpec `ebpf:"l7_config"`
 	L7Counters     *ebpf.MapSpec `ebpf:"l7_counters"`
-	L7DfaCells     *ebpf.MapSpec `ebpf:"l7_dfa_cells"`
+	L7DfaBlocks    *ebpf.MapSpec `ebpf:"l7_dfa_blocks"`
 	L7Dfas         *ebpf.MapSpec `ebpf:"l7_dfas"`
 	L7EgressSocks  *ebpf.MapSpec `ebpf:"l7_egress_socks"`
 	L7EgressState  *ebpf.MapSpec `ebpf:"l7_egress_state"`
@@ -476,7 +481,7 @@ type httpMaps struct {
 	L7AtSource     *ebpf.Map `ebpf:"l7_at_source"`
 	L7Config       *ebpf.Map `ebpf:"l7_config"`
 	L7Counters     *ebpf.Map `ebpf:"l7_counters"`
-	L7DfaCells     *ebpf.Map `ebpf:"l7_dfa_cells"`
+	L7DfaBlocks    *ebpf.Map `ebpf:"l7_dfa_blocks"`
 	L7Dfas         *ebpf.Map `ebpf:"l7_dfas"`
 	L7EgressSocks  *ebpf.Map `ebpf:"l7_egress_socks"`
 	L7EgressState  *ebpf.Map `ebpf:"l7_egress_state"`
@@ -503,7 +508,7 @@ func (m *httpMaps) Close() error {
 		m.L7AtSource,
 		m.L7Config,
 		m.L7Counters,
-		m.L7DfaCells,
+		m.L7DfaBlocks,
 		m.L7Dfas,
 		m.L7EgressSocks,
 		m.L7EgressState,

@@ -256,6 +256,11 @@ func Load(opts Options) (_ *L7, err error) {
 			l.objs.Close()
 		}
 	}()
+	if opts.PinDir != "" {
+		if err := migrateCells(opts.PinDir, l.objs.L7DfaBlocks); err != nil {
+			return nil, fmt.Errorf("load l7: %w", err)
+		}
+	}
 	// Ports an earlier agent left in pinned maps stay judged: their directions' bits go in l7_config
 	// with the rest below.
 	var portBits uint32
@@ -818,7 +823,7 @@ func (l *L7) Unpin() error {
 		return nil
 	}
 	var errs []error
-	for _, m := range []*ebpf.Map{l.objs.L7Counters, l.objs.L7DfaCells, l.objs.L7Dfas, l.objs.L7Headers,
+	for _, m := range []*ebpf.Map{l.objs.L7Counters, l.objs.L7DfaBlocks, l.objs.L7Dfas, l.objs.L7Headers,
 		l.objs.L7Ipcache, l.objs.L7Nesting, l.objs.L7Ports, l.objs.L7Rulesets, l.objs.L7Scans,
 		l.objs.L7Scratch, l.objs.L7Socks, l.objs.L7EgressSocks, l.objs.L7State, l.objs.L7EgressState, l.objs.L7AtSource, l.objs.L7TrustedNetns,
 		l.objs.L7FastNetns, l.objs.L7FastSocks, l.objs.L7FastConns} {

@@ -127,3 +127,67 @@ func TestPrivilegedWorkingMapPinsOfAnEarlierBuildAreDropped(t *testing.T) {
 		}
 	}
 }
+
+// An agent upgraded from a build whose DFA cells were one u32 to an 8-byte array element
+// (l7_dfa_cells) adopts that build's pinned rule sets with their tables: it copies the cells into
+// its packed map before any program reads them and drops the old pin. Without the copy, the adopted
+// rule's path would match nothing until the agent rewrote its rules.
+func TestPrivilegedEarlierBuildDFACellsAreCopied(t *testing.T) {
+	requireRoot(t)
+	dir := mountBPFFS(t)
+	key := RuleKey{EndpointID: 7, Port: 80}
+	get := []byte("GET /v1/x HTTP/1.1\r\n\r\n")
+	other := []byte("GET /v2/x HTTP/1.1\r\n\r\n")
+
+	l1, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.SetRules(key, []string{`method="GET" path="/v1/.*"`}); err != nil {
+		t.Fatal(err)
+	}
+	if len(l1.tab.dfaWant) != 1 {
+		t.Fatalf("tables %v, want the path's", l1.tab.dfaWant)
+	}
+	// The earlier build's map, holding the same tables at the same cell numbers.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: oldCellsPin, Type: ebpf.Array, KeySize: 4, ValueSize: 4,
+		MaxEntries: cellCapacity(l1.objs.L7DfaBlocks), Flags: unix.BPF_F_MMAPABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	for _, tab := range l1.tab.dfaWant {
+		for i, c := range tab.cells {
+			if err := old.Update(tab.desc.Base+uint32(i), uint32(c), ebpf.UpdateAny); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := old.Pin(filepath.Join(dir, oldCellsPin)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.objs.L7DfaBlocks.Unpin(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	l2, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l2.Unpin()
+		l2.Close()
+	})
+	if r, err := l2.Judge(key, get); err != nil || r.Decision != Allow {
+		t.Fatalf("the adopted rule with the copied table: %+v %v; want allowed", r, err)
+	}
+	if r, err := l2.Judge(key, other); err != nil || r.Decision != Deny {
+		t.Fatalf("a path the rule does not allow: %+v %v; want denied", r, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, oldCellsPin)); !os.IsNotExist(err) {
+		t.Fatalf("the earlier build's pin is still there: %v", err)
+	}
+}

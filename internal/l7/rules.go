@@ -389,7 +389,7 @@ type tables struct {
 // dfaTable is a DFA as written: its descriptor and its cells from desc.Base on.
 type dfaTable struct {
 	desc  httpL7Dfa
-	cells []uint32
+	cells []uint16
 }
 
 func newTables(maxDFA, maxHdr, maxCells uint32) *tables {
@@ -406,7 +406,7 @@ func newTables(maxDFA, maxHdr, maxCells uint32) *tables {
 // adoptTables builds the allocator for maps that may already hold rule sets (pinned maps): every DFA
 // and header referenced there stays reserved until the rule set that references it is replaced.
 func adoptTables(objs *httpObjects) (*tables, error) {
-	t := newTables(objs.L7Dfas.MaxEntries(), objs.L7Headers.MaxEntries(), objs.L7DfaCells.MaxEntries())
+	t := newTables(objs.L7Dfas.MaxEntries(), objs.L7Headers.MaxEntries(), cellCapacity(objs.L7DfaBlocks))
 	var k httpL7RulesetKey
 	var v httpL7Ruleset
 	it := objs.L7Rulesets.Iterate()
@@ -579,23 +579,17 @@ func (l *L7) internDFA(pattern string, d *dfa.DFA) (uint32, error) {
 		t.freeIDs = append(t.freeIDs, id)
 		return 0, fmt.Errorf("%w: no %d free dfa cells for %q", errFull, size, pattern)
 	}
-	keys := make([]uint32, size)
-	vals := make([]uint32, size)
-	for i := range keys {
-		keys[i] = base + uint32(i)
-	}
-	for i, n := range d.Next {
-		vals[i] = uint32(n)
-	}
+	vals := make([]uint16, size)
+	copy(vals, d.Next)
 	for s, acc := range d.Accept {
 		if acc {
 			vals[ns*nc+uint32(s)] = 1
 		}
 	}
 	undo := func() { t.freeIDs = append(t.freeIDs, id); t.releaseCells(span{base, size}) }
-	if _, err := l.objs.L7DfaCells.BatchUpdate(keys, vals, nil); err != nil {
+	if err := l.writeCells(base, vals); err != nil {
 		undo()
-		return 0, fmt.Errorf("write dfa cells for %q: %w", pattern, err)
+		return 0, fmt.Errorf("dfa for %q: %w", pattern, err)
 	}
 	desc := httpL7Dfa{Base: base, Nstates: ns, Nclasses: uint16(nc), Start: d.Start, Classes: d.Classes}
 	if err := l.objs.L7Dfas.Update(id, &desc, ebpf.UpdateAny); err != nil {
