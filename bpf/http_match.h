@@ -631,9 +631,121 @@ static __always_inline int scan_byte(struct scan *s, const struct l7_scratch *sc
 	return reject(s, L7_R_BAD_HEADER);
 }
 
-/* bpf_loop callback: the next SCAN_RUN bytes of the request line or header
- * block, from s->pos; stops at the end of what there is (done still
- * SCAN_RUNNING: the block is incomplete). */
+#define REP8(c) (0x0101010101010101ULL * (__u64)(c))
+
+/* The 8 bytes at i (the buffer has slack past the scan limit). */
+static __always_inline __u64 load8(const struct l7_scratch *sc, __u32 i)
+{
+	return *(const __u64 *)&sc->buf[i & SCAN_MASK];
+}
+
+/*
+ * Word-at-a-time tests on 8 bytes loaded little-endian (the first byte is the
+ * lowest). Each returns a mask with bit 7 set in the bytes that fail; the
+ * lowest set bit is always exact (a borrow or carry only runs upward, from a
+ * byte that is itself flagged), higher ones may not be, so only the first
+ * failing byte is ever used (first8).
+ */
+
+/* Bytes outside [lo, 0x7e] (lo <= 0x80): below lo, or DEL and 8-bit bytes. */
+static __always_inline __u64 out_of8(__u64 w, __u8 lo)
+{
+	return (((w - REP8(lo)) & ~w) | (w + REP8(0x01)) | w) & REP8(0x80);
+}
+
+/* Bytes equal to c. */
+static __always_inline __u64 eq8(__u64 w, __u8 c)
+{
+	__u64 v = w ^ REP8(c);
+
+	return (v - REP8(0x01)) & ~v & REP8(0x80);
+}
+
+/* How many bytes come before the first flagged one (8: none is). */
+static __always_inline __u32 first8(__u64 m)
+{
+	/* The bytes below the lowest flag, and its own, get 0x01 each; the
+	 * multiply sums them into the top byte. */
+	if (!m)
+		return 8;
+	return (__u32)((((m & -m) - 1) & REP8(0x01)) * REP8(0x01) >> 56) - 1;
+}
+
+/* For bytes in [0x21, 0x7e]: every byte is a digit. */
+static __always_inline int digits8(__u64 w)
+{
+	return !((((w - REP8('0')) & ~w) | (w + REP8(0x7f - '9'))) & REP8(0x80));
+}
+
+/* For bytes below 0x80: w lower-cased (bit 5 added to 'A'-'Z'). */
+static __always_inline __u64 lower8(__u64 w)
+{
+	__u64 upper = (w + REP8(0x80 - 'A')) & ~(w + REP8(0x80 - 'Z' - 1)) & REP8(0x80);
+
+	return w | (upper >> 2);
+}
+
+/*
+ * How many of the 8 bytes at i (all in the buffer) are taken in one step,
+ * with the state scan_byte would leave after them; 0 to go byte by byte. The
+ * first byte that needs scan_byte ends the step:
+ *  - A header value's start: its visible bytes, not all digits, start it (vw
+ *    their lower case); it is then not a number.
+ *  - Later in a value that is not a number (cl_ok 0), past its first 8 bytes
+ *    (vw): visible bytes; or, once whitespace inside it was followed by a
+ *    visible byte (cl_ok_ws_free 0), all 8 bytes if they are visible or space
+ *    and the last is visible. Only the value's end moves.
+ *  - The target past its first byte: visible bytes but '?', '%', '\\' and
+ *    '.' change nothing.
+ * Long values (tokens, cookies, user agents) and paths cost a step per 8
+ * bytes instead of one per byte, short ones at most one try per value or per
+ * byte that ends a step. A call of its own: inlined, its registers spilled
+ * into scan_cb's frame, and the deepest call chain (a program, judge,
+ * scan_cb, header_line, req_cb) went past the verifier's 512 bytes of stack.
+ */
+static __always_inline __u32 word_step(struct scan *s, const struct l7_scratch *sc, __u32 i)
+{
+	__u64 w, keep;
+	__u32 n;
+
+	if (s->st == ST_VALUE) {
+		if (s->vstarted && (i - s->vstart < 8 || s->cl_ok))
+			return 0;
+		w = load8(sc, i);
+		if (!s->vstarted) {
+			n = first8(out_of8(w, 0x21));
+			if (n == 0)
+				return 0;
+			keep = n == 8 ? ~0ULL : (1ULL << (n * 8)) - 1;
+			/* all digits: a number, whose value scan_byte computes */
+			if (digits8((w & keep) | (REP8('0') & ~keep)))
+				return 0;
+			s->vstarted = 1;
+			s->vstart = i;
+			s->vw = lower8(w) & keep;
+			s->cl_ok = 0;
+		} else if (!s->vws) {
+			n = first8(out_of8(w, 0x21));
+			if (n == 0)
+				return 0;
+		} else if (s->cl_ok_ws_free || out_of8(w, 0x20) || (w >> 56) == ' ') {
+			return 0;
+		} else {
+			n = 8;
+		}
+		s->vend = i + n;
+		return n;
+	}
+	if (s->st == ST_TARGET && i != s->tstart) {
+		w = load8(sc, i);
+		return first8(out_of8(w, 0x21) | eq8(w, '?') | eq8(w, '%') | eq8(w, '\\') | eq8(w, '.'));
+	}
+	return 0;
+}
+
+/* bpf_loop callback: the next SCAN_RUN steps over the request line or header
+ * block, from s->pos, a step being 8 bytes (word_step) or one; stops at the
+ * end of what there is (done still SCAN_RUNNING: the block is incomplete). */
 static int scan_cb(__u32 unused, struct scan_ctx *x)
 {
 	struct scan *s = x->s;
@@ -647,6 +759,14 @@ static int scan_cb(__u32 unused, struct scan_ctx *x)
 	for (k = 0; k < SCAN_RUN; k++) {
 		if (i >= s->len)
 			return 1;
+		if (i + 8 <= s->len) {
+			__u32 n = word_step(s, sc, i);
+
+			if (n) {
+				i += n;
+				continue;
+			}
+		}
 		if (scan_byte(s, sc, i, sc->buf[i & SCAN_MASK]))
 			return 1;
 		i++;

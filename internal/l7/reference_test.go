@@ -36,6 +36,7 @@ type refFraming struct {
 	hdrLen    int
 	bodyLen   uint64
 	chunked   bool
+	websocket bool // an Upgrade: websocket header (any case)
 }
 
 func isTchar(c byte) bool {
@@ -116,6 +117,10 @@ func refFrame(raw []byte) refFraming {
 				return bad()
 			}
 			out.chunked = true
+		case "upgrade":
+			if strings.EqualFold(value, "websocket") {
+				out.websocket = true
+			}
 		case "host":
 			if nHost++; nHost > 1 {
 				return bad()
@@ -184,6 +189,8 @@ var ruleSetPool = [][]string{
 		}
 		return r
 	}(),
+	// Values long enough to end on one of the scan's 8-byte steps.
+	{`host="long-host-name\\.example\\.com"`, `header="X-Long: abcdefghabcdefgh"`, `header="Authorization: Bearer abcdefgh ABCDEFGH 12345678"`},
 }
 
 // checkAgainstReference compares the kernel with the reference on one input.
@@ -210,9 +217,9 @@ func checkAgainstReference(t testing.TB, l *L7, set int, raw []byte) {
 	if got.Decision != want {
 		t.Fatalf("rule set %d %q: kernel %v (%v), reference %v", set, raw, got.Decision, got.Reason, want)
 	}
-	if want == Allow && (got.HeaderLen != fr.hdrLen || got.BodyLen != fr.bodyLen || got.Chunked != fr.chunked) {
-		t.Fatalf("rule set %d %q: kernel frames %d+%d (chunked %v), reference %d+%d (chunked %v)", set, raw,
-			got.HeaderLen, got.BodyLen, got.Chunked, fr.hdrLen, fr.bodyLen, fr.chunked)
+	if want == Allow && (got.HeaderLen != fr.hdrLen || got.BodyLen != fr.bodyLen || got.Chunked != fr.chunked || got.WebSocket != fr.websocket) {
+		t.Fatalf("rule set %d %q: kernel frames %d+%d (chunked %v, websocket %v), reference %d+%d (chunked %v, websocket %v)", set, raw,
+			got.HeaderLen, got.BodyLen, got.Chunked, got.WebSocket, fr.hdrLen, fr.bodyLen, fr.chunked, fr.websocket)
 	}
 }
 
