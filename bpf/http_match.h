@@ -138,6 +138,7 @@ struct walk {
 	__u32 state;
 	__u32 pos; /* next byte to walk */
 	__u32 end;
+	__u32 sink; /* l7_dfa.sink */
 };
 
 /* Bytes a scan_cb or walk_cb call handles: the callback's call and setup are
@@ -843,7 +844,9 @@ static int walk_cb(__u32 unused, struct scan_ctx *x)
 	w = &s->w;
 #pragma clang loop unroll(disable)
 	for (k = 0; k < SCAN_RUN; k++) {
-		if (w->pos >= w->end)
+		/* past the end, or in the accepting sink (never state 0: the
+		 * loop stops at a dead state) */
+		if (w->pos >= w->end || w->state == w->sink)
 			return 1;
 		idx = w->base + w->state * w->ncls + d->classes[sc->buf[w->pos & SCAN_MASK]];
 		next = dfa_cell(idx);
@@ -883,6 +886,7 @@ static __noinline int dfa_match(__u32 id, __u32 start, __u32 len, __u32 slot)
 	wp->ncls = d->nclasses;
 	wp->nstates = d->nstates;
 	wp->state = d->start;
+	wp->sink = d->sink;
 	wp->pos = start;
 	wp->end = start + len;
 	if (len > L7_SCAN_LIMIT)

@@ -105,7 +105,10 @@ struct l7_dfa {
 	__u32 nstates;
 	__u16 nclasses;
 	__u16 start;
-	__u32 pad;
+	/* An accepting state that every byte leads back to (0: none, as in
+	 * tables written before 2026-11-27, where this was padding): a walk that
+	 * reaches it matches whatever follows, and stops there ("/api/.*"). */
+	__u32 sink;
 	__u8 classes[256];
 };
 

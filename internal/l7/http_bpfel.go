@@ -32,7 +32,7 @@ type httpL7Dfa struct {
 	Nstates  uint32
 	Nclasses uint16
 	Start    uint16
-	Pad      uint32
+	Sink     uint32
 	Classes  [256]uint8
 }
 
@@ -270,9 +270,9 @@ type httpScan struct {
 		State   uint32
 		Pos     uint32
 		End     uint32
+		Sink    uint32
 	}
 	Key           httpL7RulesetKey
-	_             [4]byte
 	Method        uint64
 	Version       uint64
 	W0            uint64

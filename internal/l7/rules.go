@@ -591,7 +591,7 @@ func (l *L7) internDFA(pattern string, d *dfa.DFA) (uint32, error) {
 		undo()
 		return 0, fmt.Errorf("dfa for %q: %w", pattern, err)
 	}
-	desc := httpL7Dfa{Base: base, Nstates: ns, Nclasses: uint16(nc), Start: d.Start, Classes: d.Classes}
+	desc := httpL7Dfa{Base: base, Nstates: ns, Nclasses: uint16(nc), Start: d.Start, Sink: uint32(acceptSink(d)), Classes: d.Classes}
 	if err := l.objs.L7Dfas.Update(id, &desc, ebpf.UpdateAny); err != nil {
 		undo()
 		return 0, fmt.Errorf("write dfa %d for %q: %w", id, pattern, err)
@@ -602,6 +602,35 @@ func (l *L7) internDFA(pattern string, d *dfa.DFA) (uint32, error) {
 	t.dfaWant[id] = dfaTable{desc: desc, cells: vals}
 	return id, nil
 }
+
+// acceptSink is d's accepting state that every byte a judged value can hold leads back to ("/api/.*"
+// after "/api/"), 0 when it has none. The kernel stops a walk there: whatever follows matches. A
+// value's bytes are those the scan lets through (walkByte): a target has only visible bytes, a Host
+// value visible bytes with spaces and tabs inside, a method upper-case letters. Other bytes are not
+// looked at: "." does not match a newline, and no judged value holds one.
+func acceptSink(d *dfa.DFA) uint16 {
+	nc := d.NumClasses
+	for s := 1; s < d.NumStates(); s++ {
+		if !d.Accept[s] {
+			continue
+		}
+		sink := true
+		for b := range 256 {
+			if walkByte(byte(b)) && int(d.Next[s*nc+int(d.Classes[b])]) != s {
+				sink = false
+				break
+			}
+		}
+		if sink {
+			return uint16(s)
+		}
+	}
+	return 0
+}
+
+// walkByte reports whether b can be in a value the kernel walks a DFA over (bpf/http_match.h,
+// scan_byte: the target 0x21-0x7e, header values also space and tab).
+func walkByte(b byte) bool { return b == '\t' || b >= 0x20 && b <= 0x7e }
 
 func (l *L7) internHeader(h HeaderRequirement) (uint32, error) {
 	t := l.tab

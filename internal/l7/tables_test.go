@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/portcullis-dev/portcullis/internal/dfa"
 )
 
 func TestCellRangesAreReusedOnlyAfterQuarantine(t *testing.T) {
@@ -111,4 +113,44 @@ func stringOf(c byte, n int) string {
 		b[i] = c
 	}
 	return string(b)
+}
+
+// acceptSink finds an accepting state that every byte a judged value can hold leads back to, and
+// only that: a wrong sink would make the kernel stop a walk early and accept what follows.
+func TestAcceptSink(t *testing.T) {
+	for _, c := range []struct {
+		pattern string
+		sink    bool
+	}{
+		{"/public/.*", true},
+		{"/up(/.*)?", true},
+		{".*", true},
+		{"(?i)/API/.*", true},
+		{"api\\.example\\.com(:[0-9]+)?", false},
+		{"/v1/invoices/[0-9]+", false},
+		{"/a", false},
+		{".*x", false},
+		{"/a/[^?]*", false},
+		{"GET|HEAD", false},
+	} {
+		d, err := dfa.Compile(c.pattern, dfa.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := acceptSink(d)
+		if (s != 0) != c.sink {
+			t.Fatalf("%q: sink %d, want one: %v", c.pattern, s, c.sink)
+		}
+		if s == 0 {
+			continue
+		}
+		if !d.Accept[s] {
+			t.Fatalf("%q: sink %d does not accept", c.pattern, s)
+		}
+		for b := range 256 {
+			if next := d.Next[int(s)*d.NumClasses+int(d.Classes[b])]; walkByte(byte(b)) && next != s {
+				t.Fatalf("%q: byte %#x leads from sink %d to %d", c.pattern, b, s, next)
+			}
+		}
+	}
 }
