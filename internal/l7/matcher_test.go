@@ -75,7 +75,7 @@ func genRequest(r *rand.Rand) []byte {
 // genWordRequest builds a request whose target and header values are long enough for the scan's
 // 8-byte steps (word_step), from pieces that put what ends such a step (space, tab, digits, upper
 // case, control and 8-bit bytes, '?', '%', '.', '\\') at every offset, under header names the rules
-// and the framing read.
+// and the framing read, and names long or odd enough for the name's own 8-byte steps.
 func genWordRequest(r *rand.Rand) []byte {
 	pick := func(s []string) string { return s[r.IntN(len(s))] }
 	some := func(s []string, n int) string {
@@ -92,7 +92,8 @@ func genWordRequest(r *rand.Rand) []byte {
 	exact := []string{"long-host-name.example.com", "abcdefghabcdefgh", "Bearer abcdefgh ABCDEFGH 12345678",
 		"WebSocket", "websocket", "WEBSOCKET", "websockets", "web socket", "api.example.com:8080"}
 	names := []string{"Host", "X-Internal-Scraper", "Authorization", "X-Mode", "X-Token", "X-R3", "User-Agent",
-		"Transfer-Encoding", "Upgrade", "Content-Length", "X-Long"}
+		"Transfer-Encoding", "Upgrade", "Content-Length", "X-Long", "X-{Bad}", "x.dot!_~", "X@Y", "TRANSFER-ENCODING",
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789-abcdefgh"}
 	ws := []string{"", "", " ", "\t", "  \t ", "    ", "        "}
 	var b strings.Builder
 	b.WriteString(pick([]string{"GET", "POST", "PUT", "HEAD", "DELETE"}) + " /" + some(paths, 8) + " HTTP/1.1\r\n")
