@@ -700,9 +700,11 @@ static __always_inline __u64 lower8(__u64 w)
  *    '.' change nothing.
  * Long values (tokens, cookies, user agents) and paths cost a step per 8
  * bytes instead of one per byte, short ones at most one try per value or per
- * byte that ends a step. A call of its own: inlined, its registers spilled
- * into scan_cb's frame, and the deepest call chain (a program, judge,
- * scan_cb, header_line, req_cb) went past the verifier's 512 bytes of stack.
+ * byte that ends a step. Inlined: as a call of its own (a BPF call and return
+ * per try) it made short headers slower. Its registers spill into scan_cb's
+ * frame, which l7_fast's deepest call chain (l7_fast, fast_segment, judge,
+ * scan_cb, header_line, req_cb) has room for only because fast_parse keeps
+ * its own frame small.
  */
 static __always_inline __u32 word_step(struct scan *s, const struct l7_scratch *sc, __u32 i)
 {

@@ -105,9 +105,10 @@ struct l7_dfa {
 	__u32 nstates;
 	__u16 nclasses;
 	__u16 start;
-	/* An accepting state that every byte leads back to (0: none, as in
-	 * tables written before 2026-11-27, where this was padding): a walk that
-	 * reaches it matches whatever follows, and stops there ("/api/.*"). */
+	/* An accepting state that every byte a judged value can hold (space,
+	 * tab, 0x21-0x7e) leads back to (0: none, as in tables written before
+	 * 2026-11-27, where this was padding): a walk that reaches it matches
+	 * whatever follows, and stops there ("/api/.*"). */
 	__u32 sink;
 	__u8 classes[256];
 };
@@ -115,8 +116,7 @@ struct l7_dfa {
 /* l7_dfa_blocks[i / L7_CELLS_PER_BLOCK].cells[i % L7_CELLS_PER_BLOCK] is
  * cell i: a state number (states are u16, dfa.MaxTableStates) or an accept
  * flag. Packed 32 to a 64-byte block: an array's elements are 8-byte aligned,
- * so one u32 cell an element took 8 bytes, and a state's row of transitions
- * three times as many cache lines as now. */
+ * so one u32 cell an element took 8 bytes, four times the memory. */
 #define L7_CELLS_PER_BLOCK 32
 #define L7_DFA_CELLS (1 << 20)
 struct l7_cell_block {
