@@ -184,17 +184,21 @@ struct {
  * that arrived without its end, held here (keyed by socket cookie) until the
  * rest arrives; the application has not seen it (unless L7_SF_AHEAD is set on
  * the connection: l7_stream). Same layout as a scratch
- * slot, which is where it is assembled. Entries are allocated on use (8 KiB
- * each); the bound caps what clients holding header blocks open can make the
- * kernel keep (64 MiB): beyond it a hold fails and its connection is denied.
+ * slot, which is where it is assembled. Entries are allocated on use: the
+ * kernel takes 32 KiB for each (the element is a little over 16 KiB, and an
+ * allocation that large is a power of two of pages). The bound caps what
+ * clients holding header blocks open can make the kernel keep (128 MiB, as
+ * 8,192 entries of the 8 KiB builds took): beyond it a hold fails and its
+ * connection is denied. Named l7_pending before the scan limit was 16 KiB:
+ * an agent that finds that pin copies its holds over (migrateHeld).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
+	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct l7_scratch);
-} l7_pending SEC(".maps");
+} l7_held SEC(".maps");
 
 /*
  * Judging before TCP (l7_fast, L7_CFG_BEFORE_TCP). A server's connection in
@@ -527,7 +531,7 @@ int l7_sockops(struct bpf_sock_ops *ops)
 			if (old)
 				upgrade_set(old, 0);
 			bpf_map_delete_elem(&l7_state, &cookie);
-			bpf_map_delete_elem(&l7_pending, &cookie);
+			bpf_map_delete_elem(&l7_held, &cookie);
 			if (ops_tuple(ops, &tk) == 0) {
 				struct l7_tuple sv;
 
@@ -1143,7 +1147,7 @@ int l7_verdict(struct __sk_buff *skb)
  * parser's cursor bug and the backlog hop of redirect (bpf/README.md).
  *
  * A header block (or chunk-size line) that ends in a later segment is cut
- * off the segment and held in l7_pending; the segment that completes it gets
+ * off the segment and held in l7_held; the segment that completes it gets
  * it back in front (bpf_skb_change_head) and is judged whole. The held bytes
  * are not counted as read by TCP: a segment cut to nothing is dropped with
  * length 0, and the application's read of the completed one counts them.
@@ -1314,7 +1318,7 @@ __noinline int stream_frame(struct __sk_buff *skb, struct l7_sock_state *st, str
 	return 0;
 }
 
-/* Keeps the len - pos bytes at pos in l7_pending, held since since. */
+/* Keeps the len - pos bytes at pos in l7_held, held since since. */
 __noinline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32 len, __u32 since)
 {
 	struct l7_scratch *sc;
@@ -1330,7 +1334,7 @@ __noinline int stream_hold(struct __sk_buff *skb, __u64 cookie, __u32 pos, __u32
 	if (sc && rest > 0 && rest <= L7_SCAN_LIMIT && bpf_skb_load_bytes(skb, pos, sc->buf, rest) == 0) {
 		sc->len = rest;
 		sc->since = since;
-		err = bpf_map_update_elem(&l7_pending, &cookie, sc, BPF_ANY);
+		err = bpf_map_update_elem(&l7_held, &cookie, sc, BPF_ANY);
 	}
 	slot_leave(slot);
 	return err;
@@ -1542,7 +1546,7 @@ int l7_stream(struct __sk_buff *skb)
 	}
 	if (r > 0)
 		return SK_DROP; /* emptied: TCP counts nothing as read */
-	pend = bpf_map_lookup_elem(&l7_pending, &cookie);
+	pend = bpf_map_lookup_elem(&l7_held, &cookie);
 	if (pend) {
 		int err = stream_unhold(skb, pend);
 
@@ -1550,7 +1554,7 @@ int l7_stream(struct __sk_buff *skb)
 		if (st->flags & L7_SF_AHEAD)
 			ahead = pend->len;
 		st->flags &= ~L7_SF_AHEAD;
-		bpf_map_delete_elem(&l7_pending, &cookie);
+		bpf_map_delete_elem(&l7_held, &cookie);
 		if (err) {
 			set_denied(st, L7_R_BUSY);
 			count(L7_R_MSG_DROPPED);
@@ -1601,7 +1605,7 @@ int l7_stream(struct __sk_buff *skb)
 				count(L7_R_MSG_PASSED);
 				return SK_PASS;
 			}
-			bpf_map_delete_elem(&l7_pending, &cookie);
+			bpf_map_delete_elem(&l7_held, &cookie);
 		}
 		set_denied(st, L7_R_BUSY);
 		break;
@@ -2877,7 +2881,7 @@ int l7_reset(struct bpf_iter__tcp *ctx)
 		 * header block slowly) are denied. While they are held TCP
 		 * counts them as unread, so a level-triggered poller sees the
 		 * socket readable; this bounds that. */
-		struct l7_scratch *pend = bpf_map_lookup_elem(&l7_pending, &cookie);
+		struct l7_scratch *pend = bpf_map_lookup_elem(&l7_held, &cookie);
 
 		if (!pend || (__u32)(bpf_ktime_get_ns() / NSEC_PER_MSEC) - pend->since < l7_hold_max_ms)
 			return 0;

@@ -13,7 +13,7 @@
 /* Request line + header block (through the empty line) that is judged; a
  * block that does not end within this many bytes is denied. Power of two:
  * scratch buffer indexes are masked with L7_SCAN_LIMIT - 1. */
-#define L7_SCAN_LIMIT 8192
+#define L7_SCAN_LIMIT 16384
 #define L7_MAX_RULES 16        /* rules OR-ed per rule set */
 #define L7_MAX_HEADERS 4       /* header requirements per rule */
 #define L7_HEADER_NAME_MAX 64  /* bytes, lower-cased */
@@ -151,7 +151,7 @@ enum l7_phase {
  * the server is a local endpoint whose ingress rules are judged here, by the
  * client's sk_msg program, instead of at the server's socket. */
 #define L7_SF_AT_SOURCE 4
-/* Direct delivery: the bytes held in l7_pending were delivered ahead of their
+/* Direct delivery: the bytes held in l7_held were delivered ahead of their
  * judgment (the segment they ended could not be cut; bpf/http.c, l7_stream). */
 #define L7_SF_AHEAD 8
 /* The connection's first request asked for a WebSocket upgrade and was
@@ -222,7 +222,7 @@ struct l7_sock_state {
  * a fixed-size copy of a value that starts near the end stays inside it. */
 struct l7_scratch {
 	__u32 len;
-	__u32 since; /* l7_pending: when the bytes were first held (milliseconds of bpf_ktime_get_ns) */
+	__u32 since; /* l7_held: when the bytes were first held (milliseconds of bpf_ktime_get_ns) */
 	__u8 buf[L7_SCAN_LIMIT + L7_EV_PATH_MAX];
 };
 

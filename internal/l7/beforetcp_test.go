@@ -150,6 +150,16 @@ func TestPrivilegedJudgedBeforeTCP(t *testing.T) {
 		}
 	})
 
+	t.Run("a header block of exactly the scan limit is judged once whole", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		writeParts(t, c, sizedReq("/allowed/at-limit", ScanLimit))
+		expectStatuses(t, c, http.StatusOK)
+		e.waitSeen(t, "/allowed/at-limit")
+		c2 := e.dial(t, port, false)
+		writeParts(t, c2, sizedReq("/allowed/over-limit", ScanLimit+1))
+		e.expectDenied(t, c2, "/allowed/over-limit")
+	})
+
 	t.Run("pipelined requests and chunked bodies are framed by the socket", func(t *testing.T) {
 		c := e.dial(t, port, false)
 		writeParts(t, c, req("GET", "/allowed/p1")+req("GET", "/allowed/p2"))

@@ -242,18 +242,18 @@ func TestPrivilegedDirectDeliveryFramesAcrossSegments(t *testing.T) {
 		c := e.dial(t, port, false)
 		writeParts(t, c, "GET /allowed/never-finished HTTP/1.1\r\nHo")
 		var key uint64
-		val := make([]byte, e.l.objs.L7Pending.ValueSize())
-		if it := e.l.objs.L7Pending.Iterate(); !it.Next(&key, val) {
+		val := make([]byte, e.l.objs.L7Held.ValueSize())
+		if it := e.l.objs.L7Held.Iterate(); !it.Next(&key, val) {
 			t.Fatalf("nothing held for an incomplete header block (%v)", it.Err())
 		}
 		c.Close()
 		deadline := time.Now().Add(3 * time.Second)
 		for {
-			if it := e.l.objs.L7Pending.Iterate(); !it.Next(&key, val) {
+			if it := e.l.objs.L7Held.Iterate(); !it.Next(&key, val) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("l7_pending still holds socket %d after close", key)
+				t.Fatalf("l7_held still holds socket %d after close", key)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

@@ -599,6 +599,13 @@ func TestPrivilegedEgressHTTPAtTheSocket(t *testing.T) {
 		{"a header block completed by the write that carries the next request", []string{
 			"GET /allowed/e6 HTTP/1.1\r\nHost: server\r\nX-Padding: " + strings.Repeat("p", 40) + "\r\n", "\r\n" + req("GET", "/allowed/e6b")},
 			[]string{"write ok", "write ok", "responses 2"}, []string{"/allowed/e6", "/allowed/e6b"}, nil},
+		{"a header block of exactly the scan limit is sent", []string{sizedReq("/allowed/e-at-limit", ScanLimit)},
+			[]string{"write ok", "responses 1"}, []string{"/allowed/e-at-limit"}, nil},
+		{"a header block of exactly the scan limit over two writes is sent", []string{
+			sizedReq("/allowed/e-at-limit-2", ScanLimit)[:ScanLimit/2], sizedReq("/allowed/e-at-limit-2", ScanLimit)[ScanLimit/2:]},
+			[]string{"write ok", "write ok", "responses 1"}, []string{"/allowed/e-at-limit-2"}, nil},
+		{"a header block one byte over the scan limit is not sent", []string{sizedReq("/allowed/e-over-limit", ScanLimit+1)},
+			[]string{"write err write tcp %s: write: permission denied", "responses 0"}, nil, []string{"/allowed/e-over-limit"}},
 		{"a denied request pipelined after an allowed one is not sent", []string{req("GET", "/allowed/e5") + req("GET", "/secret-e5")},
 			nil, []string{"/allowed/e5"}, []string{"/secret-e5"}},
 	} {

@@ -206,7 +206,7 @@ type httpL7Scratch struct {
 	_     structs.HostLayout
 	Len   uint32
 	Since uint32
-	Buf   [8320]uint8
+	Buf   [16512]uint8
 }
 
 type httpL7Slots struct {
@@ -342,9 +342,9 @@ const (
 	httpMapL7FastNetns      = "l7_fast_netns"
 	httpMapL7FastSocks      = "l7_fast_socks"
 	httpMapL7Headers        = "l7_headers"
+	httpMapL7Held           = "l7_held"
 	httpMapL7Ipcache        = "l7_ipcache"
 	httpMapL7Nesting        = "l7_nesting"
-	httpMapL7Pending        = "l7_pending"
 	httpMapL7Ports          = "l7_ports"
 	httpMapL7Rulesets       = "l7_rulesets"
 	httpMapL7Scans          = "l7_scans"
@@ -438,9 +438,9 @@ type httpMapSpecs struct {
 	L7FastNetns    *ebpf.MapSpec `ebpf:"l7_fast_netns"`
 	L7FastSocks    *ebpf.MapSpec `ebpf:"l7_fast_socks"`
 	L7Headers      *ebpf.MapSpec `ebpf:"l7_headers"`
+	L7Held         *ebpf.MapSpec `ebpf:"l7_held"`
 	L7Ipcache      *ebpf.MapSpec `ebpf:"l7_ipcache"`
 	L7Nesting      *ebpf.MapSpec `ebpf:"l7_nesting"`
-	L7Pending      *ebpf.MapSpec `ebpf:"l7_pending"`
 	L7Ports        *ebpf.MapSpec `ebpf:"l7_ports"`
 	L7Rulesets     *ebpf.MapSpec `ebpf:"l7_rulesets"`
 	L7Scans        *ebpf.MapSpec `ebpf:"l7_scans"`
@@ -490,9 +490,9 @@ type httpMaps struct {
 	L7FastNetns    *ebpf.Map `ebpf:"l7_fast_netns"`
 	L7FastSocks    *ebpf.Map `ebpf:"l7_fast_socks"`
 	L7Headers      *ebpf.Map `ebpf:"l7_headers"`
+	L7Held         *ebpf.Map `ebpf:"l7_held"`
 	L7Ipcache      *ebpf.Map `ebpf:"l7_ipcache"`
 	L7Nesting      *ebpf.Map `ebpf:"l7_nesting"`
-	L7Pending      *ebpf.Map `ebpf:"l7_pending"`
 	L7Ports        *ebpf.Map `ebpf:"l7_ports"`
 	L7Rulesets     *ebpf.Map `ebpf:"l7_rulesets"`
 	L7Scans        *ebpf.Map `ebpf:"l7_scans"`
@@ -517,9 +517,9 @@ func (m *httpMaps) Close() error {
 		m.L7FastNetns,
 		m.L7FastSocks,
 		m.L7Headers,
+		m.L7Held,
 		m.L7Ipcache,
 		m.L7Nesting,
-		m.L7Pending,
 		m.L7Ports,
 		m.L7Rulesets,
 		m.L7Scans,

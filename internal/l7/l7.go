@@ -32,8 +32,10 @@ import (
 )
 
 // ScanLimit is the largest request line plus header block (through the empty line) the kernel
-// judges; a longer one is denied.
-const ScanLimit = 8192
+// judges; a longer one is denied. It is the object's L7_SCAN_LIMIT (16 KiB since 2026-11-27, 8 KiB
+// before), read off its scratch buffer (the limit, then a path's worth of slack): the two cannot
+// drift apart.
+const ScanLimit = len(httpL7Scratch{}.Buf) - len(httpL7Event{}.Path)
 
 // MaxRules is the largest number of HTTP rules OR-ed for one (endpoint, peer, port).
 const MaxRules = 16
@@ -88,7 +90,7 @@ type Delivery int
 const (
 	// DeliverDirect (the default): the verdict program alone (l7_stream) frames the requests in
 	// each received segment itself and passes allowed bytes with SK_PASS; an incomplete header
-	// block waits in l7_pending for the segment that completes it. No stream parser, no backlog
+	// block waits in l7_held for the segment that completes it. No stream parser, no backlog
 	// hop (bpf/README.md, "Deliveries"). Needs Linux 6.5 or later (DirectDeliverySupported).
 	DeliverDirect Delivery = iota
 	// DeliverRedirect: the kernel's stream parser frames each request (l7_parser) and the verdict
@@ -258,6 +260,9 @@ func Load(opts Options) (_ *L7, err error) {
 	}()
 	if opts.PinDir != "" {
 		if err := migrateCells(opts.PinDir, l.objs.L7DfaBlocks); err != nil {
+			return nil, fmt.Errorf("load l7: %w", err)
+		}
+		if err := migrateHeld(opts.PinDir, l.objs.L7Held); err != nil {
 			return nil, fmt.Errorf("load l7: %w", err)
 		}
 	}
@@ -436,8 +441,50 @@ func detachAll(m *ebpf.Map, typ ebpf.AttachType) (int, error) {
 // agent then sweeps with ResetDenied, which denies holds older than Options.HoldMax.
 func (l *L7) Holding() bool {
 	var key uint64
-	val := make([]byte, l.objs.L7Pending.ValueSize())
-	return l.objs.L7Pending.Iterate().Next(&key, val)
+	val := make([]byte, l.objs.L7Held.ValueSize())
+	return l.objs.L7Held.Iterate().Next(&key, val)
+}
+
+// oldHeldPin is the pin of the held header blocks of builds before 2026-11-27, whose scan limit was
+// 8 KiB: the same layout as l7_held ({u32 len; u32 since; u8 buf[]}) with a buffer half as long.
+const oldHeldPin = "l7_pending"
+
+// migrateHeld copies the header blocks an earlier build's direct delivery holds, if pinDir has its
+// map, into held (same socket cookies), and removes its pin. Without the copy, the segment that
+// completes such a block would find nothing held and be judged as the start of a request. Called
+// before the stream verdict program that reads held is attached.
+func migrateHeld(pinDir string, held *ebpf.Map) error {
+	path := filepath.Join(pinDir, oldHeldPin)
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open the earlier build's held header blocks: %w", err)
+	}
+	defer old.Close()
+	if old.Type() != ebpf.Hash || old.KeySize() != 8 || old.ValueSize() < 8 || old.ValueSize() > held.ValueSize() {
+		return fmt.Errorf("%s: not an earlier build's held header blocks (%v, key size %d, value size %d)", path,
+			old.Type(), old.KeySize(), old.ValueSize())
+	}
+	var cookie uint64
+	in := make([]byte, old.ValueSize())
+	out := make([]byte, held.ValueSize())
+	it := old.Iterate()
+	for it.Next(&cookie, in) {
+		clear(out)
+		copy(out, in)
+		if err := held.Update(cookie, out, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("copy the held header block of socket %d: %w", cookie, err)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list the earlier build's held header blocks: %w", err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove the earlier build's held header blocks pin: %w", err)
+	}
+	return nil
 }
 
 // DeniedConnections is how many connections the kernel has denied so far, for any reason (the

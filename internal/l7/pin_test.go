@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"bytes"
+	"encoding/binary"
 	"maps"
 	"os"
 	"path/filepath"
@@ -188,6 +190,63 @@ func TestPrivilegedEarlierBuildDFACellsAreCopied(t *testing.T) {
 		t.Fatalf("a path the rule does not allow: %+v %v; want denied", r, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, oldCellsPin)); !os.IsNotExist(err) {
+		t.Fatalf("the earlier build's pin is still there: %v", err)
+	}
+}
+
+// An agent of a build whose scan limit was 8 KiB left its held header blocks pinned as l7_pending
+// (a buffer half as long): the new agent copies them into l7_held, byte for byte, and removes the
+// old pin; without the copy the segment that completes a held block would be judged without it.
+func TestPrivilegedEarlierBuildHeldBlocksAreCopied(t *testing.T) {
+	requireRoot(t)
+	dir := mountBPFFS(t)
+	const oldValueSize = 8 + 8192 + 128
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: oldHeldPin, Type: ebpf.Hash, KeySize: 8, ValueSize: oldValueSize,
+		MaxEntries: 8192, Flags: unix.BPF_F_NO_PREALLOC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	block := "GET /allowed/held HTTP/1.1\r\nHost: ser"
+	want := map[uint64][]byte{}
+	for cookie, since := range map[uint64]uint32{41: 1000, 42: 2000} {
+		v := make([]byte, oldValueSize)
+		binary.NativeEndian.PutUint32(v[0:], uint32(len(block)))
+		binary.NativeEndian.PutUint32(v[4:], since)
+		copy(v[8:], block)
+		v[8+len(block)] = 0xee // a byte past the block, copied too (the buffer as it was)
+		if err := old.Update(cookie, v, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+		want[cookie] = v
+	}
+	if err := old.Pin(filepath.Join(dir, oldHeldPin)); err != nil {
+		t.Fatal(err)
+	}
+
+	l, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.Unpin()
+		l.Close()
+	})
+	got := make([]byte, l.objs.L7Held.ValueSize())
+	for cookie, v := range want {
+		if err := l.objs.L7Held.Lookup(cookie, got); err != nil {
+			t.Fatalf("socket %d's held block was not copied: %v", cookie, err)
+		}
+		if !bytes.Equal(got[:len(v)], v) || !bytes.Equal(got[len(v):], make([]byte, len(got)-len(v))) {
+			t.Fatalf("socket %d's held block: len %d since %d %q, want len %d since %d %q", cookie,
+				binary.NativeEndian.Uint32(got), binary.NativeEndian.Uint32(got[4:]), got[8:8+len(block)+1],
+				binary.NativeEndian.Uint32(v), binary.NativeEndian.Uint32(v[4:]), v[8:8+len(block)+1])
+		}
+	}
+	if !l.Holding() {
+		t.Fatal("Holding() is false with copied holds")
+	}
+	if _, err := os.Stat(filepath.Join(dir, oldHeldPin)); !os.IsNotExist(err) {
 		t.Fatalf("the earlier build's pin is still there: %v", err)
 	}
 }

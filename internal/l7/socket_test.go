@@ -492,6 +492,13 @@ func readResponses(c net.Conn, n int, wait time.Duration) (int, error) {
 	return got, nil
 }
 
+// sizedReq is a GET of target whose request line and header block are n bytes in all (n ≥ 64), most
+// of them in one header value.
+func sizedReq(target string, n int) string {
+	r := req("GET", target, "X-Pad: ")
+	return strings.Replace(r, "X-Pad: ", "X-Pad: "+strings.Repeat("p", n-len(r)), 1)
+}
+
 func req(method, target string, extra ...string) string {
 	s := method + " " + target + " HTTP/1.1\r\nHost: server\r\n"
 	for _, h := range extra {
@@ -664,6 +671,19 @@ func TestPrivilegedHTTPAtTheSocket(t *testing.T) {
 		c := e.dial(t, port, false)
 		io.WriteString(c, req("GET", "/allowed/long", "X-Pad: "+strings.Repeat("a", ScanLimit)))
 		e.expectDenied(t, c, "/allowed/long")
+	})
+	t.Run("a header block of exactly the scan limit is allowed, whole or in parts; one byte more is not", func(t *testing.T) {
+		c := e.dial(t, port, false)
+		io.WriteString(c, sizedReq("/allowed/at-limit", ScanLimit))
+		expectStatuses(t, c, http.StatusOK)
+		e.waitSeen(t, "/allowed/at-limit")
+		r := sizedReq("/allowed/at-limit-parts", ScanLimit)
+		writeParts(t, c, r[:ScanLimit/3], r[ScanLimit/3:2*ScanLimit/3], r[2*ScanLimit/3:])
+		expectStatuses(t, c, http.StatusOK)
+		e.waitSeen(t, "/allowed/at-limit-parts")
+		c2 := e.dial(t, port, false)
+		io.WriteString(c2, sizedReq("/allowed/over-limit", ScanLimit+1))
+		e.expectDenied(t, c2, "/allowed/over-limit")
 	})
 	t.Run("malformed requests are denied", func(t *testing.T) {
 		for _, raw := range []string{
