@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -294,4 +295,28 @@ func TestPrivilegedAuditModeForwardsAndReports(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Browsers carry kilobytes of cookies and tokens: through the lab's agents, a request whose header
+// block is over the 8 KiB of earlier builds and within the scan limit (16 KiB) is judged by its
+// rules like any other; one past the limit is refused. The server sees only the allowed one.
+func TestPrivilegedLargeHeaderBlocksAreJudged(t *testing.T) {
+	needLab(t)
+	settle(t)
+	const auth, user = "production/auth-service", "production/user-service"
+	cookie := "session=" + strings.Repeat("c", 12<<10)
+	before := serverSaw(t, user, "/v1/users")
+	if got := request(t, auth, user, 8080, "POST", "/v1/users", "Cookie: "+cookie); got != allowed {
+		t.Errorf("POST /v1/users with 12 KiB of cookies was %s, want allowed", got)
+	}
+	if got := request(t, auth, user, 8080, "GET", "/v1/users", "Cookie: "+cookie); got != forbidden {
+		t.Errorf("GET /v1/users with 12 KiB of cookies was %s, want forbidden", got)
+	}
+	h := http.Header{"Cookie": {"session=" + strings.Repeat("c", 17<<10)}}
+	if resp, err := cluster.Net.HTTP(ctxT(t, 3*time.Second), auth, user, 8080, "POST", "/v1/users", h); err == nil {
+		t.Errorf("POST /v1/users with 17 KiB of cookies got an answer (%d), want none", resp.Status)
+	}
+	if n := serverSaw(t, user, "/v1/users") - before; n != 1 {
+		t.Errorf("the server saw POST /v1/users %d times, want once (the request within the limit)", n)
+	}
 }
