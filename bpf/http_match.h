@@ -698,6 +698,9 @@ static __always_inline __u64 lower8(__u64 w)
  *    and the last is visible. Only the value's end moves.
  *  - The target past its first byte: visible bytes but '?', '%', '\\' and
  *    '.' change nothing.
+ *  - The request line's method with its space (a known method), and its
+ *    version with the line's end ("HTTP/1.1\r\n", "HTTP/1.0\r\n"): one step
+ *    each instead of 4 to 8 and 10, taken where they are whole.
  * Long values (tokens, cookies, user agents) and paths cost a step per 8
  * bytes instead of one per byte, short ones at most one try per value or per
  * byte that ends a step. Inlined: as a call of its own (a BPF call and return
@@ -742,6 +745,41 @@ static __always_inline __u32 word_step(struct scan *s, const struct l7_scratch *
 	if (s->st == ST_TARGET && i != s->tstart) {
 		w = load8(sc, i);
 		return first8(out_of8(w, 0x21) | eq8(w, '?') | eq8(w, '%') | eq8(w, '\\') | eq8(w, '.'));
+	}
+	if (s->st == ST_VERSION) {
+		/* "HTTP/1.1\r\n" or "HTTP/1.0\r\n" whole: the line ends. */
+		if (s->vlen || i + 10 > s->len)
+			return 0;
+		w = load8(sc, i);
+		if ((w != L8('H', 'T', 'T', 'P', '/', '1', '.', '1') && w != L8('H', 'T', 'T', 'P', '/', '1', '.', '0')) ||
+		    sc->buf[(i + 8) & SCAN_MASK] != '\r' || sc->buf[(i + 9) & SCAN_MASK] != '\n')
+			return 0;
+		s->version = C7('H', 'T', 'T', 'P', '/', '1', '.') << 8 | w >> 56;
+		s->vlen = 8;
+		s->st = ST_LINE_START;
+		return 10;
+	}
+	if (s->st == ST_METHOD && i == 0) {
+		/* A known method (3 to 7 upper-case letters) and its space. */
+		__u64 m;
+		__u32 bit;
+
+		w = load8(sc, 0);
+		n = first8(eq8(w, ' '));
+		if (n < 3 || n > 7)
+			return 0;
+		/* known_method takes only the exact upper-case names. */
+		keep = (1ULL << (n * 8)) - 1;
+		m = __builtin_bswap64(w & keep) >> (64 - n * 8);
+		bit = known_method(m);
+		if (!bit)
+			return 0;
+		s->method = m;
+		s->mlen = n;
+		s->mbit = bit;
+		s->st = ST_TARGET;
+		s->tstart = n + 1;
+		return n + 1;
 	}
 	return 0;
 }

@@ -15,8 +15,11 @@ var (
 	genMethods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "get", "FOO", "PROPFIND", "GETX", ""}
 	genTargets = []string{"/", "/v1/invoices/12", "/v1/invoices/x", "/v1/invoices/", "/public/a/b", "/api/v1/items", "/api/v3/items", "/a", "/b", "/a?b=1", "/r3", "/r15", "/up", "/up/x?q=1", "/x%20y", "/p", "/pq", "/case", "/CASE", "/caf\xc3\xa9", "*", "http://h1/a", "h1:80", "/a b", "/a\x00", "",
 		"/public/../a", "/public/./x", "/public/%2e%2E/a", "/public/..%2fa", "/public/..;/a", "/public/x/..", "/public/..?q=/..", "/public/...", "/public/a..b", "/public/.%2", "/up/..\\x", "/r3/%2e"}
-	genVersions = []string{"HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 ", "HTTP/1"}
-	genHeaders  = []string{
+	// Versions and line ends the request line's 8-byte step (word_step) must leave to the byte scan:
+	// another minor version, a longer one, a bare CR or LF after it, a byte between it and CRLF.
+	genVersions = []string{"HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 ", "HTTP/1", "HTTP/1.2", "HTTP/1.01",
+		"HTTP/1.1\r", "HTTP/1.1\rX-Cr: 1", "HTTP/1.1\n", "HTTP/1.1x\n", "HTTP/1.0\r"}
+	genHeaders = []string{
 		"Host: h1", "Host: api.example.com", "host:api.example.com:8080", "Host: h22", "Host:", "HOST: h3 ",
 		"X-Internal-Scraper: true", "x-internal-scraper:true", "X-Internal-Scraper: true ", "X-Internal-Scraper: True", "X-Internal-Scraper: tr ue",
 		"X-Token: t", "x-token:", "Authorization: Bearer abc", "authorization: bearer abc", "X-Mode: admin", "X-Mode:\tadmin\t",
