@@ -96,7 +96,10 @@ func genWordRequest(r *rand.Rand) []byte {
 		"WebSocket", "websocket", "WEBSOCKET", "websockets", "web socket", "api.example.com:8080"}
 	names := []string{"Host", "X-Internal-Scraper", "Authorization", "X-Mode", "X-Token", "X-R3", "User-Agent",
 		"Transfer-Encoding", "Upgrade", "Content-Length", "X-Long", "X-{Bad}", "x.dot!_~", "X@Y", "TRANSFER-ENCODING",
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789-abcdefgh"}
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789-abcdefgh",
+		// Bytes next to the ranges of the name's 8-byte step (letters, digits, '-'), in its first
+		// and its second word; 8-bit bytes; no name at all.
+		"X{Y", "X[Y", "X`Y", "X@Y", "X/Y", "X;Y", "X,Y", "X.Y", "Abcdefgh{Y", "Abcdefgh@Y", "Abcdefgh[", "Abcdefgh", "Abcdefgh-Z0123", "X\x80Y", "X\xc1Y", "\xadA", "Abcdefgh\xad", ""}
 	ws := []string{"", "", " ", "\t", "  \t ", "    ", "        "}
 	var b strings.Builder
 	b.WriteString(pick([]string{"GET", "POST", "PUT", "HEAD", "DELETE"}) + " /" + some(paths, 8) + " HTTP/1.1\r\n")
