@@ -496,6 +496,19 @@ static __always_inline void name_byte(struct scan *s, __u32 k, __u8 c)
 		s->w2 |= v;
 }
 
+/* The colon after a header name: its value begins (as a number until a byte
+ * says otherwise). */
+static __always_inline void value_begin(struct scan *s)
+{
+	s->st = ST_VALUE;
+	s->vstart = s->vend = 0;
+	s->vstarted = s->vws = 0;
+	s->vw = 0;
+	s->cl = 0;
+	s->cl_ok = 1;
+	s->cl_ok_ws_free = 1;
+}
+
 /* One byte c at i of the request line or header block; 1 to stop. */
 static __always_inline int scan_byte(struct scan *s, const struct l7_scratch *sc, __u32 i, __u8 c)
 {
@@ -571,13 +584,7 @@ static __always_inline int scan_byte(struct scan *s, const struct l7_scratch *sc
 		return 0;
 	case ST_NAME:
 		if (c == ':') {
-			s->st = ST_VALUE;
-			s->vstart = s->vend = 0;
-			s->vstarted = s->vws = 0;
-			s->vw = 0;
-			s->cl = 0;
-			s->cl_ok = 1;
-			s->cl_ok_ws_free = 1;
+			value_begin(s);
 			return 0;
 		}
 		/* Whitespace before the colon is a known smuggling vector. */
@@ -804,13 +811,7 @@ static __always_inline __u32 word_step(struct scan *s, const struct l7_scratch *
 		s->w0 = w;
 		s->w1 = w1;
 		s->w2 = 0;
-		s->st = ST_VALUE;
-		s->vstart = s->vend = 0;
-		s->vstarted = s->vws = 0;
-		s->vw = 0;
-		s->cl = 0;
-		s->cl_ok = 1;
-		s->cl_ok_ws_free = 1;
+		value_begin(s);
 		return n + 1;
 	}
 	if (s->st == ST_VERSION) {
