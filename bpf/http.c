@@ -1560,6 +1560,14 @@ int l7_stream(struct __sk_buff *skb)
 			count(L7_R_MSG_DROPPED);
 			return SK_DROP;
 		}
+	} else if (st->flags & L7_SF_AHEAD) {
+		/* The server has the start of a request that went ahead of
+		 * its judgment, and it is no longer held (lost across an
+		 * agent upgrade): what follows cannot be judged without it
+		 * (the server reads on from that start). */
+		set_denied(st, L7_R_BUSY);
+		count(L7_R_MSG_DROPPED);
+		return SK_DROP;
 	}
 	stream_frame(skb, st, &c);
 

@@ -174,6 +174,40 @@ func TestPrivilegedDirectDeliveryFramesAcrossSegments(t *testing.T) {
 		expectStatuses(t, d, http.StatusOK)
 		e.expectDenied(t, d, "/secret/ahead")
 	})
+	t.Run("a piece that went ahead and is no longer held denies the connection", func(t *testing.T) {
+		// As if an agent upgrade lost the hold: the server has "GET /secret/lost-ahead ...
+		// X-A: " and would read the rest as that header's value, so the rest must not be judged
+		// as a request of its own (GET /allowed/smuggled, allowed).
+		c := e.dial(t, port, false)
+		warm := strings.Repeat("w", 1<<20)
+		io.WriteString(c, req("POST", "/upload/warm", "Content-Length: "+strconv.Itoa(len(warm)))+warm)
+		expectStatuses(t, c, http.StatusOK)
+		before := e.counter(t, ReasonAhead)
+		long := strings.Repeat("l", 40000)
+		writeParts(t, c, req("POST", "/upload/long-3", "Content-Length: "+strconv.Itoa(len(long)))+long+
+			"GET /secret/lost-ahead HTTP/1.1\r\nHost: server\r\nX-A: ")
+		expectStatuses(t, c, http.StatusOK)
+		if got := e.counter(t, ReasonAhead); got != before+1 {
+			t.Fatalf("ahead counter %d, want %d: the piece was not delivered ahead", got, before+1)
+		}
+		var key uint64
+		val := make([]byte, e.l.objs.L7Held.ValueSize())
+		var keys []uint64
+		for it := e.l.objs.L7Held.Iterate(); it.Next(&key, val); {
+			keys = append(keys, key)
+		}
+		if len(keys) != 1 {
+			t.Fatalf("%d held pieces, want 1", len(keys))
+		}
+		if err := e.l.objs.L7Held.Delete(keys[0]); err != nil {
+			t.Fatal(err)
+		}
+		writeParts(t, c, "GET /allowed/smuggled HTTP/1.1\r\n\r\n")
+		time.Sleep(300 * time.Millisecond)
+		if e.sawTarget("/secret/lost-ahead") || e.sawTarget("/allowed/smuggled") {
+			t.Fatalf("the server read a request past a lost hold: %v", e.seen)
+		}
+	})
 	t.Run("a held header block completed into a deny is answered and never seen", func(t *testing.T) {
 		c := e.dial(t, port, false)
 		writeParts(t, c, "GET /sec", "ret/held HTTP/1.1\r\nHost: server\r\n\r\n")

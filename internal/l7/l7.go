@@ -450,9 +450,11 @@ func (l *L7) Holding() bool {
 const oldHeldPin = "l7_pending"
 
 // migrateHeld copies the header blocks an earlier build's direct delivery holds, if pinDir has its
-// map, into held (same socket cookies), and removes its pin. Without the copy, the segment that
-// completes such a block would find nothing held and be judged as the start of a request. Called
-// before the stream verdict program that reads held is attached.
+// map, into held (same socket cookies), and removes its pin. Called before the stream verdict program
+// that reads held is attached. Without the copy, the segment that completes such a block would be
+// judged as the start of a request: harmless where the server has none of the block (it then reads
+// what was judged), and denied where part of it went ahead (L7_SF_AHEAD), as is a hold the earlier
+// build's programs make between this copy and their replacement.
 func migrateHeld(pinDir string, held *ebpf.Map) error {
 	path := filepath.Join(pinDir, oldHeldPin)
 	old, err := ebpf.LoadPinnedMap(path, nil)
