@@ -685,6 +685,12 @@ static __always_inline int digits8(__u64 w)
 	return !((((w - REP8('0')) & ~w) | (w + REP8(0x7f - '9'))) & REP8(0x80));
 }
 
+/* A mask of the first n bytes of a word (n <= 8). */
+static __always_inline __u64 low_bytes(__u32 n)
+{
+	return n >= 8 ? ~0ULL : (1ULL << (n * 8)) - 1;
+}
+
 /* For bytes below 0x80, exact in every byte (no carry crosses a byte): bytes
  * at least lo (1 <= lo <= 0x80), at most hi (hi < 0x7f). */
 static __always_inline __u64 ge8(__u64 w, __u8 lo)
@@ -701,7 +707,7 @@ static __always_inline __u64 le8(__u64 w, __u8 hi)
  * bytes of common header names; other tokens go byte by byte). */
 static __always_inline __u64 name_out8(__u64 w, __u32 n)
 {
-	__u64 keep = n == 8 ? ~0ULL : (1ULL << (n * 8)) - 1, x, y, dash, ok;
+	__u64 keep = low_bytes(n), x, y, dash, ok;
 
 	w = (w & keep) | (REP8('a') & ~keep);
 	if (w & REP8(0x80))
@@ -760,7 +766,7 @@ static __always_inline __u32 word_step(struct scan *s, const struct l7_scratch *
 			n = first8(out_of8(w, 0x21));
 			if (n == 0)
 				return 0;
-			keep = n == 8 ? ~0ULL : (1ULL << (n * 8)) - 1;
+			keep = low_bytes(n);
 			/* all digits: a number, whose value scan_byte computes */
 			if (digits8((w & keep) | (REP8('0') & ~keep)))
 				return 0;
@@ -798,13 +804,13 @@ static __always_inline __u32 word_step(struct scan *s, const struct l7_scratch *
 			n = first8(eq8(w1, ':'));
 			if (n == 8 || name_out8(w1, n))
 				return 0;
-			w1 = lower8(w1 & ((1ULL << (n * 8)) - 1));
+			w1 = lower8(w1 & low_bytes(n));
 			w = lower8(w);
 			n += 8;
 		} else {
 			if (n == 0 || name_out8(w, n))
 				return 0;
-			w = lower8(w & ((1ULL << (n * 8)) - 1));
+			w = lower8(w & low_bytes(n));
 		}
 		s->nstart = i;
 		s->nlen = n;
@@ -837,7 +843,7 @@ static __always_inline __u32 word_step(struct scan *s, const struct l7_scratch *
 		if (n < 3 || n > 7)
 			return 0;
 		/* known_method takes only the exact upper-case names. */
-		keep = (1ULL << (n * 8)) - 1;
+		keep = low_bytes(n);
 		m = __builtin_bswap64(w & keep) >> (64 - n * 8);
 		bit = known_method(m);
 		if (!bit)

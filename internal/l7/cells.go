@@ -67,15 +67,13 @@ const oldCellsPin = "l7_dfa_cells"
 // rules would match nothing (fail closed) until the agent writes its own tables. Called before any
 // program that reads blocks is attached.
 func migrateCells(pinDir string, blocks *ebpf.Map) error {
-	path := filepath.Join(pinDir, oldCellsPin)
-	old, err := ebpf.LoadPinnedMap(path, nil)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("open the earlier build's dfa cells: %w", err)
-	}
-	defer old.Close()
+	return migratePin(pinDir, oldCellsPin, "dfa cells", func(old *ebpf.Map, path string) error {
+		return copyCells(old, path, blocks)
+	})
+}
+
+// copyCells writes the cells of old, an earlier build's cells map pinned at path, into blocks.
+func copyCells(old *ebpf.Map, path string, blocks *ebpf.Map) error {
 	if old.ValueSize() != 4 || old.Type() != ebpf.Array {
 		return fmt.Errorf("%s: not an earlier build's dfa cells (%v, value size %d)", path, old.Type(), old.ValueSize())
 	}
@@ -103,8 +101,27 @@ func migrateCells(pinDir string, blocks *ebpf.Map) error {
 	if _, err := dst.WriteAt(out, 0); err != nil {
 		return fmt.Errorf("copy the earlier build's dfa cells: %w", err)
 	}
+	return nil
+}
+
+// migratePin hands an earlier build's map pinned in pinDir under name, if there is one, to move
+// (which copies what this build still needs of it into this build's maps), then removes the pin.
+// what names the map in errors.
+func migratePin(pinDir, name, what string, move func(old *ebpf.Map, path string) error) error {
+	path := filepath.Join(pinDir, name)
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open the earlier build's %s: %w", what, err)
+	}
+	defer old.Close()
+	if err := move(old, path); err != nil {
+		return err
+	}
 	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("remove the earlier build's dfa cells pin: %w", err)
+		return fmt.Errorf("remove the earlier build's %s pin: %w", what, err)
 	}
 	return nil
 }

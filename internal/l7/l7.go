@@ -456,15 +456,13 @@ const oldHeldPin = "l7_pending"
 // what was judged), and denied where part of it went ahead (L7_SF_AHEAD), as is a hold the earlier
 // build's programs make between this copy and their replacement.
 func migrateHeld(pinDir string, held *ebpf.Map) error {
-	path := filepath.Join(pinDir, oldHeldPin)
-	old, err := ebpf.LoadPinnedMap(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("open the earlier build's held header blocks: %w", err)
-	}
-	defer old.Close()
+	return migratePin(pinDir, oldHeldPin, "held header blocks", func(old *ebpf.Map, path string) error {
+		return copyHeld(old, path, held)
+	})
+}
+
+// copyHeld writes the held header blocks of old, an earlier build's map pinned at path, into held.
+func copyHeld(old *ebpf.Map, path string, held *ebpf.Map) error {
 	if old.Type() != ebpf.Hash || old.KeySize() != 8 || old.ValueSize() < 8 || old.ValueSize() > held.ValueSize() {
 		return fmt.Errorf("%s: not an earlier build's held header blocks (%v, key size %d, value size %d)", path,
 			old.Type(), old.KeySize(), old.ValueSize())
@@ -482,9 +480,6 @@ func migrateHeld(pinDir string, held *ebpf.Map) error {
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("list the earlier build's held header blocks: %w", err)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("remove the earlier build's held header blocks pin: %w", err)
 	}
 	return nil
 }
