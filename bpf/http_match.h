@@ -625,7 +625,13 @@ static __always_inline int scan_byte(struct scan *s, const struct l7_scratch *sc
 	case ST_HDR_LF:
 		if (c != '\n')
 			return reject(s, L7_R_BAD_HEADER);
-		if (header_line(s))
+		/* Only a line header_line() can act on is handed to it: a
+		 * name of one of the lengths it looks at (Host, Upgrade,
+		 * Content-Length, Transfer-Encoding), or any name when a rule
+		 * has header requirements. The others (User-Agent, Accept,
+		 * Cookie, ...) cost no BPF call. */
+		if ((s->hdr_reqs || s->nlen == 4 || s->nlen == 7 || s->nlen == 14 || s->nlen == 17) &&
+		    header_line(s))
 			return 1;
 		s->st = ST_LINE_START;
 		return 0;
@@ -1039,16 +1045,18 @@ static int rule_cb(__u32 idx, __u32 *slotp)
 	if (r->methods & L7_METHODS_SET) {
 		if (!(r->methods & s->mbit))
 			return 0;
-	} else if (!dfa_match(r->method_dfa, 0, s->mlen, s->slot)) {
+	} else if (r->method_dfa && !dfa_match(r->method_dfa, 0, s->mlen, s->slot)) {
 		return 0;
 	}
 	if (r->path_dfa && (s->dm.found || s->dm.slash)) {
 		s->path_denied = 1;
 		return 0;
 	}
-	if (!dfa_match(r->path_dfa, s->tstart, s->pend - s->tstart, s->slot))
+	/* DFA 0 is any value: no call (a BPF call and return each, and the
+	 * callee's code out of the caches, for every rule without one). */
+	if (r->path_dfa && !dfa_match(r->path_dfa, s->tstart, s->pend - s->tstart, s->slot))
 		return 0;
-	if (!dfa_match(r->host_dfa, s->hstart, s->hend - s->hstart, s->slot))
+	if (r->host_dfa && !dfa_match(r->host_dfa, s->hstart, s->hend - s->hstart, s->slot))
 		return 0;
 	s->matched = idx + 1;
 	s->log_missing = (__u32)(all & r->log_mask & ~(s->seen >> shift));

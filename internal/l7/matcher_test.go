@@ -180,6 +180,7 @@ var matcherCases = []struct {
 	{"two required headers", 4, "GET / HTTP/1.1\r\nX-Mode: admin\r\nAuthorization: Bearer abc\r\n\r\n", Allow},
 	{"one of two required headers", 4, "GET / HTTP/1.1\r\nX-Mode: admin\r\n\r\n", Deny},
 	{"sixteenth rule", 7, "GET /r15 HTTP/1.1\r\nX-R15: y\r\n\r\n", Allow},
+	{"a WebSocket upgrade is noted", 1, "GET /public/chat HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n", Allow},
 	{"a dot segment matches no rule with a path", 1, "GET /public/../admin HTTP/1.1\r\n\r\n", Deny},
 	{"... spelled with escaped dots", 1, "GET /public/%2e%2E/admin HTTP/1.1\r\n\r\n", Deny},
 	{"... behind an escaped slash", 1, "GET /public/a%2f..%2Fadmin HTTP/1.1\r\n\r\n", Deny},
