@@ -1843,16 +1843,22 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 		return 0;
 	if (!(config() & (egress ? L7_CFG_EGRESS_PORTS : L7_CFG_INGRESS_PORTS)))
 		return 1; /* no port of this direction is judged: the lookup below would miss */
-	if (!egress && (skb->mark & FAST_STAMP)) {
+	/* Only segments that carry data matter; handshake, ACKs, FIN and RST
+	 * pass so that a refused connection still closes. Headers that cannot
+	 * be read (IPv6 extension headers) count as data. Told before any
+	 * lookup: a segment without data costs three loads from its headers,
+	 * not a hash lookup, on every socket of the node. */
+	offsets = tcp_offsets(skb, &th, &data);
+	if (offsets == 0 && skb->len <= data)
+		return 1;
+	if (!egress && offsets == 0 && (skb->mark & FAST_STAMP)) {
 		/* A segment l7_fast passed: its stamp checked first, without
 		 * the port lookup (a request judged before TCP costs one
 		 * lookup less). Anything else goes the whole way below. */
-		if (tcp_offsets(skb, &th, &data) == 0 && skb->len > data) {
-			cookie = bpf_get_socket_cookie(skb);
-			st = bpf_map_lookup_elem(&l7_state, &cookie);
-			if (st && (st->flags & L7_SF_FAST) && fast_stamp_take(skb, st, sk, th, data))
-				return 1;
-		}
+		cookie = bpf_get_socket_cookie(skb);
+		st = bpf_map_lookup_elem(&l7_state, &cookie);
+		if (st && (st->flags & L7_SF_FAST) && fast_stamp_take(skb, st, sk, th, data))
+			return 1;
 	}
 	family = sk->family;
 	{
@@ -1864,13 +1870,6 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 	pk.port = egress ? bpf_ntohs(sk->dst_port) : sk->src_port;
 	pk.direction = egress;
 	if (!bpf_map_lookup_elem(&l7_ports, &pk))
-		return 1;
-
-	/* Only segments that carry data matter; handshake, ACKs, FIN and RST
-	 * pass so that a refused connection still closes. Headers that cannot
-	 * be read (IPv6 extension headers) count as data. */
-	offsets = tcp_offsets(skb, &th, &data);
-	if (offsets == 0 && skb->len <= data)
 		return 1;
 	cookie = bpf_get_socket_cookie(skb);
 	if (!egress) {
