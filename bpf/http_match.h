@@ -1180,7 +1180,9 @@ __noinline int judge(struct judge_out *out)
 	}
 	if (sp->path_maybe)
 		path_check(slot);
-	bpf_loop(L7_MAX_RULES, rule_cb, &slot, 0);
+	/* As many calls as there are rules (a call past the last only
+	 * returned). */
+	bpf_loop(sp->rs.nrules < L7_MAX_RULES ? sp->rs.nrules : L7_MAX_RULES, rule_cb, &slot, 0);
 	if (!sp->matched) {
 		out->reason = L7_R_NO_RULE_MATCH;
 		if (sp->path_denied)
