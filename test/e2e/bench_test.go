@@ -642,7 +642,9 @@ func busyTime(b *testing.B) time.Duration {
 }
 
 // perfRecord starts `perf record` on every CPU into dir/name.data when PORTCULLIS_BENCH_PERF=dir
-// (compare modes with perf report -i); the returned function stops it.
+// (compare modes with perf report -i; a BPF program's samples by source line with hack/bpflines),
+// at PORTCULLIS_BENCH_PERF_HZ samples a second (perf's default when unset; more samples slow the
+// round trips they measure); the returned function stops it.
 func perfRecord(b *testing.B, name string) func() {
 	b.Helper()
 	dir := os.Getenv("PORTCULLIS_BENCH_PERF")
@@ -650,7 +652,11 @@ func perfRecord(b *testing.B, name string) func() {
 		return func() {}
 	}
 	name = strings.ReplaceAll(b.Name()+"-"+name, "/", "-")
-	cmd := exec.Command("perf", "record", "-a", "-q", "-o", filepath.Join(dir, name+".data"))
+	args := []string{"record", "-a", "-q", "-o", filepath.Join(dir, name+".data")}
+	if os.Getenv("PORTCULLIS_BENCH_PERF_HZ") != "" {
+		args = append(args, "-F", strconv.Itoa(envInt(b, "PORTCULLIS_BENCH_PERF_HZ", 0)))
+	}
+	cmd := exec.Command("perf", args...)
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("PORTCULLIS_BENCH_PERF: %v", err)
 	}
