@@ -267,8 +267,9 @@ static __always_inline int judged_at_source(const struct l7_tuple *server_view)
 
 /* Pending event bytes that wake the reader early (a quarter of the ring). */
 #define EVENTS_WAKE_BYTES (256 * 1024)
+#define L7_EV_SHORT_SIZE (__builtin_offsetof(struct l7_event, path) + 2 * L7_EV_SHORT)
 /* An event's size in the ring: 8 bytes of record header, rounded up to 8. */
-#define EVENT_RECORD ((sizeof(struct l7_event) + 8 + 7) / 8 * 8)
+#define EVENT_RECORD(size) (((size) + 8 + 7) / 8 * 8)
 
 /* Names the shared types in the object's BTF for bpf2go -type. */
 struct l7_btf_anchor {
@@ -682,25 +683,12 @@ static __always_inline int deny_all(struct l7_sock_state *st, __u32 reason, int 
  * A fixed-size copy the compiler unrolls: bpf_probe_read_kernel, used
  * before, cost about 0.35 µs a call here (a third of l7_stream's time per
  * request). */
-#define EV_SHORT 32
 #define copy_value(dst, max, sc, start) __builtin_memcpy((dst), (sc)->buf + ((start) & SCAN_MASK), (max))
 
-/* Reports one judged request; slot is the scratch slot judge() used (still
- * held). */
-static __always_inline void emit(__u32 slot, const struct judge_out *out, const struct l7_sock_state *st,
-				 const struct l7_tuple *t, __u8 verdict, __u32 flags, __u64 t0)
+/* The fields before the path, the same in both record sizes. */
+static __always_inline void event_head(struct l7_event *ev, const struct judge_out *out, const struct l7_sock_state *st,
+				       const struct l7_tuple *t, __u8 verdict, __u32 flags, __u64 now, __u64 t0)
 {
-	struct l7_event *ev;
-	struct l7_scratch *sc;
-	struct scan *s;
-	__u64 now = bpf_ktime_get_ns();
-	__u32 plen = 0, hlen = 0, mlen = 0;
-
-	ev = bpf_ringbuf_reserve(&l7_events, sizeof(*ev), 0);
-	if (!ev) {
-		count(L7_R_EVENT_LOST);
-		return;
-	}
 	ev->time_ns = now;
 	ev->latency_ns = now - t0;
 	ev->endpoint_id = st->endpoint_id;
@@ -717,6 +705,22 @@ static __always_inline void emit(__u32 slot, const struct judge_out *out, const 
 	ev->flags = flags;
 	ev->log_missing = out->log_missing;
 	ev->pad = 0;
+}
+
+/* Reports one judged request; slot is the scratch slot judge() used (still
+ * held). A request whose path and Host fit in L7_EV_SHORT bytes each takes a
+ * short record (see l7.h): the ring is 1 MiB and each line of a record is
+ * written cold, so the short record's three lines instead of five (for a
+ * record of 288 bytes) are what a request costs there. */
+static __always_inline void emit(__u32 slot, const struct judge_out *out, const struct l7_sock_state *st,
+				 const struct l7_tuple *t, __u8 verdict, __u32 flags, __u64 t0)
+{
+	struct l7_event *ev;
+	struct l7_scratch *sc;
+	struct scan *s;
+	__u64 now = bpf_ktime_get_ns(), avail, rec;
+	__u32 plen = 0, hlen = 0, mlen = 0;
+
 	s = bpf_map_lookup_elem(&l7_scans, &slot);
 	sc = scratch(slot);
 	if (s && sc) {
@@ -725,22 +729,37 @@ static __always_inline void emit(__u32 slot, const struct judge_out *out, const 
 			plen = s->pend - s->tstart;
 		if (s->nhost && s->hend > s->hstart)
 			hlen = s->hend - s->hstart;
-		copy_value(ev->method, L7_EV_METHOD_MAX, sc, 0);
-		/* A short path or host is copied short: the event's record
-		 * then spans two cache lines of the ring less, which a request
-		 * writes cold (the ring is 1 MiB). */
-		if (plen <= EV_SHORT)
-			copy_value(ev->path, EV_SHORT, sc, s->tstart);
-		else
-			copy_value(ev->path, L7_EV_PATH_MAX, sc, s->tstart);
-		if (hlen <= EV_SHORT)
-			copy_value(ev->host, EV_SHORT, sc, s->hstart);
-		else
-			copy_value(ev->host, L7_EV_HOST_MAX, sc, s->hstart);
+	}
+	if (plen <= L7_EV_SHORT && hlen <= L7_EV_SHORT) {
+		ev = bpf_ringbuf_reserve(&l7_events, L7_EV_SHORT_SIZE, 0);
+		if (!ev) {
+			count(L7_R_EVENT_LOST);
+			return;
+		}
+		rec = EVENT_RECORD(L7_EV_SHORT_SIZE);
+		event_head(ev, out, st, t, verdict, flags, now, t0);
+		if (s && sc) {
+			copy_value(ev->method, L7_EV_METHOD_MAX, sc, 0);
+			copy_value(ev->path, L7_EV_SHORT, sc, s->tstart);
+			copy_value(ev->path + L7_EV_SHORT, L7_EV_SHORT, sc, s->hstart);
+		} else {
+			__builtin_memset(ev->method, 0, L7_EV_METHOD_MAX + 2 * L7_EV_SHORT);
+		}
 	} else {
-		__builtin_memset(ev->method, 0, L7_EV_METHOD_MAX);
-		__builtin_memset(ev->path, 0, L7_EV_PATH_MAX);
-		__builtin_memset(ev->host, 0, L7_EV_HOST_MAX);
+		ev = bpf_ringbuf_reserve(&l7_events, sizeof(*ev), 0);
+		if (!ev) {
+			count(L7_R_EVENT_LOST);
+			return;
+		}
+		rec = EVENT_RECORD(sizeof(*ev));
+		event_head(ev, out, st, t, verdict, flags, now, t0);
+		if (s && sc) {
+			copy_value(ev->method, L7_EV_METHOD_MAX, sc, 0);
+			copy_value(ev->path, L7_EV_PATH_MAX, sc, s->tstart);
+			copy_value(ev->host, L7_EV_HOST_MAX, sc, s->hstart);
+		} else {
+			__builtin_memset(ev->method, 0, L7_EV_METHOD_MAX + L7_EV_PATH_MAX + L7_EV_HOST_MAX);
+		}
 	}
 	ev->method_len = mlen;
 	ev->path_len = plen;
@@ -753,14 +772,13 @@ static __always_inline void emit(__u32 slot, const struct judge_out *out, const 
 	 * interrupt (irq_work) per event: 1.5 µs a request, half the program. */
 	if (verdict == L7_EV_DENIED) {
 		bpf_ringbuf_submit(ev, 0);
-	} else {
-		__u64 avail = bpf_ringbuf_query(&l7_events, BPF_RB_AVAIL_DATA);
-
-		if (avail >= EVENT_RECORD && (avail - EVENT_RECORD) / EVENTS_WAKE_BYTES != avail / EVENTS_WAKE_BYTES)
-			bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
-		else
-			bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+		return;
 	}
+	avail = bpf_ringbuf_query(&l7_events, BPF_RB_AVAIL_DATA);
+	if (avail >= rec && (avail - rec) / EVENTS_WAKE_BYTES != avail / EVENTS_WAKE_BYTES)
+		bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+	else
+		bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
 /* Body framing of a request whose header block passed. */

@@ -217,6 +217,12 @@ struct l7_sock_state {
 #define L7_EV_METHOD_MAX 8
 #define L7_EV_PATH_MAX 128
 #define L7_EV_HOST_MAX 64
+/* A request whose path and Host both fit in L7_EV_SHORT bytes is reported in
+ * a short record: struct l7_event up to its path, then L7_EV_SHORT bytes of
+ * path and L7_EV_SHORT bytes of Host (L7_EV_SHORT_SIZE bytes in all, 160
+ * instead of 288; fewer cache lines of the ring written per request). The
+ * reader tells the two by the record's length. */
+#define L7_EV_SHORT 32
 
 /* The buffer has L7_EV_PATH_MAX bytes of slack after the scan limit, so that
  * a fixed-size copy of a value that starts near the end stays inside it. */

@@ -84,6 +84,13 @@ func (e Event) Key() RuleKey {
 
 var eventSize = int(unsafe.Sizeof(httpL7Event{}))
 
+// evShort is L7_EV_SHORT (bpf/l7.h): a request whose path and Host fit in evShort bytes each is
+// reported in a short record of shortEventSize bytes, the event up to its path followed by evShort
+// bytes of path and evShort bytes of Host.
+const evShort = 32
+
+var shortEventSize = int(unsafe.Offsetof(httpL7Event{}.Path)) + 2*evShort
+
 // EventPollInterval bounds how long an allowed or audited request's event waits in the ring buffer
 // before ReadEvents yields it (denied requests wake the reader at once).
 const EventPollInterval = 100 * time.Millisecond
@@ -131,13 +138,18 @@ func (in *interner) get(b []byte) string {
 }
 
 func decodeEvent(raw []byte, clock bpfevents.Clock, names *interner) (Event, error) {
-	if len(raw) < eventSize {
-		return Event{}, fmt.Errorf("l7 event of %d bytes, want %d", len(raw), eventSize)
+	short := len(raw) == shortEventSize
+	if !short && len(raw) < eventSize {
+		return Event{}, fmt.Errorf("l7 event of %d bytes, want %d or %d", len(raw), shortEventSize, eventSize)
 	}
 	// The record is the C struct in native byte order, without padding the Go mirror lacks: a
 	// copy is the whole decoding (binary.Read's reflection cost more than the kernel's judging).
 	var e httpL7Event
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&e)), eventSize), raw)
+	path, host := e.Path[:], e.Host[:]
+	if short {
+		path, host = e.Path[:evShort], e.Path[evShort:2*evShort]
+	}
 	text := func(b []byte, n uint16) (string, bool) {
 		if int(n) > len(b) {
 			return names.get(b), true
@@ -166,7 +178,7 @@ func decodeEvent(raw []byte, clock bpfevents.Clock, names *interner) (Event, err
 		out.Response = ResponseReset
 	}
 	out.Method, _ = text(e.Method[:], e.MethodLen)
-	out.Path, out.PathCut = text(e.Path[:], e.PathLen)
-	out.Host, out.HostCut = text(e.Host[:], e.HostLen)
+	out.Path, out.PathCut = text(path, e.PathLen)
+	out.Host, out.HostCut = text(host, e.HostLen)
 	return out, nil
 }

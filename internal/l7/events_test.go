@@ -2,6 +2,7 @@ package l7
 
 import (
 	"errors"
+	"io"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -22,7 +23,7 @@ func TestPrivilegedAllowedEventsWakeTheReaderAtAQuarterOfTheRing(t *testing.T) {
 	const port, peer = 8080, 5000
 	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
 	e.startServer(t, port, false)
-	var got atomic.Int64
+	var got, long atomic.Int64
 	// The reader is set up before any request: epoll finds a ring buffer that already holds
 	// records readable when it is added, without a wake-up (a reader started in its goroutine
 	// after the first requests got their events that way, one run in five).
@@ -42,6 +43,9 @@ func TestPrivilegedAllowedEventsWakeTheReaderAtAQuarterOfTheRing(t *testing.T) {
 				return
 			}
 			got.Add(1)
+			if len(rec.RawSample) != shortEventSize {
+				long.Add(1)
+			}
 		}
 	}()
 	defer func() { rd.Close(); <-done }()
@@ -66,7 +70,8 @@ func TestPrivilegedAllowedEventsWakeTheReaderAtAQuarterOfTheRing(t *testing.T) {
 	if n := got.Load(); n != 0 {
 		t.Fatalf("the reader got %d allowed events without a wake-up due", n)
 	}
-	record := (eventSize + 8 + 7) / 8 * 8
+	// A short path and Host: short records (bpf/l7.h, L7_EV_SHORT), each with its 8-byte header.
+	record := (shortEventSize + 8 + 7) / 8 * 8
 	quarter := (256 << 10) / record
 	pipelined(quarter + 100)
 	deadline := time.Now().Add(3 * time.Second)
@@ -75,5 +80,62 @@ func TestPrivilegedAllowedEventsWakeTheReaderAtAQuarterOfTheRing(t *testing.T) {
 			t.Fatalf("the reader got %d events after %d allowed requests, want at least %d: no wake-up at a quarter of the ring", got.Load(), quarter+120, quarter)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if n := long.Load(); n != 0 {
+		t.Fatalf("%d of %d events of short requests came in records of another size than %d bytes", n, got.Load(), shortEventSize)
+	}
+}
+
+// Each request's event carries its method, path and Host as sent, in either record size: short
+// (path and Host of at most 32 bytes each), or whole with a path or Host longer than that; a value
+// longer than the event holds is cut to what fits and marked so.
+func TestPrivilegedEventsCarryPathAndHost(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	const port, peer = 8080, 5000
+	e.judge(t, port, peer, RuleSet{Rules: []string{`method="GET" path="/allowed(/.*)?"`}})
+	events := collectEvents(t, e.l)
+	e.startServer(t, port, false)
+	c := e.dial(t, port, false)
+	long := func(prefix string, n int) string { return prefix + strings.Repeat("x", n-len(prefix)) }
+	for _, tc := range []struct {
+		name, path, host string
+	}{
+		{"both short", "/allowed/s1", "server"},
+		{"both at the short record's limit", long("/allowed/s2", 32), long("h2.", 32)},
+		{"a path past it", long("/allowed/s3", 33), "server"},
+		{"a Host past it", "/allowed/s4", long("h4.", 33)},
+		{"a path longer than the event holds", long("/allowed/s5", 200), "h5"},
+		{"a Host longer than the event holds", "/allowed/s6", long("h6.", 100)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			io.WriteString(c, "GET "+tc.path+" HTTP/1.1\r\nHost: "+tc.host+"\r\n\r\n")
+			if n, err := readResponses(c, 1, 5*time.Second); n != 1 {
+				t.Fatalf("no answer: %v", err)
+			}
+			wantPath, wantHost := tc.path, tc.host
+			if len(wantPath) > 128 { // L7_EV_PATH_MAX
+				wantPath = wantPath[:128]
+			}
+			if len(wantHost) > 64 { // L7_EV_HOST_MAX
+				wantHost = wantHost[:64]
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for {
+				ev, ok := events.findFunc(func(ev Event) bool { return strings.HasPrefix(ev.Path, tc.path[:11]) })
+				if ok {
+					if ev.Method != "GET" || ev.Path != wantPath || ev.Host != wantHost ||
+						ev.PathCut != (len(tc.path) > 128) || ev.HostCut != (len(tc.host) > 64) || ev.Verdict != VerdictAllowed {
+						t.Fatalf("event: method %q path %q (cut %v) host %q (cut %v) verdict %v; want path %q host %q",
+							ev.Method, ev.Path, ev.PathCut, ev.Host, ev.HostCut, ev.Verdict, wantPath, wantHost)
+					}
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no event for %s", tc.path[:11])
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
 	}
 }
