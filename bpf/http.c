@@ -710,8 +710,8 @@ static __always_inline void event_head(struct l7_event *ev, const struct judge_o
 /* Reports one judged request; slot is the scratch slot judge() used (still
  * held). A request whose path and Host fit in L7_EV_SHORT bytes each takes a
  * short record (see l7.h): the ring is 1 MiB and each line of a record is
- * written cold, so the short record's three lines instead of five (for a
- * record of 288 bytes) are what a request costs there. */
+ * written cold; with the ring's header the short record touches three or
+ * four lines, the whole one (288 bytes) five or six. */
 static __always_inline void emit(__u32 slot, const struct judge_out *out, const struct l7_sock_state *st,
 				 const struct l7_tuple *t, __u8 verdict, __u32 flags, __u64 t0)
 {
