@@ -435,6 +435,14 @@ static int req_cb(__u32 idx, __u32 *slotp)
  * of loading; now about 45,000). Calling it once per line costs about as
  * much as inlining it (BenchmarkJudge; returning from scan_cb to call it
  * outside the loop measured slower). */
+/* The lengths of the names header_line() looks at (header_line_wanted()). */
+enum {
+	NAME_HOST = 4,     /* host */
+	NAME_UPGRADE = 7,  /* upgrade */
+	NAME_CL = 14,      /* content-length */
+	NAME_TE = 17,      /* transfer-encoding */
+};
+
 __noinline int header_line(struct scan *s)
 {
 	__u32 slot;
@@ -443,7 +451,7 @@ __noinline int header_line(struct scan *s)
 		return 1;
 	slot = s->slot;
 
-	if (s->nlen == 14 && s->w0 == L8('c', 'o', 'n', 't', 'e', 'n', 't', '-') &&
+	if (s->nlen == NAME_CL && s->w0 == L8('c', 'o', 'n', 't', 'e', 'n', 't', '-') &&
 	    s->w1 == L8('l', 'e', 'n', 'g', 't', 'h', 0, 0)) {
 		if (++s->ncl > 1)
 			return reject(s, L7_R_DUP_CONTENT_LENGTH);
@@ -455,7 +463,7 @@ __noinline int header_line(struct scan *s)
 	 * reads it) on HTTP/1.1. Go ignores Transfer-Encoding on HTTP/1.0, so
 	 * judging a 1.0 body as chunked would let the "body" be a request the
 	 * server reads unjudged. Content-Length with it is checked at the end. */
-	if (s->nlen == 17 && s->w0 == L8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') &&
+	if (s->nlen == NAME_TE && s->w0 == L8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') &&
 	    s->w1 == L8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n') && s->w2 == 'g') {
 		if (++s->nte > 1 || s->version != C8('H', 'T', 'T', 'P', '/', '1', '.', '1') ||
 		    s->vend - s->vstart != 7 || !s->cl_ok_ws_free ||
@@ -466,14 +474,14 @@ __noinline int header_line(struct scan *s)
 	 * WebSocket upgrade is let through once the server answers 101: after an
 	 * h2c upgrade the connection carries HTTP/2 requests, which must not pass
 	 * unjudged. */
-	if (s->nlen == 7 && s->w0 == L8('u', 'p', 'g', 'r', 'a', 'd', 'e', 0) && s->vend - s->vstart == 9 &&
+	if (s->nlen == NAME_UPGRADE && s->w0 == L8('u', 'p', 'g', 'r', 'a', 'd', 'e', 0) && s->vend - s->vstart == 9 &&
 	    s->cl_ok_ws_free && s->vw == L8('w', 'e', 'b', 's', 'o', 'c', 'k', 'e')) {
 		struct l7_scratch *sc = scratch(slot);
 
 		if (sc && lower(sc->buf[(s->vstart + 8) & (L7_SCAN_LIMIT - 1)]) == 't')
 			s->websocket = 1;
 	}
-	if (s->nlen == 4 && s->w0 == L8('h', 'o', 's', 't', 0, 0, 0, 0)) {
+	if (s->nlen == NAME_HOST && s->w0 == L8('h', 'o', 's', 't', 0, 0, 0, 0)) {
 		if (++s->nhost > 1)
 			return reject(s, L7_R_DUP_HOST);
 		s->hstart = s->vstart;
@@ -482,6 +490,15 @@ __noinline int header_line(struct scan *s)
 	if (s->hdr_reqs)
 		bpf_loop(L7_MAX_RULES * L7_MAX_HEADERS, req_cb, &slot, 0);
 	return 0;
+}
+
+/* Whether header_line() can act on the line just ended: a name of one of the
+ * lengths it looks at, or any name when a rule has header requirements. The
+ * others (User-Agent, Accept, Cookie, ...) cost no BPF call. */
+static __always_inline int header_line_wanted(const struct scan *s)
+{
+	return s->hdr_reqs || s->nlen == NAME_HOST || s->nlen == NAME_UPGRADE || s->nlen == NAME_CL ||
+	       s->nlen == NAME_TE;
 }
 
 static __always_inline void name_byte(struct scan *s, __u32 k, __u8 c)
@@ -625,13 +642,7 @@ static __always_inline int scan_byte(struct scan *s, const struct l7_scratch *sc
 	case ST_HDR_LF:
 		if (c != '\n')
 			return reject(s, L7_R_BAD_HEADER);
-		/* Only a line header_line() can act on is handed to it: a
-		 * name of one of the lengths it looks at (Host, Upgrade,
-		 * Content-Length, Transfer-Encoding), or any name when a rule
-		 * has header requirements. The others (User-Agent, Accept,
-		 * Cookie, ...) cost no BPF call. */
-		if ((s->hdr_reqs || s->nlen == 4 || s->nlen == 7 || s->nlen == 14 || s->nlen == 17) &&
-		    header_line(s))
+		if (header_line_wanted(s) && header_line(s))
 			return 1;
 		s->st = ST_LINE_START;
 		return 0;
