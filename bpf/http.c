@@ -335,6 +335,33 @@ static __always_inline int msg_len(struct __sk_buff *skb)
 	return cb->strp.strp.full_len;
 }
 
+/*
+ * The n bytes at off from skb->data (the Ethernet header in tcx, the network
+ * header in cgroup_skb): read in place when the skb's linear part holds them,
+ * else copied into buf by bpf_skb_load_bytes (paged data); NULL when neither
+ * can. For headers: off below SKB_BYTES_OFF_MAX, n a constant. In place costs
+ * no helper call; on this machine a call of bpf_skb_load_bytes costs about
+ * 30 ns (bpf/README.md, "What a call costs here"), and a request's segment
+ * paid six of them for its headers in l7_fast and the guard.
+ */
+#define SKB_BYTES_OFF_MAX 256
+
+static __always_inline const __u8 *skb_bytes(struct __sk_buff *skb, __u32 off, void *buf, __u32 n)
+{
+	const __u8 *data = (const __u8 *)(long)skb->data;
+	const __u8 *end = (const __u8 *)(long)skb->data_end;
+	const __u8 *p;
+
+	if (off < SKB_BYTES_OFF_MAX) {
+		p = data + off;
+		if (p + n <= end)
+			return p;
+	}
+	if (bpf_skb_load_bytes(skb, off, buf, n))
+		return 0;
+	return buf;
+}
+
 static __always_inline void addr_v4(__u8 *dst, __u32 a)
 {
 	__builtin_memset(dst, 0, 10);
@@ -1678,29 +1705,43 @@ static __always_inline int sk_tuple(struct bpf_sock *sk, struct l7_tuple *t)
 	return 0;
 }
 
-/* Where a cgroup_skb segment's TCP header (th) and data start: skb->data is
- * at the network header here. -1 when they cannot be told: a read fails,
- * not TCP, or IPv6 extension headers. */
-static __always_inline int tcp_offsets(struct __sk_buff *skb, __u32 *th, __u32 *data)
-{
-	__u32 iphl;
-	__u8 b;
+/* A cgroup_skb segment's TCP header: where it starts (th), where its data
+ * starts (data), and its sequence number (seq, host order). */
+struct tcp_at {
+	__u32 th;
+	__u32 data;
+	__u32 seq;
+};
 
-	if (bpf_skb_load_bytes(skb, 0, &b, 1))
+/* The TCP header of a cgroup_skb segment: skb->data is at the network
+ * header here. -1 when it cannot be told: a read fails, not TCP, or IPv6
+ * extension headers. Two reads (skb_bytes), in place when the headers are
+ * in the skb's linear part, as they are once TCP or IP built or pulled
+ * them. */
+static __always_inline int tcp_offsets(struct __sk_buff *skb, struct tcp_at *at)
+{
+	__u8 buf[16];
+	const __u8 *b;
+	__u32 iphl;
+
+	b = skb_bytes(skb, 0, buf, 10);
+	if (!b)
 		return -1;
-	if ((b >> 4) == 4) {
-		iphl = (b & 0xf) * 4;
-		if (bpf_skb_load_bytes(skb, 9, &b, 1) || b != IPPROTO_TCP)
+	if ((b[0] >> 4) == 4) {
+		iphl = (b[0] & 0xf) * 4;
+		if (b[9] != IPPROTO_TCP)
 			return -1;
 	} else {
 		iphl = 40;
-		if (bpf_skb_load_bytes(skb, 6, &b, 1) || b != IPPROTO_TCP)
+		if (b[6] != IPPROTO_TCP)
 			return -1;
 	}
-	if (bpf_skb_load_bytes(skb, iphl + 12, &b, 1))
+	b = skb_bytes(skb, iphl, buf, 16);
+	if (!b)
 		return -1;
-	*th = iphl;
-	*data = iphl + (b >> 4) * 4;
+	at->th = iphl;
+	at->data = iphl + (b[12] >> 4) * 4;
+	at->seq = (__u32)b[4] << 24 | (__u32)b[5] << 16 | (__u32)b[6] << 8 | b[7];
 	return 0;
 }
 
@@ -1730,10 +1771,10 @@ static __always_inline int urgent_refused(struct __sk_buff *skb, struct bpf_sock
 	struct l7_sock_state *st = 0;
 	struct l7_tuple t = {};
 	struct bpf_sock *member;
-	__u32 th, data;
+	struct tcp_at at;
 	__u64 cookie;
 
-	if (tcp_offsets(skb, &th, &data) == 0 && skb->len <= data)
+	if (tcp_offsets(skb, &at) == 0 && skb->len <= at.data)
 		return 0; /* no data: handshake, ACK, FIN, RST */
 	cookie = bpf_get_socket_cookie(skb);
 	member = bpf_map_lookup_elem(&l7_egress_socks, &cookie);
@@ -1761,7 +1802,7 @@ static __always_inline int judged_bytes(struct __sk_buff *skb, const struct l7_t
 {
 	struct l7_sock_state *st;
 	struct l7_tuple c;
-	__u32 th, data, seq;
+	struct tcp_at at;
 
 	if (server_end) {
 		swap_tuple(&c, t);
@@ -1776,8 +1817,7 @@ static __always_inline int judged_bytes(struct __sk_buff *skb, const struct l7_t
 	if (!(st->flags & L7_SF_SEQ) || st->phase == L7_PHASE_PASSTHROUGH)
 		return 1;
 	/* Headers that cannot be read count as past it. */
-	if (tcp_offsets(skb, &th, &data) == 0 && bpf_skb_load_bytes(skb, th + 4, &seq, 4) == 0 &&
-	    (__s32)(bpf_htonl(seq) + (skb->len - data) - st->snd_judged) <= 0)
+	if (tcp_offsets(skb, &at) == 0 && (__s32)(at.seq + (skb->len - at.data) - st->snd_judged) <= 0)
 		return 1;
 	set_denied(st, L7_R_UNJUDGED_WRITE);
 	count(L7_R_GUARD_DROP);
@@ -1797,15 +1837,14 @@ static __always_inline int judged_bytes(struct __sk_buff *skb, const struct l7_t
 #define FAST_STAMP_REQUEST 0x40000000u
 #define FAST_STAMP_END 0x3fffffffu
 
-/* 1 when the segment (data at data, TCP header at th) carries the stamp of
- * l7_fast for its own bytes; the stamp is then taken off. */
+/* 1 when the segment (its TCP header at) carries the stamp of l7_fast for
+ * its own bytes; the stamp is then taken off. */
 static __always_inline int fast_stamp_take(struct __sk_buff *skb, struct l7_sock_state *st, struct bpf_sock *sk,
-					   __u32 th, __u32 data)
+					   const struct tcp_at *at)
 {
-	__u32 mark = skb->mark, seq;
+	__u32 mark = skb->mark;
 
-	if ((mark & FAST_STAMP) && bpf_skb_load_bytes(skb, th + 4, &seq, 4) == 0 &&
-	    ((bpf_htonl(seq) + (skb->len - data)) & FAST_STAMP_END) == (mark & FAST_STAMP_END)) {
+	if ((mark & FAST_STAMP) && ((at->seq + (skb->len - at->data)) & FAST_STAMP_END) == (mark & FAST_STAMP_END)) {
 		if (mark & FAST_STAMP_REQUEST) {
 			/* Where the server's answer to it starts (a later 403
 			 * is in order once it was written and acknowledged:
@@ -1822,9 +1861,9 @@ static __always_inline int fast_stamp_take(struct __sk_buff *skb, struct l7_sock
 }
 
 static __always_inline int fast_stamped(struct __sk_buff *skb, struct l7_sock_state *st, struct bpf_sock *sk,
-					__u32 th, __u32 data)
+					const struct tcp_at *at)
 {
-	if (fast_stamp_take(skb, st, sk, th, data))
+	if (fast_stamp_take(skb, st, sk, at))
 		return 1;
 	if (!(st->flags & L7_SF_FAST_UNSTAMPED))
 		__sync_fetch_and_or(&st->flags, L7_SF_FAST_UNSTAMPED);
@@ -1846,7 +1885,8 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 	struct l7_port_key pk = {};
 	struct bpf_sock *sk = skb->sk, *member;
 	struct l7_sock_state *st;
-	__u32 th = 0, data = 0, family;
+	struct tcp_at at = {};
+	__u32 family;
 	__u64 cookie;
 	int offsets;
 
@@ -1866,8 +1906,8 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 	 * be read (IPv6 extension headers) count as data. Told before any
 	 * lookup: a segment without data costs three loads from its headers,
 	 * not a hash lookup, on every socket of the node. */
-	offsets = tcp_offsets(skb, &th, &data);
-	if (offsets == 0 && skb->len <= data)
+	offsets = tcp_offsets(skb, &at);
+	if (offsets == 0 && skb->len <= at.data)
 		return 1;
 	if (!egress && offsets == 0 && (skb->mark & FAST_STAMP)) {
 		/* A segment l7_fast passed: its stamp checked first, without
@@ -1875,7 +1915,7 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 		 * lookup less). Anything else goes the whole way below. */
 		cookie = bpf_get_socket_cookie(skb);
 		st = bpf_map_lookup_elem(&l7_state, &cookie);
-		if (st && (st->flags & L7_SF_FAST) && fast_stamp_take(skb, st, sk, th, data))
+		if (st && (st->flags & L7_SF_FAST) && fast_stamp_take(skb, st, sk, &at))
 			return 1;
 	}
 	family = sk->family;
@@ -1900,7 +1940,7 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 		st = bpf_map_lookup_elem(&l7_state, &cookie);
 		if (st && (st->flags & L7_SF_FAST)) {
 			if (offsets == 0)
-				return fast_stamped(skb, st, sk, th, data);
+				return fast_stamped(skb, st, sk, &at);
 			count(L7_R_GUARD_DROP);
 			return 0;
 		}
@@ -1943,7 +1983,7 @@ static __always_inline void upgrade_answer(struct __sk_buff *skb, __u32 egress)
 	static const char switching[13] = "HTTP/1.1 101 ";
 	struct bpf_sock *sk = skb->sk;
 	struct l7_sock_state *st;
-	__u32 th, data, seq;
+	struct tcp_at at;
 	__u8 b[13];
 	__u64 cookie;
 
@@ -1965,12 +2005,11 @@ static __always_inline void upgrade_answer(struct __sk_buff *skb, __u32 egress)
 	if (!st || !(st->flags & L7_SF_UPGRADE))
 		return;
 	/* A segment without data (handshake, ACK, FIN, RST) is not the answer. */
-	if (tcp_offsets(skb, &th, &data) || skb->len <= data || bpf_skb_load_bytes(skb, th + 4, &seq, 4))
+	if (tcp_offsets(skb, &at) || skb->len <= at.data)
 		return;
-	seq = bpf_htonl(seq); /* the same swap */
-	if (seq != st->snd_mark)
+	if (at.seq != st->snd_mark)
 		return; /* not the answer's start: a later segment that came first, or a retransmission */
-	if (skb->len >= data + sizeof(b) && bpf_skb_load_bytes(skb, data, b, sizeof(b)) == 0) {
+	if (skb->len >= at.data + sizeof(b) && bpf_skb_load_bytes(skb, at.data, b, sizeof(b)) == 0) {
 		__u32 same = 1;
 
 #pragma unroll
@@ -2052,13 +2091,14 @@ struct fast_seg {
 static __always_inline int fast_parse(struct __sk_buff *skb, struct fast_seg *p)
 {
 	__u32 l4, l3len, doff;
-	__u8 tcp[20];
+	const __u8 *tcp, *ip;
+	__u8 buf[20];
 
 	if (skb->protocol == bpf_htons(0x0800)) {
-		__u8 ip[20];
 		__u32 a;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip)))
+		ip = skb_bytes(skb, ETH_HLEN, buf, 20);
+		if (!ip)
 			return -1;
 		if ((ip[0] >> 4) != 4 || (ip[0] & 0xf) < 5 || ip[9] != IPPROTO_TCP)
 			return -1;
@@ -2075,26 +2115,35 @@ static __always_inline int fast_parse(struct __sk_buff *skb, struct fast_seg *p)
 		p->sock_len = sizeof(p->sock.ipv4);
 	} else if (skb->protocol == bpf_htons(0x86dd)) {
 		/* The fixed header's first 8 bytes, then its two addresses
-		 * straight into the tuple (saddr and daddr are adjacent): a
-		 * 40-byte copy on the stack took the frame that judge's deepest
-		 * calls need (the verifier's 512 bytes for the whole chain). */
-		__u8 ip[8];
+		 * (saddr and daddr are adjacent), copied in 8-byte words
+		 * (in place, or already copied into the tuple: the same
+		 * words again). A 40-byte buffer on the stack took the frame
+		 * that judge's deepest calls need (the verifier's 512 bytes
+		 * for the whole chain). */
+		const __u64 *w;
+		__u64 *to = (__u64 *)p->sock.ipv6.saddr;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip)))
+		ip = skb_bytes(skb, ETH_HLEN, buf, 8);
+		if (!ip)
 			return -1;
 		if ((ip[0] >> 4) != 6 || ip[6] != IPPROTO_TCP)
 			return -1;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, p->sock.ipv6.saddr, 32))
-			return -1;
 		l4 = ETH_HLEN + 40;
 		l3len = (__u32)ip[4] << 8 | ip[5];
+		w = (const __u64 *)skb_bytes(skb, ETH_HLEN + 8, p->sock.ipv6.saddr, 32);
+		if (!w)
+			return -1;
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			to[i] = w[i];
 		__builtin_memcpy(p->tk.remote, p->sock.ipv6.saddr, 16);
 		__builtin_memcpy(p->tk.local, p->sock.ipv6.daddr, 16);
 		p->sock_len = sizeof(p->sock.ipv6);
 	} else {
 		return -1;
 	}
-	if (bpf_skb_load_bytes(skb, l4, tcp, sizeof(tcp)))
+	tcp = skb_bytes(skb, l4, buf, 20);
+	if (!tcp)
 		return -1;
 	doff = (tcp[12] >> 4) * 4;
 	if (doff < 20 || l3len < doff || l3len > 0xffff)
