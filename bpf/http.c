@@ -35,6 +35,7 @@
  */
 
 #include "l7.h"
+#include "include/skb_bytes.h"
 #include "http_match.h"
 
 /* kfuncs (bpf_cast_to_kern_ctx) need a GPL-compatible license string. */
@@ -333,33 +334,6 @@ static __always_inline int msg_len(struct __sk_buff *skb)
 	struct sk_skb_cb *cb = (struct sk_skb_cb *)kskb->cb;
 
 	return cb->strp.strp.full_len;
-}
-
-/*
- * The n bytes at off from skb->data (the Ethernet header in tcx, the network
- * header in cgroup_skb): read in place when the skb's linear part holds them,
- * else copied into buf by bpf_skb_load_bytes (paged data); NULL when neither
- * can. For headers: off below SKB_BYTES_OFF_MAX, n a constant. In place costs
- * no helper call; on this machine a call of bpf_skb_load_bytes costs about
- * 30 ns (bpf/README.md, "What a call costs here"), and a request's segment
- * paid six of them for its headers in l7_fast and the guard.
- */
-#define SKB_BYTES_OFF_MAX 256
-
-static __always_inline const __u8 *skb_bytes(struct __sk_buff *skb, __u32 off, void *buf, __u32 n)
-{
-	const __u8 *data = (const __u8 *)(long)skb->data;
-	const __u8 *end = (const __u8 *)(long)skb->data_end;
-	const __u8 *p;
-
-	if (off < SKB_BYTES_OFF_MAX) {
-		p = data + off;
-		if (p + n <= end)
-			return p;
-	}
-	if (bpf_skb_load_bytes(skb, off, buf, n))
-		return 0;
-	return buf;
 }
 
 static __always_inline void addr_v4(__u8 *dst, __u32 a)

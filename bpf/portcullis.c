@@ -187,10 +187,12 @@ static __always_inline int is_icmp(__u8 proto)
 }
 
 /*
- * Reads the start of the L4 header. Every load goes through
- * bpf_skb_load_bytes: it works on non-linear skbs (veth with GRO hands us
- * paged data) and with the variable offsets IPv6 extension headers produce,
- * where direct packet access would need a pull and a bounds proof per offset.
+ * Reads the start of the L4 header. The fixed headers are read with
+ * skb_bytes(): in place when the skb's linear part holds them, through
+ * bpf_skb_load_bytes otherwise (veth with GRO can hand over paged data), and
+ * always through it past SKB_BYTES_OFF_MAX (long IPv6 extension headers).
+ * The IPv6 extension headers themselves, a rare path, are read with the
+ * helper.
  */
 static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 {
@@ -199,9 +201,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 
 	switch (p->proto) {
 	case IPPROTO_TCP: {
-		__u8 th[14];
+		__u8 buf[14];
+		const __u8 *th = skb_bytes(skb, p->l4_off, buf, sizeof(buf));
 
-		if (bpf_skb_load_bytes(skb, p->l4_off, th, sizeof(th)) < 0)
+		if (!th)
 			return PARSE_MALFORMED;
 		p->sport = (th[0] << 8) | th[1];
 		p->dport = (th[2] << 8) | th[3];
@@ -209,9 +212,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 		return PARSE_OK;
 	}
 	case IPPROTO_UDP: {
-		__u8 uh[4];
+		__u8 buf[4];
+		const __u8 *uh = skb_bytes(skb, p->l4_off, buf, sizeof(buf));
 
-		if (bpf_skb_load_bytes(skb, p->l4_off, uh, sizeof(uh)) < 0)
+		if (!uh)
 			return PARSE_MALFORMED;
 		p->sport = (uh[0] << 8) | uh[1];
 		p->dport = (uh[2] << 8) | uh[3];
@@ -219,10 +223,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 	}
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6: {
-		__u8 ih[8];
-		__u8 type;
+		__u8 buf[8], type;
+		const __u8 *ih = skb_bytes(skb, p->l4_off, buf, sizeof(buf));
 
-		if (bpf_skb_load_bytes(skb, p->l4_off, ih, sizeof(ih)) < 0)
+		if (!ih)
 			return PARSE_MALFORMED;
 		type = ih[0];
 		if (p->proto == IPPROTO_ICMP) {
@@ -251,19 +255,20 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 
 static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct packet *p)
 {
-	struct iphdr ip;
+	struct iphdr buf;
+	const struct iphdr *ip = (const struct iphdr *)skb_bytes(skb, off, &buf, sizeof(buf));
 	__u32 ihl;
 
-	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+	if (!ip)
 		return PARSE_MALFORMED;
-	ihl = ip.ihl_version & 0x0f;
-	if ((ip.ihl_version >> 4) != 4 || ihl < 5)
+	ihl = ip->ihl_version & 0x0f;
+	if ((ip->ihl_version >> 4) != 4 || ihl < 5)
 		return PARSE_MALFORMED;
-	addr_from_v4(p->saddr, ip.saddr);
-	addr_from_v4(p->daddr, ip.daddr);
-	p->proto = ip.protocol;
+	addr_from_v4(p->saddr, ip->saddr);
+	addr_from_v4(p->daddr, ip->daddr);
+	p->proto = ip->protocol;
 	p->l4_off = off + ihl * 4;
-	if (bpf_ntohs(ip.frag_off) & IP_OFFSET)
+	if (bpf_ntohs(ip->frag_off) & IP_OFFSET)
 		p->fragment = 1;
 	return PARSE_OK;
 }
@@ -275,25 +280,34 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
  */
 static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct packet *p)
 {
-	__u8 fixed[8]; /* version/class/flow, payload length, next header, hop limit */
+	__u8 buf[8]; /* version/class/flow, payload length, next header, hop limit */
+	const __u8 *fixed = skb_bytes(skb, off, buf, sizeof(buf));
+	const __u64 *a;
+	__u64 *to = (__u64 *)p->saddr;
 	__u8 nh;
 
-	if (bpf_skb_load_bytes(skb, off, fixed, sizeof(fixed)) < 0)
+	if (!fixed)
 		return PARSE_MALFORMED;
 	if ((fixed[0] >> 4) != 6)
 		return PARSE_MALFORMED;
-	/* Addresses straight into the packet summary: a 40-byte header copy on
-	 * the stack is what the 512-byte limit cannot afford. */
-	if (bpf_skb_load_bytes(skb, off + 8, p->saddr, 16) < 0 ||
-	    bpf_skb_load_bytes(skb, off + 24, p->daddr, 16) < 0)
+	nh = fixed[6];
+	/* The two addresses (adjacent in the header and in the packet
+	 * summary) straight into the summary: a 40-byte header copy on the
+	 * stack is what the 512-byte limit cannot afford. In place they are
+	 * copied word by word; through the helper they are already there (the
+	 * same words again). */
+	a = (const __u64 *)skb_bytes(skb, off + 8, p->saddr, 32);
+	if (!a)
 		return PARSE_MALFORMED;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		to[i] = a[i];
 	/* A v4-mapped address in a real IPv6 header would borrow the identity
 	 * of the IPv4 address in the shared IP cache. */
 	if (addr_is_v4_mapped(p->saddr) || addr_is_v4_mapped(p->daddr))
 		return PARSE_MALFORMED;
 	p->ipv6 = 1;
 	off += 40;
-	nh = fixed[6];
 
 #pragma unroll
 	for (int i = 0; i < MAX_IPV6_EXT; i++) {
@@ -328,11 +342,13 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 
 static __noinline int parse(struct __sk_buff *skb, struct packet *p)
 {
-	__be16 proto;
+	__be16 buf, proto;
+	const __u8 *eth = skb_bytes(skb, 12, &buf, sizeof(buf));
 	int rc;
 
-	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0)
+	if (!eth)
 		return PARSE_MALFORMED;
+	__builtin_memcpy(&proto, eth, sizeof(proto));
 	if (proto == bpf_htons(ETH_P_IP))
 		rc = parse_ipv4(skb, ETH_HLEN, p);
 	else if (proto == bpf_htons(ETH_P_IPV6))

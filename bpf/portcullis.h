@@ -11,6 +11,7 @@
 #define PORTCULLIS_H
 
 #include "include/kernel.h"
+#include "include/skb_bytes.h"
 
 /* Reserved security identities (Cilium's numbers). */
 enum identity_reserved {
