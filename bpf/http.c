@@ -1878,8 +1878,9 @@ static __always_inline int guard(struct __sk_buff *skb, __u32 egress)
 	/* Only segments that carry data matter; handshake, ACKs, FIN and RST
 	 * pass so that a refused connection still closes. Headers that cannot
 	 * be read (IPv6 extension headers) count as data. Told before any
-	 * lookup: a segment without data costs three loads from its headers,
-	 * not a hash lookup, on every socket of the node. */
+	 * lookup: a segment without data costs two reads of its headers (in
+	 * place: tcp_offsets), not a hash lookup, on every socket of the
+	 * node. */
 	offsets = tcp_offsets(skb, &at);
 	if (offsets == 0 && skb->len <= at.data)
 		return 1;
@@ -2051,7 +2052,10 @@ int l7_guard_egress(struct __sk_buff *skb)
 
 struct fast_seg {
 	struct l7_tuple tk;         /* the connection as the server sees it */
-	struct bpf_sock_tuple sock; /* the segment's addresses, for bpf_sk_lookup_tcp */
+	/* the segment's addresses, for bpf_sk_lookup_tcp; 8-byte aligned:
+	 * fast_parse copies IPv6 addresses into it in 8-byte words, and the
+	 * verifier refuses a misaligned stack access */
+	struct bpf_sock_tuple sock __attribute__((aligned(8)));
 	__u32 sock_len;
 	__u32 seq;
 	__u32 off; /* where its data starts (from the Ethernet header) */

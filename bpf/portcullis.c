@@ -108,7 +108,9 @@ enum parse_result {
 };
 
 struct packet {
-	__u8 saddr[16];
+	/* 8-byte aligned: parse_ipv6 copies both addresses in 8-byte words,
+	 * and the verifier refuses a misaligned stack access */
+	__u8 saddr[16] __attribute__((aligned(8)));
 	__u8 daddr[16];
 	__u16 sport; /* host byte order; ICMP echo: the identifier */
 	__u16 dport;
