@@ -2052,9 +2052,8 @@ int l7_guard_egress(struct __sk_buff *skb)
 
 struct fast_seg {
 	struct l7_tuple tk;         /* the connection as the server sees it */
-	/* the segment's addresses, for bpf_sk_lookup_tcp; 8-byte aligned:
-	 * fast_parse copies IPv6 addresses into it in 8-byte words, and the
-	 * verifier refuses a misaligned stack access */
+	/* the segment's addresses, for bpf_sk_lookup_tcp; 8-byte aligned
+	 * for skb_addrs6 */
 	struct bpf_sock_tuple sock __attribute__((aligned(8)));
 	__u32 sock_len;
 	__u32 seq;
@@ -2093,14 +2092,9 @@ static __always_inline int fast_parse(struct __sk_buff *skb, struct fast_seg *p)
 		p->sock_len = sizeof(p->sock.ipv4);
 	} else if (skb->protocol == bpf_htons(0x86dd)) {
 		/* The fixed header's first 8 bytes, then its two addresses
-		 * (saddr and daddr are adjacent), copied in 8-byte words
-		 * (in place, or already copied into the tuple: the same
-		 * words again). A 40-byte buffer on the stack took the frame
-		 * that judge's deepest calls need (the verifier's 512 bytes
-		 * for the whole chain). */
-		const __u64 *w;
-		__u64 *to = (__u64 *)p->sock.ipv6.saddr;
-
+		 * straight into the tuple (saddr and daddr are adjacent): a
+		 * 40-byte copy on the stack took the frame that judge's deepest
+		 * calls need (the verifier's 512 bytes for the whole chain). */
 		ip = skb_bytes(skb, ETH_HLEN, buf, 8);
 		if (!ip)
 			return -1;
@@ -2108,12 +2102,8 @@ static __always_inline int fast_parse(struct __sk_buff *skb, struct fast_seg *p)
 			return -1;
 		l4 = ETH_HLEN + 40;
 		l3len = (__u32)ip[4] << 8 | ip[5];
-		w = (const __u64 *)skb_bytes(skb, ETH_HLEN + 8, p->sock.ipv6.saddr, 32);
-		if (!w)
+		if (skb_addrs6(skb, ETH_HLEN + 8, p->sock.ipv6.saddr))
 			return -1;
-#pragma unroll
-		for (int i = 0; i < 4; i++)
-			to[i] = w[i];
 		__builtin_memcpy(p->tk.remote, p->sock.ipv6.saddr, 16);
 		__builtin_memcpy(p->tk.local, p->sock.ipv6.daddr, 16);
 		p->sock_len = sizeof(p->sock.ipv6);
@@ -2264,8 +2254,6 @@ static __always_inline int fast_segment(struct __sk_buff *skb, struct l7_sock_st
 {
 	int r;
 
-	if (!skb || !st || !fc || !p)
-		return TCX_DROP;
 	if (p->seq == st->rcv_seq && !(p->flags & (TCPF_SYN | TCPF_URG))) {
 		r = fast_frame(skb, st, p);
 		if (r > 0) {

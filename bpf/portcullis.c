@@ -108,8 +108,7 @@ enum parse_result {
 };
 
 struct packet {
-	/* 8-byte aligned: parse_ipv6 copies both addresses in 8-byte words,
-	 * and the verifier refuses a misaligned stack access */
+	/* 8-byte aligned for skb_addrs6 */
 	__u8 saddr[16] __attribute__((aligned(8)));
 	__u8 daddr[16];
 	__u16 sport; /* host byte order; ICMP echo: the identifier */
@@ -284,8 +283,6 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 {
 	__u8 buf[8]; /* version/class/flow, payload length, next header, hop limit */
 	const __u8 *fixed = skb_bytes(skb, off, buf, sizeof(buf));
-	const __u64 *a;
-	__u64 *to = (__u64 *)p->saddr;
 	__u8 nh;
 
 	if (!fixed)
@@ -293,17 +290,9 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 	if ((fixed[0] >> 4) != 6)
 		return PARSE_MALFORMED;
 	nh = fixed[6];
-	/* The two addresses (adjacent in the header and in the packet
-	 * summary) straight into the summary: a 40-byte header copy on the
-	 * stack is what the 512-byte limit cannot afford. In place they are
-	 * copied word by word; through the helper they are already there (the
-	 * same words again). */
-	a = (const __u64 *)skb_bytes(skb, off + 8, p->saddr, 32);
-	if (!a)
+	/* saddr and daddr are adjacent in the packet summary too */
+	if (skb_addrs6(skb, off + 8, p->saddr))
 		return PARSE_MALFORMED;
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		to[i] = a[i];
 	/* A v4-mapped address in a real IPv6 header would borrow the identity
 	 * of the IPv4 address in the shared IP cache. */
 	if (addr_is_v4_mapped(p->saddr) || addr_is_v4_mapped(p->daddr))

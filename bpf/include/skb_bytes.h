@@ -36,4 +36,25 @@ static __always_inline const __u8 *skb_bytes(struct __sk_buff *skb, __u32 off, v
 	return buf;
 }
 
+/*
+ * The 32 bytes at off (an IPv6 header's two addresses, adjacent) into dst,
+ * which must be 8-byte aligned (the verifier refuses a misaligned stack
+ * access): read in place and copied in 8-byte words, or copied there by the
+ * helper (the same words are then copied onto themselves). 0, or -1 when
+ * neither can. Straight into the caller's summary: a 40-byte header copy on
+ * the stack is what the 512-byte limit cannot afford.
+ */
+static __always_inline int skb_addrs6(struct __sk_buff *skb, __u32 off, void *dst)
+{
+	const __u64 *w = (const __u64 *)skb_bytes(skb, off, dst, 32);
+	__u64 *to = (__u64 *)dst;
+
+	if (!w)
+		return -1;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		to[i] = w[i];
+	return 0;
+}
+
 #endif

@@ -11,15 +11,12 @@ import (
 const callLoops = 100
 
 // callCostProgram is a tc program that runs body callLoops times (R6 holds the context, R7 the
-// count; the body may use R1-R5, R0 and the stack below -8, where the key 7 is) and ends with
-// what subprograms follows its exit.
+// count; the body may use R0-R5 and the stack), with subprograms placed after its exit.
 func callCostProgram(b *testing.B, body, subprograms asm.Instructions) *ebpf.Program {
 	b.Helper()
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.Mov.Imm(asm.R7, 0),
-		asm.Mov.Imm(asm.R1, 7),
-		asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("loop"),
 	}
 	insns = append(insns, body...)
